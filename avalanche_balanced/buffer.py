@@ -1,0 +1,489 @@
+"""``BalancedBuffer``: a replay buffer that keeps semantic groups of its samples.
+
+Storage is a set of preallocated tensors of fixed capacity on the training
+device (inputs, labels, task labels, logits, features, group ids, insertion
+step). Everything that touches all stored samples (regrouping, importance,
+sampling) is one vectorised pass over those tensors.
+"""
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.training.storage_policy import ExemplarsBuffer
+
+from .features import forward_with_features
+from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
+from .sampling import balanced_importance, cosine_to_unit, sample_indices
+from .semantic import (
+    GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity,
+    class_groups_from_similarity,
+)
+
+__all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS", "SIMILARITIES"]
+
+INSERTIONS = ("reservoir", "class_balanced")
+SIMILARITIES = ("cosine", "learned")
+_STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "stored_step")
+
+
+class ReplayBatch(NamedTuple):
+    """A replay minibatch: inputs (after ``transform``), labels, stored logits,
+    the buffer slots they came from, and task labels."""
+
+    inputs: Tensor
+    labels: Tensor
+    logits: Tensor
+    indices: Tensor
+    task_labels: Tensor
+
+
+class BalancedBuffer(ExemplarsBuffer):
+    """Replay buffer with semantic groups and importance-weighted sampling.
+
+    Grouping modes (``grouping``):
+
+    * ``"class_similarity"`` (default): classes whose prototype similarity
+      exceeds the adaptive threshold share a group (connected components);
+      a sample's group is its class's group.
+    * ``"prototype_threshold"``: the design note's literal rule, a sample's
+      group is the threshold bucket (0 below, 1 above) of its own similarity to
+      its class prototype.
+    * ``"class"``: one group per class (class-balanced replay).
+    * ``"fixed"``: a user mapping ``class_to_group`` (e.g. CIFAR-100 superclasses).
+
+    Similarity of a sample to its class prototype (``similarity``):
+    ``"cosine"`` maps the cosine similarity to [0, 1] with ``(cos + 1) / 2``;
+    ``"learned"`` uses ``similarity_net`` (a :class:`SemanticSimilarity`).
+    Classes without a prototype yet get similarity 1 (a neutral term).
+
+    Insertion (``insertion``): ``"reservoir"`` per minibatch, as SARL does, or
+    ``"class_balanced"``. Tensors are allocated at the first insertion, when the
+    input shape, the number of classes (the logits' width) and the feature
+    width are known.
+
+    Sampling: :meth:`get_balanced_data` draws with the importance of
+    :func:`balanced_importance`; :meth:`get_data` draws uniformly. Asking for
+    more samples than are stored draws every stored sample once (in random
+    order); sampling an empty buffer raises ``ValueError``.
+
+    As an Avalanche ``ExemplarsBuffer``, :attr:`buffer` is a dataset view of
+    the stored samples, :meth:`post_adapt` inserts an experience's data with
+    the agent's model, and :meth:`resize` changes the capacity, so the buffer
+    also serves as ``ReplayPlugin(storage_policy=...)``.
+    """
+
+    def __init__(
+        self,
+        max_size: int,
+        *,
+        grouping: str = "class_similarity",
+        insertion: str = "reservoir",
+        similarity: str = "cosine",
+        similarity_net: Optional[SemanticSimilarity] = None,
+        threshold: Optional[AdaptiveThreshold] = None,
+        prototypes: Optional[ClassPrototypes] = None,
+        class_to_group: Optional[Tensor] = None,
+        balance_weight: float = 1.0,
+        eps: float = 1e-6,
+        uniform_mix: float = 0.0,
+        max_ratio: Optional[float] = None,
+        feature_dtype: torch.dtype = torch.float32,
+        device: Union[str, torch.device] = "cpu",
+        seed: int = 0,
+    ):
+        if not isinstance(max_size, int) or max_size <= 0:
+            raise ValueError(f"max_size (mem_size) must be a positive integer, got {max_size!r}")
+        if grouping not in GROUPINGS:
+            raise ValueError(f"unknown grouping {grouping!r}; choose one of {GROUPINGS}")
+        if insertion not in INSERTIONS:
+            raise ValueError(f"unknown insertion {insertion!r}; choose one of {INSERTIONS}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r}; choose one of {SIMILARITIES}")
+        if similarity == "learned" and similarity_net is None:
+            raise ValueError("similarity='learned' needs a similarity_net (SemanticSimilarity)")
+        if grouping == "fixed" and class_to_group is None:
+            raise ValueError("grouping='fixed' needs class_to_group, a class -> group tensor")
+        if balance_weight < 0:
+            raise ValueError(f"balance_weight must be >= 0, got {balance_weight}")
+        super().__init__(max_size)
+        self.grouping, self.insertion, self.similarity = grouping, insertion, similarity
+        self.balance_weight, self.eps = float(balance_weight), float(eps)
+        self.uniform_mix, self.max_ratio = float(uniform_mix), max_ratio
+        self.feature_dtype = feature_dtype
+        self.device = torch.device(device)
+        self.similarity_net = similarity_net
+        if threshold is None:
+            # Sample-to-prototype scores are split at their median; class-pair
+            # scores at a high quantile so only close classes share a group.
+            threshold = AdaptiveThreshold(0.8, quantile=0.5 if grouping == "prototype_threshold" else 0.96)
+        self.threshold = threshold.to(self.device)
+        self.prototypes = prototypes.to(self.device) if prototypes is not None else None
+        self.fixed_groups = (
+            torch.as_tensor(class_to_group, dtype=torch.long, device=self.device)
+            if class_to_group is not None else None
+        )
+        if self.fixed_groups is not None and bool((self.fixed_groups < 0).any()):
+            raise ValueError("class_to_group must hold non-negative group ids")
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.num_seen = 0  # samples offered to the buffer so far (reservoir counter)
+        self.size = 0  # slots filled
+        self.step = 0  # insertion calls so far
+        self.class_group: Optional[Tensor] = None
+        for name in _STORAGE:
+            setattr(self, name, None)
+
+    # ------------------------------------------------------------------ storage
+    @property
+    def allocated(self) -> bool:
+        return self.examples is not None
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1] if self.allocated else 0
+
+    @property
+    def num_feats(self) -> int:
+        return self.features.shape[1] if self.allocated else 0
+
+    def to(self, device: Union[str, torch.device]) -> "BalancedBuffer":
+        """Move storage and components to ``device`` (a no-op when already there).
+
+        A generator cannot change device, so moving reseeds it from the old one.
+        """
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        for name in _STORAGE + ("class_group", "fixed_groups"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        for module in (self.threshold, self.prototypes, self.similarity_net):
+            if module is not None:
+                module.to(device)
+        seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.device))
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.device = device
+        return self
+
+    def _allocate(self, examples: Tensor, logits: Tensor, features: Tensor) -> None:
+        cap, dev = self.max_size, self.device
+        num_classes, num_feats = logits.shape[1], features.shape[1]
+        self.examples = torch.zeros((cap, *examples.shape[1:]), dtype=examples.dtype, device=dev)
+        self.labels = torch.zeros(cap, dtype=torch.long, device=dev)
+        self.task_labels = torch.zeros(cap, dtype=torch.long, device=dev)
+        self.logits = torch.zeros((cap, num_classes), dtype=torch.float32, device=dev)
+        self.features = torch.zeros((cap, num_feats), dtype=self.feature_dtype, device=dev)
+        self.group_ids = torch.zeros(cap, dtype=torch.long, device=dev)
+        self.stored_step = torch.zeros(cap, dtype=torch.long, device=dev)
+        self.class_group = torch.arange(num_classes, device=dev)
+        if self.prototypes is None:
+            self.prototypes = ClassPrototypes(num_classes, num_feats).to(dev)
+        elif (self.prototypes.num_classes, self.prototypes.num_feats) != (num_classes, num_feats):
+            raise ValueError(
+                f"prototypes are {self.prototypes.num_classes} x {self.prototypes.num_feats} but the "
+                f"data has {num_classes} classes (logits) and {num_feats}-dim features"
+            )
+        if self.fixed_groups is not None and self.fixed_groups.shape[0] < num_classes:
+            raise ValueError(
+                f"class_to_group maps {self.fixed_groups.shape[0]} classes but logits have {num_classes}"
+            )
+
+    def _validate_batch(self, examples, labels, logits, features, task_labels) -> None:
+        n = examples.shape[0]
+        if labels.dim() != 1 or labels.shape[0] != n:
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        if logits.dim() != 2 or logits.shape[0] != n:
+            raise ValueError(f"logits must have shape ({n}, num_classes), got {tuple(logits.shape)}")
+        if features.dim() != 2 or features.shape[0] != n:
+            raise ValueError(f"features must have shape ({n}, num_feats), got {tuple(features.shape)}")
+        if task_labels.shape != labels.shape:
+            raise ValueError(f"task_labels must have shape ({n},), got {tuple(task_labels.shape)}")
+        if self.allocated:
+            if examples.shape[1:] != self.examples.shape[1:]:
+                raise ValueError(f"examples have shape {tuple(examples.shape[1:])} per sample, "
+                                 f"the buffer stores {tuple(self.examples.shape[1:])}")
+            if logits.shape[1] != self.num_classes:
+                raise ValueError(f"logits have {logits.shape[1]} classes, the buffer stores {self.num_classes}")
+            if features.shape[1] != self.num_feats:
+                raise ValueError(f"features have {features.shape[1]} dims, the buffer stores {self.num_feats}")
+        num_classes = logits.shape[1]
+        if n and bool(((labels < 0) | (labels >= num_classes)).any()):
+            raise ValueError(f"labels must lie in [0, {num_classes}) (the classifier's range), "
+                             f"got min={int(labels.min())}, max={int(labels.max())}")
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("features contain NaN or inf")
+
+    @torch.no_grad()
+    def add_data(self, examples: Tensor, labels: Tensor, logits: Tensor, features: Tensor,
+                 task_labels: Optional[Tensor] = None) -> Tensor:
+        """Insert a minibatch (non-augmented inputs); returns the slots written.
+
+        Inputs, labels, logits, features, groups and the step are written to
+        exactly the slots the insertion policy chose.
+        """
+        examples, labels = examples.detach().to(self.device), labels.to(self.device).long()
+        logits, features = logits.detach().to(self.device), features.detach().to(self.device)
+        features = features.flatten(1)
+        task_labels = (torch.zeros_like(labels) if task_labels is None
+                       else torch.as_tensor(task_labels, device=self.device).long().expand_as(labels))
+        self._validate_batch(examples, labels, logits, features, task_labels)
+        if examples.shape[0] == 0:
+            return torch.empty(0, dtype=torch.long, device=self.device)
+        if not self.allocated:
+            self._allocate(examples, logits, features)
+        if self.insertion == "reservoir":
+            source, slots = reservoir_slots(self.num_seen, self.size, examples.shape[0], self.max_size,
+                                            device=self.device, generator=self.generator)
+        else:
+            source, slots = class_balanced_slots(self.labels[: self.size], labels, self.max_size,
+                                                 self.num_classes, generator=self.generator)
+        self.examples[slots] = examples[source].to(self.examples.dtype)
+        self.labels[slots] = labels[source]
+        self.task_labels[slots] = task_labels[source]
+        self.logits[slots] = logits[source].float()
+        self.features[slots] = features[source].to(self.feature_dtype)
+        self.group_ids[slots] = self._groups_of(labels[source], features[source])
+        self.stored_step[slots] = self.step
+        self.num_seen += examples.shape[0]
+        self.size = min(self.max_size, self.size + examples.shape[0])  # both policies fill free slots first
+        self.step += 1
+        return slots
+
+    @torch.no_grad()
+    def update_features(self, indices: Tensor, features: Tensor) -> None:
+        """Refresh stored features of replayed samples from the forward pass that replayed them."""
+        features = features.detach().to(self.device).flatten(1)
+        if features.shape != (indices.shape[0], self.num_feats):
+            raise ValueError(f"features must have shape ({indices.shape[0]}, {self.num_feats}), "
+                             f"got {tuple(features.shape)}")
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("features contain NaN or inf")
+        self.features[indices.to(self.device)] = features.to(self.feature_dtype)
+
+    # ----------------------------------------------------------------- grouping
+    def _similarity(self, features: Tensor, labels: Tensor, op_prototypes: Optional[Tensor] = None) -> Tensor:
+        """Similarity in [0, 1] of each feature row to its class prototype."""
+        if op_prototypes is not None:
+            protos = torch.as_tensor(op_prototypes, device=self.device)
+            if protos.shape != (self.num_classes, self.num_feats):
+                raise ValueError(f"op_prototypes must have shape ({self.num_classes}, {self.num_feats}), "
+                                 f"got {tuple(protos.shape)}")
+            valid = protos.abs().sum(1) > 0  # all-zero rows: no prototype for that class
+        else:
+            protos, valid = self.prototypes.prototypes, self.prototypes.valid
+        own = protos[labels].float()
+        if self.similarity == "cosine":
+            sim = cosine_to_unit(torch.nn.functional.cosine_similarity(features.float(), own, dim=1))
+        else:
+            sim = self.similarity_net(features.float(), own)
+        return torch.where(valid[labels], sim, torch.ones_like(sim))
+
+    def _groups_of(self, labels: Tensor, features: Tensor) -> Tensor:
+        if self.grouping == "prototype_threshold":
+            return self.threshold(self._similarity(features, labels)).long()
+        if self.grouping == "fixed":
+            return self.fixed_groups[labels]
+        if self.grouping == "class":
+            return labels
+        return self.class_group[labels]
+
+    def class_similarity(self) -> Tensor:
+        """Similarity in [0, 1] between all pairs of class prototypes (C x C)."""
+        protos = self.prototypes
+        if self.similarity == "cosine":
+            return cosine_to_unit(protos.cosine_matrix())
+        return self.similarity_net.pairwise(protos.prototypes)
+
+    @torch.no_grad()
+    def regroup(self, update_threshold: bool = True) -> None:
+        """Recompute every stored sample's group (after prototypes or threshold changed).
+
+        In ``"class_similarity"`` mode the threshold first adapts to the
+        similarities between the prototypes of seen classes, then classes are
+        grouped; in ``"prototype_threshold"`` mode it adapts to the stored
+        samples' similarities to their prototypes.
+        """
+        if not self.allocated or self.size == 0:
+            return
+        labels, feats = self.labels[: self.size], self.features[: self.size]
+        if self.grouping == "class_similarity":
+            scores, seen = self.class_similarity(), self.prototypes.valid
+            if update_threshold:
+                pairs = seen.unsqueeze(0) & seen.unsqueeze(1)
+                pairs.fill_diagonal_(False)
+                self.threshold.update(scores[pairs])
+            self.class_group = class_groups_from_similarity(scores, seen, self.threshold.value)
+        elif self.grouping == "prototype_threshold" and update_threshold:
+            self.threshold.update(self._similarity(feats, labels))
+        self.group_ids[: self.size] = self._groups_of(labels, feats)
+
+    def group_counts(self) -> Tensor:
+        """Number of stored samples in each group id (index = group id)."""
+        if not self.allocated or self.size == 0:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        return torch.bincount(self.group_ids[: self.size])
+
+    def class_groups(self):
+        """``(classes, groups)``: each class present in the buffer and its group
+        (the most frequent group of its samples, for ``prototype_threshold``)."""
+        labels, groups = self.labels[: self.size], self.group_ids[: self.size]
+        classes = torch.unique(labels)
+        num_groups = int(groups.max()) + 1 if self.size else 1
+        joint = torch.bincount(labels * num_groups + groups,
+                               minlength=max(self.num_classes, 1) * num_groups)
+        majority = joint.view(-1, num_groups).argmax(1)
+        return classes, majority[classes]
+
+    # ----------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def importance(self, op_prototypes: Optional[Tensor] = None) -> Tensor:
+        """Importance of every stored sample (see :func:`balanced_importance`)."""
+        if self.size == 0:
+            return torch.zeros(0, device=self.device)
+        labels = self.labels[: self.size]
+        sim = self._similarity(self.features[: self.size], labels, op_prototypes)
+        return balanced_importance(sim, self.group_ids[: self.size],
+                                   balance_weight=self.balance_weight, eps=self.eps)
+
+    def _gather(self, indices: Tensor, transform: Optional[Callable]) -> ReplayBatch:
+        inputs = self.examples[indices]
+        if transform is not None:
+            inputs = transform(inputs)
+        return ReplayBatch(inputs, self.labels[indices], self.logits[indices], indices,
+                           self.task_labels[indices])
+
+    def _check_sample_size(self, minibatch_size: int) -> int:
+        if minibatch_size < 0:
+            raise ValueError(f"minibatch_size must be >= 0, got {minibatch_size}")
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty buffer; check len(buffer) > 0 first")
+        return min(minibatch_size, self.size)  # fewer stored than asked: draw what is there
+
+    @torch.no_grad()
+    def get_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:
+        """Uniform replay minibatch of ``min(minibatch_size, len(self))`` distinct samples."""
+        k = self._check_sample_size(minibatch_size)
+        idx = torch.randperm(self.size, device=self.device, generator=self.generator)[:k]
+        return self._gather(idx, transform)
+
+    @torch.no_grad()
+    def get_balanced_data(self, minibatch_size: int, transform: Optional[Callable] = None,
+                          op_prototypes: Optional[Tensor] = None) -> ReplayBatch:
+        """Importance-weighted replay minibatch (the design note's name and signature).
+
+        ``op_prototypes`` (C x D), when given, replaces the buffer's prototypes
+        for the similarity term; all-zero rows count as missing prototypes.
+        """
+        k = self._check_sample_size(minibatch_size)
+        idx = sample_indices(self.importance(op_prototypes), k, generator=self.generator,
+                             uniform_mix=self.uniform_mix, max_ratio=self.max_ratio)
+        return self._gather(idx, transform)
+
+    def __len__(self) -> int:
+        return self.size
+
+    # ------------------------------------------------------- Avalanche contract
+    @property
+    def buffer(self):
+        """Avalanche dataset view (inputs, labels, task labels) of the stored samples."""
+        if self.size == 0:
+            return super().buffer  # Avalanche's empty dataset
+        n = self.size
+        return _make_taskaware_tensor_classification_dataset(
+            self.examples[:n].cpu(), self.labels[:n].cpu(),
+            task_labels=self.task_labels[:n].cpu().tolist(), targets=self.labels[:n].cpu().tolist())
+
+    @buffer.setter
+    def buffer(self, new_buffer) -> None:
+        raise AttributeError("BalancedBuffer.buffer is a read-only view; insert with add_data()")
+
+    @torch.no_grad()
+    def post_adapt(self, agent, exp) -> None:
+        """Insert the experience's data after training, with logits and features from ``agent.model``.
+
+        This is the path Avalanche's ``ReplayPlugin(storage_policy=buffer)`` uses;
+        the data are inserted in minibatches with the buffer's insertion policy.
+        """
+        model = agent.model
+        was_training = model.training
+        model.eval()
+        loader = torch.utils.data.DataLoader(exp.dataset.eval(), batch_size=256, shuffle=False)
+        for batch in loader:
+            x, y = batch[0].to(agent.device), batch[1]
+            t = batch[2] if len(batch) > 2 else None
+            logits, feats = forward_with_features(model, x)
+            self.add_data(x, y, logits, feats, task_labels=t)
+        model.train(was_training)
+        self.refresh_prototypes()
+        self.regroup()
+
+    @torch.no_grad()
+    def refresh_prototypes(self, momentum: float = 0.0) -> None:
+        """Recompute class prototypes from the stored features."""
+        if self.size:
+            self.prototypes.update_from_features(self.features[: self.size], self.labels[: self.size],
+                                                 momentum=momentum)
+
+    @torch.no_grad()
+    def resize(self, strategy, new_size: int) -> None:
+        """Change the capacity. Shrinking keeps a uniform random subset (class-balanced
+        under ``insertion="class_balanced"``), which preserves each policy's invariant."""
+        if not isinstance(new_size, int) or new_size <= 0:
+            raise ValueError(f"new_size must be a positive integer, got {new_size!r}")
+        if not self.allocated:
+            self.max_size = new_size
+            return
+        n = self.size
+        if new_size < n:
+            if self.insertion == "class_balanced":
+                keep = torch.nonzero(balanced_keep_mask(self.labels[:n], new_size, self.num_classes,
+                                                        generator=self.generator)).squeeze(1)
+            else:
+                keep = torch.randperm(n, device=self.device, generator=self.generator)[:new_size]
+            keep = keep.sort().values
+        else:
+            keep = torch.arange(n, device=self.device)
+        for name in _STORAGE:
+            old = getattr(self, name)
+            new = old.new_zeros((new_size, *old.shape[1:]))
+            new[: keep.shape[0]] = old[keep]
+            setattr(self, name, new)
+        self.max_size, self.size = new_size, keep.shape[0]
+
+    # -------------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: tensors, counters, groups, RNG, components."""
+        state = {name: getattr(self, name) for name in _STORAGE}
+        state.update(
+            max_size=self.max_size, size=self.size, num_seen=self.num_seen, step=self.step,
+            class_group=self.class_group, config=self._config(), generator=self.generator.get_state(),
+            threshold=self.threshold.state_dict(),
+            prototypes=self.prototypes.state_dict() if self.prototypes is not None else None,
+        )
+        return state
+
+    def _config(self) -> dict:
+        return dict(grouping=self.grouping, insertion=self.insertion, similarity=self.similarity,
+                    feature_dtype=str(self.feature_dtype))
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; a state from another configuration raises ``ValueError``."""
+        if state["config"] != self._config() or state["max_size"] != self.max_size:
+            raise ValueError(
+                f"buffer state is for config {state['config']} with max_size {state['max_size']}, "
+                f"this buffer is {self._config()} with max_size {self.max_size}"
+            )
+        if state["examples"] is not None and self.prototypes is None:
+            self.prototypes = ClassPrototypes(state["logits"].shape[1], state["features"].shape[1]).to(self.device)
+        if state["examples"] is not None and self.prototypes is not None:
+            self.prototypes.load_state_dict(state["prototypes"])
+        for name in _STORAGE:
+            value = state[name]
+            setattr(self, name, None if value is None else value.to(self.device))
+        self.class_group = None if state["class_group"] is None else state["class_group"].to(self.device)
+        self.size, self.num_seen, self.step = state["size"], state["num_seen"], state["step"]
+        self.generator.set_state(state["generator"])
+        self.threshold.load_state_dict(state["threshold"])

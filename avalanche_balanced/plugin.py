@@ -1,0 +1,177 @@
+"""``BalancedReplayPlugin``: balanced (or uniform) replay for any Avalanche ``SupervisedTemplate``."""
+from typing import Callable, Optional
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metric_results import MetricValue
+
+from .buffer import BalancedBuffer, ReplayBatch
+from .features import FeatureHook
+from .sampling import normalized_entropy
+
+__all__ = ["BalancedReplayPlugin"]
+
+
+class BalancedReplayPlugin(SupervisedPlugin):
+    """Experience replay from a :class:`BalancedBuffer`, joined to every training minibatch.
+
+    Per training iteration:
+
+    * ``before_forward``: draw ``batch_size_mem`` stored samples (importance
+      weighted if ``use_balanced_sampling``, else uniform), join them to the
+      current minibatch so the strategy's own criterion covers both, and apply
+      ``transform`` (a *batched* augmentation such as
+      :func:`~avalanche_balanced.data.cifar_augment`) to the joint batch;
+    * ``after_forward``: read the penultimate features of that same forward
+      pass (a hook on the model's last linear layer) and refresh the replayed
+      samples' stored features;
+    * ``after_training_iteration``: insert the current, non-augmented samples
+      with their logits and features.
+
+    Every ``regroup_every`` iterations and at the end of each experience the
+    class prototypes are recomputed from the buffer's features and the samples
+    regrouped. At the end of each experience the plugin publishes to the
+    strategy's evaluator (hence to TensorBoard): the number of groups, the
+    group sizes and the importance scores (histograms), and the normalised
+    entropy of the groups of the samples replayed during the experience.
+
+    ``use_balanced_sampling=False`` is plain uniform reservoir replay, the
+    baseline balanced replay is measured against.
+
+    Args:
+        mem_size: buffer capacity.
+        batch_size_mem: replayed samples per iteration (<= ``mem_size``).
+        use_balanced_sampling: importance-weighted (True) or uniform draws.
+        balance_weight: exponent of the balance factor (0 = similarity only).
+        grouping: one of ``GROUPINGS`` (see :class:`BalancedBuffer`).
+        transform: batched callable applied to the joint input batch, or None
+            when the dataset already augments each sample.
+        regroup_every: iterations between regroupings (None: per experience only).
+        storage_policy: a ready :class:`BalancedBuffer`; otherwise one is built
+            from ``mem_size``, ``grouping``, ``balance_weight`` and ``buffer_kwargs``.
+    """
+
+    def __init__(
+        self,
+        mem_size: int = 200,
+        batch_size_mem: int = 32,
+        use_balanced_sampling: bool = True,
+        balance_weight: float = 1.0,
+        grouping: str = "class_similarity",
+        transform: Optional[Callable] = None,
+        regroup_every: Optional[int] = 50,
+        storage_policy: Optional[BalancedBuffer] = None,
+        seed: int = 0,
+        **buffer_kwargs,
+    ):
+        super().__init__()
+        if storage_policy is None:
+            storage_policy = BalancedBuffer(mem_size, grouping=grouping, balance_weight=balance_weight,
+                                            seed=seed, **buffer_kwargs)
+        if batch_size_mem <= 0:
+            raise ValueError(f"batch_size_mem must be positive, got {batch_size_mem}")
+        if batch_size_mem > storage_policy.max_size:
+            raise ValueError(f"batch_size_mem ({batch_size_mem}) is larger than mem_size "
+                             f"({storage_policy.max_size})")
+        if regroup_every is not None and regroup_every <= 0:
+            raise ValueError(f"regroup_every must be positive or None, got {regroup_every}")
+        self.buffer = storage_policy
+        self.batch_size_mem = batch_size_mem
+        self.use_balanced_sampling = use_balanced_sampling
+        self.transform = transform
+        self.regroup_every = regroup_every
+        self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
+        self._hook: Optional[FeatureHook] = None
+        self._replay: Optional[ReplayBatch] = None
+        self._current = None
+        self._iterations = 0
+
+    @property
+    def storage_policy(self) -> BalancedBuffer:
+        """Avalanche's name for the buffer."""
+        return self.buffer
+
+    def draw(self) -> ReplayBatch:
+        """One replay minibatch (non-augmented), balanced or uniform as configured."""
+        if self.use_balanced_sampling:
+            return self.buffer.get_balanced_data(self.batch_size_mem)
+        return self.buffer.get_data(self.batch_size_mem)
+
+    # ------------------------------------------------------------------ hooks
+    def before_training_exp(self, strategy, **kwargs):
+        self.buffer.to(strategy.device)
+        if self._hook is None:
+            self._hook = FeatureHook(strategy.model)
+        self.replay_group_counts = None
+
+    def before_forward(self, strategy, **kwargs):
+        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
+        self._current = (x, y, t)
+        self._replay = self.draw() if len(self.buffer) > 0 else None
+        if self._replay is not None:
+            self._count_replayed_groups(self._replay.indices)
+            x = torch.cat([x, self._replay.inputs.to(x.dtype)])
+            y = torch.cat([y, self._replay.labels])
+            t = torch.cat([t, self._replay.task_labels])
+        strategy.mbatch[0] = self.transform(x) if self.transform is not None else x
+        strategy.mbatch[1], strategy.mbatch[2] = y, t
+
+    def after_forward(self, strategy, **kwargs):
+        feats = self._hook.features.detach().flatten(1)
+        n = self._current[0].shape[0]
+        if self._replay is not None:
+            self.buffer.update_features(self._replay.indices, feats[n:])
+        self._current = (*self._current, strategy.mb_output.detach()[:n], feats[:n])
+
+    def after_training_iteration(self, strategy, **kwargs):
+        x, y, t, logits, feats = self._current
+        self.buffer.add_data(x, y, logits, feats, task_labels=t)
+        self._current, self._replay = None, None
+        self._iterations += 1
+        if self.regroup_every and self._iterations % self.regroup_every == 0:
+            self._regroup()
+
+    def after_training_exp(self, strategy, **kwargs):
+        self._regroup()
+        self._publish(strategy)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # --------------------------------------------------------------- helpers
+    def _regroup(self):
+        self.buffer.refresh_prototypes()
+        self.buffer.regroup()
+
+    def _count_replayed_groups(self, indices):
+        groups = self.buffer.group_ids[indices]
+        width = max(self.buffer.num_classes, 2)
+        counts = torch.bincount(groups, minlength=width)
+        if self.replay_group_counts is None or self.replay_group_counts.shape != counts.shape:
+            self.replay_group_counts = torch.zeros_like(counts)
+        self.replay_group_counts += counts
+
+    def replay_group_entropy(self) -> float:
+        """Normalised entropy of the groups replayed this experience (1 = balanced)."""
+        counts = self.buffer.group_counts()
+        if self.replay_group_counts is None or counts.numel() == 0:
+            return 0.0
+        # Groups can change during an experience (regrouping): count every bin that was drawn.
+        num_groups = max(int((counts > 0).sum()), int((self.replay_group_counts > 0).sum()))
+        return float(normalized_entropy(self.replay_group_counts, num_bins=num_groups))
+
+    def _publish(self, strategy):
+        evaluator = getattr(strategy, "evaluator", None)
+        if evaluator is None or len(self.buffer) == 0:
+            return
+        step = strategy.clock.train_iterations
+        counts = self.buffer.group_counts()
+        sizes = counts[counts > 0]
+        values = {
+            "BalancedReplay/num_groups": int(sizes.numel()),
+            "BalancedReplay/group_sizes": sizes.float().cpu(),
+            "BalancedReplay/importance": self.buffer.importance().float().cpu(),
+            "BalancedReplay/replay_group_entropy": self.replay_group_entropy(),
+        }
+        for name, value in values.items():
+            evaluator.publish_metric_value(MetricValue(self, name, value, step))

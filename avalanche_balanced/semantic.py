@@ -1,0 +1,273 @@
+"""Semantic components: class prototypes, a learned pair similarity, an adaptive
+threshold, and the grouping rules that turn them into semantic groups.
+
+All three components are ``nn.Module``s so that ``.to(device)``,
+``state_dict()`` and ``load_state_dict()`` come from PyTorch.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .sampling import cosine_to_unit
+
+__all__ = [
+    "ClassPrototypes",
+    "SemanticSimilarity",
+    "AdaptiveThreshold",
+    "GROUPINGS",
+    "connected_components",
+    "class_groups_from_similarity",
+]
+
+GROUPINGS = ("class_similarity", "prototype_threshold", "class", "fixed")
+"""Names of the grouping modes understood by :class:`BalancedBuffer`."""
+
+
+def _check_features(features: Tensor, labels: Tensor, num_feats: int, num_classes: int) -> None:
+    if features.dim() != 2 or features.shape[1] != num_feats:
+        raise ValueError(
+            f"features must have shape (N, {num_feats}), got {tuple(features.shape)}"
+        )
+    if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}"
+        )
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got min={int(labels.min())}, "
+            f"max={int(labels.max())}"
+        )
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features contain NaN or inf")
+
+
+class ClassPrototypes(nn.Module):
+    """One prototype per class: the mean of the class's L2-normalised features.
+
+    ``prototypes[c]`` is meaningful only where ``valid[c]`` is true. SARL sets
+    prototypes once per task from a full pass over the task's data
+    (:meth:`set_from_features`); the replay plugin refreshes them from buffer
+    features (:meth:`update_from_features`).
+    """
+
+    def __init__(self, num_classes: int, num_feats: int):
+        super().__init__()
+        if num_classes < 1 or num_feats < 1:
+            raise ValueError(f"num_classes and num_feats must be >= 1, got {num_classes}, {num_feats}")
+        self.num_classes = num_classes
+        self.num_feats = num_feats
+        self.register_buffer("prototypes", torch.zeros(num_classes, num_feats))
+        self.register_buffer("valid", torch.zeros(num_classes, dtype=torch.bool))
+
+    @staticmethod
+    def class_means(features: Tensor, labels: Tensor, num_classes: int):
+        """Per-class mean of L2-normalised features and per-class counts (vectorised)."""
+        normed = F.normalize(features.float(), dim=1)
+        sums = normed.new_zeros(num_classes, normed.shape[1]).index_add_(0, labels, normed)
+        counts = torch.bincount(labels, minlength=num_classes)
+        means = sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)
+        return means, counts
+
+    @torch.no_grad()
+    def set_from_features(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Set the prototypes of the classes present in ``labels``; others are kept.
+
+        Returns the boolean mask of the classes that were set.
+        """
+        _check_features(features, labels, self.num_feats, self.num_classes)
+        means, counts = self.class_means(features, labels, self.num_classes)
+        present = counts > 0
+        self.prototypes[present] = means[present].to(self.prototypes.dtype)
+        self.valid |= present
+        return present
+
+    @torch.no_grad()
+    def update_from_features(self, features: Tensor, labels: Tensor, momentum: float = 0.0) -> Tensor:
+        """Blend new class means into the prototypes of the classes present.
+
+        ``new = momentum * old + (1 - momentum) * mean`` for classes that already
+        have a prototype; classes seen for the first time take the mean.
+        """
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        _check_features(features, labels, self.num_feats, self.num_classes)
+        means, counts = self.class_means(features, labels, self.num_classes)
+        present = counts > 0
+        keep = (present & self.valid).unsqueeze(1) * momentum
+        blended = keep * self.prototypes + (1 - keep) * means.to(self.prototypes.dtype)
+        self.prototypes.copy_(torch.where(present.unsqueeze(1), blended, self.prototypes))
+        self.valid |= present
+        return present
+
+    def cosine_to_own(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Cosine similarity of each feature row to the prototype of its label.
+
+        Rows whose class has no prototype yet get similarity 1 (no evidence that
+        the sample is atypical, so the similarity term stays neutral).
+        """
+        protos = self.prototypes[labels]
+        cos = F.cosine_similarity(features.float(), protos.float(), dim=1, eps=1e-8)
+        return torch.where(self.valid[labels], cos, torch.ones_like(cos))
+
+    def cosine_matrix(self) -> Tensor:
+        """Cosine similarity between all pairs of prototypes (C x C)."""
+        normed = F.normalize(self.prototypes, dim=1)
+        return normed @ normed.T
+
+
+class SemanticSimilarity(nn.Module):
+    """Learned similarity of two feature vectors, in (0, 1).
+
+    An MLP on the concatenation ``[a, b]`` of L2-normalised features
+    (``2*num_feats -> 128 -> 64 -> 1``, sigmoid). It is trained by
+    :meth:`train_step` on pairs from a batch: same class -> 1, different class
+    -> 0, binary cross-entropy with positives re-weighted to balance the rare
+    same-class pairs, and its own Adam optimiser at ``sim_lr``. Scores are
+    symmetrised (``(s(a, b) + s(b, a)) / 2``) since concatenation is ordered.
+    """
+
+    def __init__(self, num_feats: int, hidden: Sequence[int] = (128, 64), sim_lr: float = 1e-3):
+        super().__init__()
+        if num_feats < 1:
+            raise ValueError(f"num_feats must be >= 1, got {num_feats}")
+        if sim_lr <= 0:
+            raise ValueError(f"sim_lr must be positive, got {sim_lr}")
+        self.num_feats = num_feats
+        layers, width = [], 2 * num_feats
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+        self.sim_lr = sim_lr
+        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=sim_lr)
+
+    def _logits(self, a: Tensor, b: Tensor) -> Tensor:
+        a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+        forward = self.mlp(torch.cat([a, b], dim=-1))
+        backward = self.mlp(torch.cat([b, a], dim=-1))
+        return 0.5 * (forward + backward).squeeze(-1)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """Similarity of rows of ``a`` and ``b`` (same leading shape), in (0, 1)."""
+        if a.shape[-1] != self.num_feats or b.shape[-1] != self.num_feats:
+            raise ValueError(
+                f"features must have {self.num_feats} dims, got {a.shape[-1]} and {b.shape[-1]}"
+            )
+        return torch.sigmoid(self._logits(a, b))
+
+    def pairwise(self, x: Tensor) -> Tensor:
+        """Similarity between all pairs of rows of ``x`` (N x N), e.g. class prototypes."""
+        n = x.shape[0]
+        return self(x.unsqueeze(1).expand(n, n, -1), x.unsqueeze(0).expand(n, n, -1))
+
+    def pair_loss(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Balanced BCE over all ordered pairs of distinct rows of a batch."""
+        n = features.shape[0]
+        feats = features.detach()
+        logits = self._logits(feats.unsqueeze(1).expand(n, n, -1), feats.unsqueeze(0).expand(n, n, -1))
+        target = (labels.unsqueeze(0) == labels.unsqueeze(1)).float()
+        off_diag = ~torch.eye(n, dtype=torch.bool, device=features.device)
+        logits, target = logits[off_diag], target[off_diag]
+        n_pos = target.sum()
+        # Same-class pairs are rare (about 1 in #classes); weight them up to half the loss.
+        pos_weight = ((target.numel() - n_pos) / n_pos.clamp_min(1)).clamp_min(1.0)
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+    def train_step(self, features: Tensor, labels: Tensor) -> Tensor:
+        """One Adam step on the pairs of a batch; returns the (detached) loss.
+
+        The features are detached: this network learns *about* the backbone's
+        features without sending gradients into the backbone.
+        """
+        if features.shape[0] < 2:
+            return features.new_zeros(())
+        with torch.enable_grad():
+            loss = self.pair_loss(features, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach()
+
+    def state_dict(self, *args, **kwargs):
+        # The optimiser's state travels with the network, so a resumed run continues identically.
+        state = super().state_dict(*args, **kwargs)
+        state["_optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        state = dict(state_dict)
+        opt_state = state.pop("_optimizer", None)
+        result = super().load_state_dict(state, strict=strict)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+        return result
+
+
+class AdaptiveThreshold(nn.Module):
+    """A similarity threshold that follows the observed score distribution.
+
+    ``value`` starts at ``init`` (SARL's ``sim_thresh``) and every call to
+    :meth:`update` moves it by an exponential moving average toward the
+    ``quantile`` of the scores it is shown (by default the pairwise similarities
+    between class prototypes). With ``quantile=0.96`` about 4% of class pairs
+    end above the threshold, as many as CIFAR-100's same-superclass pairs
+    (4 of 99 other classes).
+    """
+
+    def __init__(self, init: float = 0.8, quantile: float = 0.96, momentum: float = 0.5):
+        super().__init__()
+        if not 0.0 <= init <= 1.0:
+            raise ValueError(f"init must lie in [0, 1], got {init}")
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        self.quantile = quantile
+        self.momentum = momentum
+        self.register_buffer("value", torch.tensor(float(init)))
+
+    @torch.no_grad()
+    def update(self, scores: Tensor) -> Tensor:
+        """Move the threshold toward the quantile of ``scores``; returns the new value."""
+        scores = scores.detach().flatten().float()
+        scores = scores[torch.isfinite(scores)]
+        if scores.numel() == 0:  # nothing observed: keep the current value
+            return self.value
+        target = torch.quantile(scores, self.quantile)
+        self.value.mul_(self.momentum).add_((1 - self.momentum) * target)
+        return self.value
+
+    def forward(self, scores: Tensor) -> Tensor:
+        """Membership: ``scores > threshold`` (bool, same shape)."""
+        return scores > self.value
+
+
+def connected_components(adjacency: Tensor) -> Tensor:
+    """Component id of each node of an undirected graph (the smallest node index in it).
+
+    Min-label propagation with matrix operations: at most ``n`` rounds of an
+    ``n x n`` masked minimum, for graphs of classes (n <= a few thousand).
+    """
+    n = adjacency.shape[0]
+    adj = adjacency | adjacency.T | torch.eye(n, dtype=torch.bool, device=adjacency.device)
+    labels = torch.arange(n, device=adjacency.device)
+    big = torch.full((n, n), n, device=adjacency.device, dtype=labels.dtype)
+    for _ in range(n):
+        new = torch.where(adj, labels.unsqueeze(0).expand(n, n), big).amin(dim=1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def class_groups_from_similarity(scores: Tensor, seen: Tensor, threshold: Tensor) -> Tensor:
+    """Group of every class: connected components of ``scores > threshold`` over seen classes.
+
+    Unseen classes form singleton groups (their own index), so a class that
+    appears later starts alone until its prototype exists.
+    """
+    adjacency = (scores > threshold) & seen.unsqueeze(0) & seen.unsqueeze(1)
+    return connected_components(adjacency)

@@ -1,0 +1,158 @@
+"""The pure sampling maths: formula, draw frequencies, fallbacks, errors."""
+import math
+
+import pytest
+import torch
+
+from avalanche_balanced import balanced_importance, cosine_to_unit, normalized_entropy, sample_indices
+
+
+def test_importance_matches_hand_computed_values():
+    sim = torch.tensor([0.5, 0.25, 1.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 3])  # group 0 has 3 samples, group 3 has 1; 2 groups
+    eps = 1e-6
+    got = balanced_importance(sim, groups, eps=eps)
+    expected = torch.tensor([
+        (1 / (0.5 + eps)) * (2 / 3),
+        (1 / (0.25 + eps)) * (2 / 3),
+        (1 / (1.0 + eps)) * (2 / 3),
+        (1 / (0.0 + eps)) * (2 / 1),
+    ])
+    torch.testing.assert_close(got, expected)
+
+
+def test_balance_weight_scales_only_the_balance_factor():
+    sim = torch.tensor([0.5, 0.5, 0.5])
+    groups = torch.tensor([0, 1, 1])
+    zero = balanced_importance(sim, groups, balance_weight=0.0)
+    torch.testing.assert_close(zero, torch.full((3,), 1 / (0.5 + 1e-6)))
+    half = balanced_importance(sim, groups, balance_weight=0.5)
+    torch.testing.assert_close(half, (1 / (0.5 + 1e-6)) * torch.tensor([2.0, 1.0, 1.0]).sqrt())
+
+
+def test_single_group_gives_pure_similarity_term():
+    sim = torch.rand(50)
+    got = balanced_importance(sim, torch.zeros(50, dtype=torch.long))
+    # balance factor 1/50 for everyone: only the similarity term orders the samples
+    torch.testing.assert_close(got, (1 / 50) / (sim + 1e-6))
+
+
+def test_zero_similarity_is_finite():
+    got = balanced_importance(torch.zeros(4), torch.tensor([0, 1, 2, 3]))
+    assert torch.isfinite(got).all() and (got > 0).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 1.5])
+def test_similarity_outside_unit_interval_raises(bad):
+    with pytest.raises(ValueError, match="similarity"):
+        balanced_importance(torch.tensor([0.5, bad]), torch.tensor([0, 1]))
+
+
+def test_importance_shape_and_dtype_errors():
+    with pytest.raises(ValueError, match="entries"):
+        balanced_importance(torch.rand(3), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        balanced_importance(torch.rand(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="1-D"):
+        balanced_importance(torch.rand(3, 1), torch.zeros(3, dtype=torch.long))
+    assert balanced_importance(torch.empty(0), torch.empty(0, dtype=torch.long)).numel() == 0
+
+
+def test_cosine_to_unit_maps_range():
+    torch.testing.assert_close(cosine_to_unit(torch.tensor([-1.0, 0.0, 1.0, 1.0000001])),
+                               torch.tensor([0.0, 0.5, 1.0, 1.0]))
+
+
+def test_single_draw_frequencies_match_weights():
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 10.0])
+    gen = torch.Generator().manual_seed(0)
+    n = 40000
+    draws = torch.cat([sample_indices(weights, 1, generator=gen) for _ in range(n)])
+    freq = torch.bincount(draws, minlength=6).float() / n
+    torch.testing.assert_close(freq, weights / weights.sum(), atol=0.01, rtol=0)
+    assert freq[4] == 0  # zero weight never drawn while positive weights remain
+
+
+def test_draw_without_replacement_matches_multinomial():
+    weights = torch.tensor([5.0, 1.0, 1.0, 2.0, 0.5, 0.5])
+    gen = torch.Generator().manual_seed(1)
+    n, k = 20000, 3
+    ours = torch.stack([sample_indices(weights, k, generator=gen) for _ in range(n)])
+    ref = torch.stack([torch.multinomial(weights, k, replacement=False, generator=gen) for _ in range(n)])
+    assert all(len(set(row.tolist())) == k for row in ours[:200])  # no repeats
+    inclusion = torch.bincount(ours.flatten(), minlength=6).float() / n
+    ref_inclusion = torch.bincount(ref.flatten(), minlength=6).float() / n
+    torch.testing.assert_close(inclusion, ref_inclusion, atol=0.02, rtol=0)
+
+
+def test_replacement_only_when_k_exceeds_n():
+    gen = torch.Generator().manual_seed(0)
+    idx = sample_indices(torch.ones(5), 5, generator=gen)
+    assert sorted(idx.tolist()) == [0, 1, 2, 3, 4]
+    idx = sample_indices(torch.ones(5), 12, generator=gen)
+    assert idx.shape == (12,) and idx.max() < 5
+
+
+def test_all_zero_weights_fall_back_to_uniform():
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_indices(torch.zeros(4), 1, generator=gen) for _ in range(8000)])
+    freq = torch.bincount(draws, minlength=4).float() / 8000
+    torch.testing.assert_close(freq, torch.full((4,), 0.25), atol=0.02, rtol=0)
+
+
+def test_uniform_mix_and_cap():
+    weights = torch.tensor([100.0, 1.0, 1.0, 1.0])
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    draws = torch.cat([sample_indices(weights, 1, generator=gen, uniform_mix=1.0) for _ in range(n)])
+    torch.testing.assert_close(torch.bincount(draws, minlength=4).float() / n, torch.full((4,), 0.25),
+                               atol=0.015, rtol=0)
+    # Cap at 2x the mean: p = [0.5, 1/6, 1/6, 1/6] exactly (water-filling).
+    draws = torch.cat([sample_indices(weights, 1, generator=gen, max_ratio=2.0) for _ in range(n)])
+    torch.testing.assert_close(torch.bincount(draws, minlength=4).float() / n,
+                               torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6]), atol=0.015, rtol=0)
+
+
+def test_cap_weights_is_exact():
+    from avalanche_balanced.sampling import _cap_weights
+    w = torch.rand(1000) ** 4
+    w = w / w.sum()
+    capped = _cap_weights(w, 3.0)
+    assert abs(capped.sum().item() - 1) < 1e-5
+    assert capped.max().item() <= 3.0 / 1000 * (1 + 1e-4)
+    # order of the uncapped weights is preserved (a common scale)
+    small = capped < 3.0 / 1000 * 0.999
+    ratio = capped[small] / w[small]
+    torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio))
+
+
+def test_sample_errors():
+    with pytest.raises(ValueError, match="empty"):
+        sample_indices(torch.empty(0), 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        sample_indices(torch.tensor([1.0, -1.0]), 1)
+    with pytest.raises(ValueError, match="non-negative"):
+        sample_indices(torch.tensor([1.0, float("nan")]), 1)
+    with pytest.raises(ValueError, match="uniform_mix"):
+        sample_indices(torch.ones(3), 1, uniform_mix=1.5)
+    with pytest.raises(ValueError, match="max_ratio"):
+        sample_indices(torch.ones(3), 1, max_ratio=0.5)
+    with pytest.raises(ValueError, match="k must"):
+        sample_indices(torch.ones(3), -1)
+    assert sample_indices(torch.ones(3), 0).numel() == 0
+
+
+def test_same_generator_seed_same_draws():
+    w = torch.rand(1000)
+    a = sample_indices(w, 32, generator=torch.Generator().manual_seed(7))
+    b = sample_indices(w, 32, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_normalized_entropy():
+    assert normalized_entropy(torch.tensor([5, 5, 5, 5])).item() == pytest.approx(1.0)
+    assert normalized_entropy(torch.tensor([7, 0, 0])).item() == 0.0
+    assert normalized_entropy(torch.tensor([5, 5, 0, 0]), num_bins=4).item() == pytest.approx(0.5)
+    p = torch.tensor([0.5, 0.25, 0.25])
+    expected = -(p * p.log()).sum().item() / math.log(3)
+    assert normalized_entropy(torch.tensor([2, 1, 1])).item() == pytest.approx(expected)

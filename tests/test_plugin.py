@@ -1,0 +1,122 @@
+"""BalancedReplayPlugin inside real Avalanche strategies on a tiny synthetic benchmark."""
+import pytest
+import torch
+from torch import nn
+from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.supervised import LwF, Naive
+
+from avalanche_balanced import BalancedReplayPlugin
+
+C, D = 6, 8
+
+
+def tiny_benchmark(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(C).repeat_interleave(40)
+    x = torch.randn(len(y), D, generator=g) + 2.0 * torch.eye(C, D)[y]
+    ds = _make_taskaware_tensor_classification_dataset(x, y)
+    return nc_benchmark(ds, ds, n_experiences=3, task_labels=False, seed=seed)
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, C))
+
+
+class Recorder(SupervisedPlugin):
+    """Records the labels each training forward pass saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.labels = []
+
+    def after_forward(self, strategy, **kwargs):
+        self.labels.append(strategy.mb_y.clone())
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_naive_with_plugin_replays_old_classes(balanced):
+    bm = tiny_benchmark()
+    plugin = BalancedReplayPlugin(mem_size=40, batch_size_mem=8, use_balanced_sampling=balanced,
+                                  regroup_every=5)
+    recorder = Recorder()
+    model = mlp()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                     train_mb_size=16, train_epochs=1, plugins=[plugin, recorder],
+                     evaluator=EvaluationPlugin(loggers=[]))
+    seen = set()
+    for i, exp in enumerate(bm.train_stream):
+        recorder.labels.clear()
+        strategy.train(exp)
+        new = set(exp.classes_in_this_experience)
+        stored = set(plugin.buffer.labels[: len(plugin.buffer)].tolist())
+        seen |= new
+        assert stored == seen  # buffer holds exactly the classes seen so far
+        seen_in_batches = set(torch.cat(recorder.labels).tolist())
+        if i > 0:
+            assert seen_in_batches & (seen - new), "old classes must be replayed"
+        assert all(len(b) == 16 + 8 for b in recorder.labels[1:])  # 16 current + 8 replayed
+    assert len(plugin.buffer) == 40
+
+
+def test_features_and_logits_come_from_the_same_forward_pass():
+    bm = tiny_benchmark()
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
+    model = mlp()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                     train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
+    strategy.train(bm.train_stream[0])
+    buf = plugin.buffer
+    with torch.no_grad():
+        feats = model[1](model[0](buf.examples[: len(buf)]))  # input of the last linear layer
+    torch.testing.assert_close(buf.features[: len(buf)], feats)  # lr 0: features stay exact
+    torch.testing.assert_close(buf.logits[: len(buf)], model[2](feats))
+
+
+def test_transform_applies_to_the_joint_batch_but_raw_inputs_are_stored():
+    bm = tiny_benchmark()
+    seen_inputs = []
+
+    def shift(x):
+        seen_inputs.append(x)
+        return x + 100.0
+
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, transform=shift)
+    model = mlp()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                     train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
+    strategy.train(bm.train_stream[0])
+    assert plugin.buffer.examples[: len(plugin.buffer)].abs().max() < 50  # stored untransformed
+    assert seen_inputs[-1].shape[0] == 18  # 10 current + 8 replayed went through the transform
+
+
+def test_plugin_with_lwf_and_monitoring_metrics():
+    bm = tiny_benchmark()
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
+    model = mlp()
+    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[], collect_all=True)
+    strategy = LwF(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                   criterion=nn.CrossEntropyLoss(), alpha=1.0, temperature=2.0, train_mb_size=16, train_epochs=1,
+                   plugins=[plugin], evaluator=evaluator)
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    strategy.eval(bm.test_stream)
+    metrics = evaluator.get_last_metrics()
+    assert metrics["BalancedReplay/num_groups"] >= 1
+    assert metrics["BalancedReplay/group_sizes"].sum().item() == 30
+    assert metrics["BalancedReplay/importance"].shape == (30,)
+    assert 0.0 <= metrics["BalancedReplay/replay_group_entropy"] <= 1.0
+    assert metrics["Top1_Acc_Stream/eval_phase/test_stream/Task000"] > 1.0 / C  # learned something
+
+
+def test_bad_plugin_arguments():
+    with pytest.raises(ValueError, match="batch_size_mem"):
+        BalancedReplayPlugin(mem_size=10, batch_size_mem=11)
+    with pytest.raises(ValueError, match="max_size"):
+        BalancedReplayPlugin(mem_size=0)
+    with pytest.raises(ValueError, match="grouping"):
+        BalancedReplayPlugin(grouping="superclass")

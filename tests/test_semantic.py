@@ -1,0 +1,106 @@
+"""Semantic components: prototypes, the learned similarity, the adaptive threshold, grouping."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avalanche_balanced import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
+from avalanche_balanced.semantic import connected_components
+
+
+def test_prototypes_equal_mean_of_normalised_features():
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
+    protos = ClassPrototypes(4, 5)
+    present = protos.set_from_features(feats, labels)
+    for c in range(3):
+        expected = F.normalize(feats[labels == c], dim=1).mean(0)
+        torch.testing.assert_close(protos.prototypes[c], expected)
+    assert present.tolist() == [True, True, True, False] and protos.valid.tolist() == present.tolist()
+
+
+def test_prototype_update_blends_with_momentum():
+    protos = ClassPrototypes(2, 2)
+    protos.set_from_features(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    protos.update_from_features(torch.tensor([[0.0, 2.0], [3.0, 0.0]]), torch.tensor([0, 1]), momentum=0.5)
+    torch.testing.assert_close(protos.prototypes, torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+    cos = protos.cosine_to_own(torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+    torch.testing.assert_close(cos, torch.tensor([1.0, 0.0]))
+
+
+def test_prototype_errors():
+    protos = ClassPrototypes(3, 4)
+    with pytest.raises(ValueError, match="shape"):
+        protos.set_from_features(torch.randn(2, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        protos.set_from_features(torch.randn(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="NaN"):
+        protos.set_from_features(torch.full((2, 4), float("inf")), torch.tensor([0, 1]))
+
+
+def test_missing_prototype_gives_neutral_similarity():
+    protos = ClassPrototypes(3, 2)
+    protos.set_from_features(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    cos = protos.cosine_to_own(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 2]))
+    torch.testing.assert_close(cos, torch.tensor([0.0, 1.0]))
+
+
+def _separable(n_classes=4, per_class=16, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_classes, dim, generator=g) * 3
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    return centres[labels] + 0.3 * torch.randn(len(labels), dim, generator=g), labels
+
+
+def test_semantic_similarity_learns_to_separate_pairs():
+    torch.manual_seed(0)
+    feats, labels = _separable()
+    net = SemanticSimilarity(16, sim_lr=1e-2)
+    first = net.train_step(feats, labels).item()
+    for _ in range(80):
+        last = net.train_step(feats, labels).item()
+    assert last < 0.3 * first
+    with torch.no_grad():
+        scores = net.pairwise(feats)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    off = ~torch.eye(len(labels), dtype=torch.bool)
+    assert scores[same & off].mean() > 0.8 and scores[~same].mean() < 0.2
+    assert scores[same & off].min() > scores[~same].max() - 0.5
+    torch.testing.assert_close(scores, scores.T)  # symmetrised
+
+
+def test_semantic_similarity_does_not_touch_feature_gradients():
+    feats = torch.randn(8, 4, requires_grad=True)
+    SemanticSimilarity(4).train_step(feats, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    assert feats.grad is None
+
+
+def test_semantic_similarity_state_includes_optimizer():
+    feats, labels = _separable(dim=6)
+    net = SemanticSimilarity(6)
+    net.train_step(feats, labels)
+    clone = SemanticSimilarity(6)
+    clone.load_state_dict(net.state_dict())
+    assert torch.equal(net.train_step(feats, labels), clone.train_step(feats, labels))
+
+
+def test_adaptive_threshold_follows_score_distribution():
+    thr = AdaptiveThreshold(init=0.8, quantile=0.5, momentum=0.5)
+    assert thr.value.item() == pytest.approx(0.8)
+    thr.update(torch.full((100,), 0.2))
+    assert thr.value.item() == pytest.approx(0.5)
+    for _ in range(20):
+        thr.update(torch.linspace(0.0, 0.4, 101))
+    assert thr.value.item() == pytest.approx(0.2, abs=1e-4)
+    for _ in range(20):
+        thr.update(torch.linspace(0.6, 1.0, 101))
+    assert thr.value.item() == pytest.approx(0.8, abs=1e-4)
+    assert thr(torch.tensor([0.79, 0.81])).tolist() == [False, True]
+    before = thr.value.clone()
+    thr.update(torch.tensor([float("nan")]))
+    assert torch.equal(thr.value, before)
+
+
+def test_connected_components():
+    adj = torch.zeros(6, 6, dtype=torch.bool)
+    adj[0, 3] = adj[3, 5] = adj[1, 2] = True
+    assert connected_components(adj).tolist() == [0, 1, 1, 0, 4, 0]

@@ -47,6 +47,9 @@ class BalancedReplayPlugin(SupervisedPlugin):
         transform: batched callable applied to the joint input batch, or None
             when the dataset already augments each sample.
         regroup_every: iterations between regroupings (None: per experience only).
+        refresh_prototypes: recompute the buffer's class prototypes from its
+            features before regrouping. A strategy that owns the prototypes
+            (SARL sets them once per task) passes False.
         storage_policy: a ready :class:`BalancedBuffer`; otherwise one is built
             from ``mem_size``, ``grouping``, ``balance_weight`` and ``buffer_kwargs``.
     """
@@ -60,6 +63,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         grouping: str = "class_similarity",
         transform: Optional[Callable] = None,
         regroup_every: Optional[int] = 50,
+        refresh_prototypes: bool = True,
         storage_policy: Optional[BalancedBuffer] = None,
         seed: int = 0,
         **buffer_kwargs,
@@ -80,6 +84,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.use_balanced_sampling = use_balanced_sampling
         self.transform = transform
         self.regroup_every = regroup_every
+        self.refresh_prototypes = refresh_prototypes
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None
         self._replay: Optional[ReplayBatch] = None
@@ -116,6 +121,21 @@ class BalancedReplayPlugin(SupervisedPlugin):
         strategy.mbatch[0] = self.transform(x) if self.transform is not None else x
         strategy.mbatch[1], strategy.mbatch[2] = y, t
 
+    @property
+    def num_current(self) -> int:
+        """Number of current (not replayed) samples at the head of the training minibatch."""
+        return self._current[0].shape[0]
+
+    @property
+    def replayed(self) -> Optional[ReplayBatch]:
+        """The replay minibatch of this iteration (inputs before ``transform``), or None."""
+        return self._replay
+
+    @property
+    def features(self):
+        """Penultimate features of the latest forward pass, with their autograd graph."""
+        return self._hook.features.flatten(1)
+
     def after_forward(self, strategy, **kwargs):
         feats = self._hook.features.detach().flatten(1)
         n = self._current[0].shape[0]
@@ -134,13 +154,18 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs):
         self._regroup()
         self._publish(strategy)
+        self.remove_hook()
+
+    def remove_hook(self) -> None:
+        """Remove the feature hook from the model (it is added again at the next experience)."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
 
     # --------------------------------------------------------------- helpers
     def _regroup(self):
-        self.buffer.refresh_prototypes()
+        if self.refresh_prototypes:
+            self.buffer.refresh_prototypes()
         self.buffer.regroup()
 
     def _count_replayed_groups(self, indices):

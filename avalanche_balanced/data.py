@@ -1,0 +1,353 @@
+"""CIFAR-100 loading, the class-incremental Split CIFAR-100 benchmark, and batched augmentation.
+
+Two on-disk layouts are read, both yielding uint8 images in N x 3 x 32 x 32 (CHW) order:
+
+* npz: ``cifar100_train.npz`` / ``cifar100_test.npz`` with ``x`` (N, 32, 32, 3) uint8 HWC,
+  ``y`` fine labels and ``coarse`` superclass labels (+ optional ``cifar100_meta.json``);
+* torchvision: a ``cifar-100-python/`` folder with the official ``train`` / ``test`` pickles.
+
+Benchmark samples are float images in [0, 1] without any per-sample transform; augmentation
+and normalisation run on whole batches on the training device (:func:`cifar_augment`,
+:func:`cifar_normalize`), which is far cheaper than PIL transforms in DataLoader workers.
+"""
+import json
+import os
+import pickle
+import zipfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from avalanche.benchmarks import NCScenario, nc_benchmark
+from avalanche.benchmarks.datasets.dataset_utils import default_dataset_location
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+__all__ = [
+    "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100Arrays", "CorruptDataError", "cifar_augment",
+    "cifar_normalize", "default_data_root", "fine_to_coarse_table", "load_cifar100",
+    "split_cifar100",
+]
+
+N_FINE, N_COARSE, TRAIN_PER_CLASS = 100, 20, 500
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+DATA_ENV_VAR = "AVALANCHE_BALANCED_DATA"
+_TV_DIR = "cifar-100-python"
+_CROP_PAD = 4
+# Read-only copy shared next to the repository: <repo>/../shared/data/cifar100.
+_SHARED_COPY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100"
+
+
+class CorruptDataError(ValueError):
+    """A CIFAR-100 file exists but is damaged or does not hold the expected arrays."""
+
+
+class CIFAR100Arrays(NamedTuple):
+    """One split: ``images`` uint8 N x 3 x 32 x 32 (contiguous); int64 ``fine``, ``coarse``."""
+
+    images: Tensor
+    fine: Tensor
+    coarse: Tensor
+
+
+def default_data_root() -> Path:
+    """Folder used when no ``root`` is given.
+
+    In order: the ``AVALANCHE_BALANCED_DATA`` environment variable if set; the shared copy
+    ``<repo>/../shared/data/cifar100`` if it exists; otherwise Avalanche's dataset location
+    for ``cifar100`` (``~/.avalanche/data/cifar100`` unless changed in Avalanche's config),
+    which is where ``download=True`` puts torchvision's copy.
+    """
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    if _SHARED_COPY.is_dir():
+        return _SHARED_COPY
+    return Path(default_dataset_location("cifar100"))
+
+
+def _torchvision_dir(root: Path) -> Path:
+    return root if root.name == _TV_DIR else root / _TV_DIR
+
+
+def _find_split_file(root: Path, split: str) -> Optional[Path]:
+    for candidate in (root / f"cifar100_{split}.npz", _torchvision_dir(root) / split):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds only what the CIFAR pickles contain (dicts, lists, bytes, numpy arrays).
+
+    Refusing every other global means a tampered file cannot run code when it is loaded.
+    """
+
+    _NUMPY_NAMES = {"_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar"}
+
+    def find_class(self, module, name):
+        if (module.split(".")[0] == "numpy" and name in self._NUMPY_NAMES) or (
+            module, name) == ("_codecs", "encode"):  # protocol-2 pickles of bytes use it
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing unexpected global {module}.{name}")
+
+
+def _unpickle_dict(path: Path) -> dict:
+    with open(path, "rb") as f:
+        # latin1 decodes the Python 2 strings of the official release, as torchvision does.
+        raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+# What numpy, zipfile and pickle raise on truncated, damaged or mis-structured files.
+_READ_ERRORS = (EOFError, ValueError, KeyError, TypeError, AttributeError,
+                IndexError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError)
+
+
+def _corrupt(path: Path, err: Exception) -> CorruptDataError:
+    reason = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+    return CorruptDataError(f"cannot read CIFAR-100 file {path} ({reason})")
+
+
+def _read_split(path: Path) -> CIFAR100Arrays:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                x, fine, coarse = npz["x"], npz["y"], npz["coarse"]
+            if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8:
+                raise CorruptDataError(f"{path}: 'x' should be uint8 (N, 32, 32, 3), "
+                                       f"got {x.dtype} {x.shape}")
+            images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        else:
+            entry = _unpickle_dict(path)
+            data = np.asarray(entry["data"])
+            fine, coarse = entry["fine_labels"], entry["coarse_labels"]
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+                raise CorruptDataError(f"{path}: 'data' should be uint8 (N, 3072), "
+                                       f"got {data.dtype} {data.shape}")
+            # Rows are already channel-major (CHW), so a reshape is the whole conversion.
+            images = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, 32, 32))
+    except CorruptDataError:
+        raise
+    except _READ_ERRORS as err:
+        raise _corrupt(path, err) from err
+    n = images.shape[0]
+    return CIFAR100Arrays(images, _check_labels(path, "fine", fine, n, N_FINE),
+                          _check_labels(path, "coarse", coarse, n, N_COARSE))
+
+
+def _check_labels(path: Path, name: str, values, n: int, n_classes: int) -> Tensor:
+    arr = np.asarray(values)
+    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
+        raise CorruptDataError(f"{path}: {name} labels should be {n} integers to match the "
+                               f"images, got {arr.dtype} {arr.shape}")
+    if n and (arr.min() < 0 or arr.max() >= n_classes):
+        raise CorruptDataError(f"{path}: {name} labels outside [0, {n_classes})")
+    return torch.from_numpy(arr.astype(np.int64, copy=False))
+
+
+def load_cifar100(root: Union[str, Path], train: bool = True,
+                  download: bool = False) -> CIFAR100Arrays:
+    """Load one CIFAR-100 split from ``root`` (npz or torchvision layout, see module docs).
+
+    ``root`` may also be the ``cifar-100-python`` folder itself. With ``download=True`` and
+    no data found, torchvision downloads its copy into ``root``. Raises FileNotFoundError
+    when no layout is present and :class:`CorruptDataError` (a ValueError) naming the file
+    when it is damaged or holds arrays of the wrong shape.
+    """
+    root = Path(root).expanduser()
+    split = "train" if train else "test"
+    path = _find_split_file(root, split)
+    if path is None and download:
+        from torchvision.datasets import CIFAR100  # only needed here; keeps imports light
+
+        # torchvision always creates <target>/cifar-100-python itself.
+        target = root.parent if root.name == _TV_DIR else root
+        CIFAR100(str(target), train=train, download=True)
+        path = _find_split_file(root, split)
+    if path is None:
+        raise FileNotFoundError(
+            f"no CIFAR-100 {split} split under {root}: expected either "
+            f"{root / f'cifar100_{split}.npz'} (npz layout) or "
+            f"{_torchvision_dir(root) / split} (torchvision 'cifar-100-python' layout); "
+            "pass download=True to fetch it with torchvision")
+    return _read_split(path)
+
+
+def fine_to_coarse_table(fine: Tensor, coarse: Tensor) -> Tensor:
+    """LongTensor[100] mapping each fine label to its superclass, read off paired labels.
+
+    Raises ValueError if the label tensors do not pair up, a fine label never occurs (its
+    superclass would be unknown), or a fine label occurs with two different coarse labels.
+    """
+    fine, coarse = torch.as_tensor(fine).long(), torch.as_tensor(coarse).long()
+    if fine.ndim != 1 or fine.shape != coarse.shape:
+        raise ValueError(f"fine and coarse must be 1-D of equal length, got "
+                         f"{tuple(fine.shape)} and {tuple(coarse.shape)}")
+    if fine.numel() and (fine.min() < 0 or fine.max() >= N_FINE):
+        raise ValueError(f"fine labels must lie in [0, {N_FINE})")
+    table = torch.full((N_FINE,), -1, dtype=torch.long)
+    table[fine] = coarse  # with duplicate indices any one write wins; checked just below
+    clash = table[fine] != coarse
+    if clash.any():
+        label = int(fine[clash][0])
+        seen = torch.unique(coarse[fine == label]).tolist()
+        raise ValueError(f"fine label {label} occurs with several coarse labels {seen}")
+    missing = (table < 0).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(f"fine labels {missing} never occur, so their superclass is unknown")
+    return table
+
+
+def _balanced_subset(labels: Tensor, per_class: int,
+                     generator: Optional[torch.Generator]) -> Tensor:
+    """Sorted indices of a uniform random subset with exactly ``per_class`` items per label."""
+    # Shuffle with random keys, then a stable sort by label: each class becomes one
+    # contiguous run in random order, and the first per_class of every run are kept.
+    order = torch.rand(labels.numel(), generator=generator).argsort()
+    order = order[labels[order].argsort(stable=True)]
+    grouped = labels[order]
+    counts = torch.bincount(grouped)
+    present = counts[counts > 0]
+    if present.numel() and per_class > int(present.min()):
+        raise ValueError(f"per_class={per_class} but the smallest class has only "
+                         f"{int(present.min())} training images")
+    rank = torch.arange(labels.numel()) - (counts.cumsum(0) - counts)[grouped]
+    return order[rank < per_class].sort().values
+
+
+def _label_names(root: Path) -> dict:
+    """Label names from ``cifar100_meta.json`` or torchvision's ``meta`` pickle; {} if neither."""
+    keys = ("fine_label_names", "coarse_label_names")
+    json_meta, tv_meta = root / "cifar100_meta.json", _torchvision_dir(root) / "meta"
+    path = json_meta if json_meta.is_file() else tv_meta if tv_meta.is_file() else None
+    if path is None:
+        return {}
+    try:
+        meta = json.loads(path.read_text()) if path.suffix == ".json" else _unpickle_dict(path)
+        return {k: list(meta[k]) for k in keys if k in meta}
+    except _READ_ERRORS as err:
+        raise _corrupt(path, err) from err
+
+
+def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = None,
+                   seed: Optional[int] = 0, class_order: Optional[Sequence[int]] = None,
+                   per_class: Optional[int] = None, return_task_id: bool = False,
+                   download: bool = False) -> NCScenario:
+    """Class-incremental Split CIFAR-100, built with Avalanche's ``nc_benchmark``.
+
+    The class order follows Avalanche's ``SplitCIFAR100``: ``class_order`` (a permutation of
+    0..99) is used as given, otherwise it is drawn from ``seed``, which ``nc_benchmark`` does
+    by re-seeding torch's global RNG (as SplitCIFAR100 does). Original class ids are kept.
+
+    Samples are float32 3 x 32 x 32 in [0, 1], neither normalised nor augmented: apply
+    :func:`cifar_augment` (training) or :func:`cifar_normalize` (evaluation) to batches on
+    the device. ``per_class`` keeps a ``seed``-determined random subset of that many
+    training images per class; the test stream always covers the full test set.
+
+    Extra attributes on the result: ``fine_to_coarse`` (LongTensor[100]), ``train_indices``
+    (the training-set indices used), and ``fine_label_names`` / ``coarse_label_names`` when
+    the data folder has label names. ``root`` defaults to :func:`default_data_root`.
+    """
+    if isinstance(n_experiences, bool) or not isinstance(n_experiences, int) \
+            or n_experiences < 1 or N_FINE % n_experiences:
+        raise ValueError(f"n_experiences must be a positive divisor of {N_FINE}, "
+                         f"got {n_experiences!r}")
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int)
+                                  or not 0 < per_class <= TRAIN_PER_CLASS):
+        raise ValueError(f"per_class must be an int in (0, {TRAIN_PER_CLASS}], got {per_class!r}")
+    if class_order is not None:
+        order = torch.as_tensor(list(class_order))
+        if order.dtype.is_floating_point or order.ndim != 1 or order.numel() != N_FINE \
+                or not torch.equal(order.sort().values, torch.arange(N_FINE)):
+            raise ValueError(f"class_order must be a permutation of 0..{N_FINE - 1}")
+        class_order = order.tolist()
+
+    root = default_data_root() if root is None else Path(root).expanduser()
+    train = load_cifar100(root, train=True, download=download)
+    test = load_cifar100(root, train=False, download=download)
+    table = fine_to_coarse_table(train.fine, train.coarse)
+    if not torch.equal(table[test.fine], test.coarse):
+        raise CorruptDataError(f"test labels under {root} disagree with the training "
+                               "fine-to-coarse table")
+
+    if per_class is None:
+        indices = torch.arange(train.fine.numel())
+        images, targets = train.images, train.fine
+    else:
+        # Like the class order, seed=None means "not reproducible": use the global RNG.
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        indices = _balanced_subset(train.fine, per_class, gen)
+        images, targets = train.images[indices], train.fine[indices]
+    # Convert only the kept images: the full training set is ~600 MB as float32.
+    train_ds = _make_taskaware_tensor_classification_dataset(images.float().div_(255), targets)
+    test_ds = _make_taskaware_tensor_classification_dataset(
+        test.images.float().div_(255), test.fine)
+
+    benchmark = nc_benchmark(train_ds, test_ds, n_experiences=n_experiences,
+                             task_labels=return_task_id, seed=seed,
+                             fixed_class_order=class_order, shuffle=True)
+    benchmark.fine_to_coarse = table
+    benchmark.train_indices = indices
+    for key, names in _label_names(root).items():
+        setattr(benchmark, key, names)
+    return benchmark
+
+
+def _check_batch(x: Tensor, fn: str) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{fn} expects a B x 3 x H x W image batch, got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{fn} expects floats in [0, 1], got {x.dtype} "
+                         "(convert uint8 images with x.float() / 255)")
+
+
+def _channel_stats(x: Tensor):
+    def as_column(values):
+        return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return as_column(CIFAR100_MEAN), as_column(CIFAR100_STD)
+
+
+def cifar_normalize(x: Tensor) -> Tensor:
+    """Per-channel CIFAR-100 normalisation of a float B x 3 x H x W batch in [0, 1]."""
+    _check_batch(x, "cifar_normalize")
+    mean, std = _channel_stats(x)
+    return (x - mean) / std
+
+
+def cifar_augment(x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Standard CIFAR training augmentation for a whole batch, on ``x``'s device.
+
+    Per sample: a random crop of the 4-pixel zero-padded image back to H x W and a random
+    horizontal flip (p = 0.5), then :func:`cifar_normalize` -- the same as torchvision's
+    RandomCrop(32, padding=4), RandomHorizontalFlip(), Normalize(mean, std) per image.
+    Randomness comes from ``generator`` (on ``x``'s device) or torch's global RNG. The
+    output has the input's shape, dtype and device, and keeps channels_last layout.
+    """
+    _check_batch(x, "cifar_augment")
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
+    b, _, h, w = x.shape
+    dev = x.device
+    span = 2 * _CROP_PAD + 1
+    dy = torch.randint(0, span, (b, 1), generator=generator, device=dev)
+    dx = torch.randint(0, span, (b, 1), generator=generator, device=dev)
+    flip = torch.rand((b, 1), generator=generator, device=dev) < 0.5
+    rows = dy + torch.arange(h, device=dev)  # b x h rows of the padded image
+    cols = dx + torch.arange(w, device=dev)
+    cols = torch.where(flip, cols.flip(1), cols)  # a flipped crop reads right to left
+    padded = F.pad(x, (_CROP_PAD,) * 4)
+    batch = torch.arange(b, device=dev)
+    # One gather for every sample. The index tensors are split by the channel slice, so
+    # the result comes out as B x H x W x C; permuted, it is channels_last storage.
+    out = padded[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if not channels_last:
+        out = out.contiguous()
+    mean, std = _channel_stats(x)
+    return out.sub_(mean).div_(std)  # in place: out is a fresh tensor

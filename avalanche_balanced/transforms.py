@@ -1,0 +1,38 @@
+"""``BatchTransformPlugin``: batched, on-device input transforms for any Avalanche strategy."""
+from typing import Callable, Optional
+
+from avalanche.core import SupervisedPlugin
+
+__all__ = ["BatchTransformPlugin"]
+
+
+class BatchTransformPlugin(SupervisedPlugin):
+    """Applies a batched transform to ``strategy.mbatch[0]`` just before the forward pass.
+
+    Avalanche's datasets transform one sample at a time on the CPU; with
+    datasets that carry no augmentation (such as
+    :func:`~avalanche_balanced.data.split_cifar100`) this plugin augments the
+    whole minibatch at once on the training device instead, e.g.
+    ``BatchTransformPlugin(cifar_augment, cifar_normalize)``.
+
+    Place it *after* any plugin that joins replayed samples to the minibatch
+    (plugins run in list order), so that replayed samples are transformed too.
+
+    Args:
+        train_transform: applied in ``before_forward`` (training).
+        eval_transform: applied in ``before_eval_forward`` (evaluation).
+    """
+
+    def __init__(self, train_transform: Optional[Callable] = None,
+                 eval_transform: Optional[Callable] = None):
+        super().__init__()
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+
+    def before_forward(self, strategy, **kwargs):
+        if self.train_transform is not None:
+            strategy.mbatch[0] = self.train_transform(strategy.mbatch[0])
+
+    def before_eval_forward(self, strategy, **kwargs):
+        if self.eval_transform is not None:
+            strategy.mbatch[0] = self.eval_transform(strategy.mbatch[0])

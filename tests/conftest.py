@@ -1,0 +1,57 @@
+"""Shared fixtures: the real CIFAR-100 copy (or a skip) and tiny synthetic CIFAR folders."""
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100"
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    """Real CIFAR-100 folder (``AVALANCHE_BALANCED_DATA`` overrides the shared copy)."""
+    root = Path(os.environ.get("AVALANCHE_BALANCED_DATA") or SHARED_CIFAR)
+    if not any((root / f).is_file() for f in ("cifar100_train.npz", "cifar-100-python/train")):
+        pytest.skip(f"no CIFAR-100 copy at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar():
+    """{split: (x uint8 N x 32 x 32 x 3 HWC, fine, coarse)}, 3 train / 1 test image per class."""
+    rng = np.random.default_rng(0)
+    fine_to_coarse = rng.permutation(np.repeat(np.arange(20), 5))
+    splits = {}
+    for split, per_class in (("train", 3), ("test", 1)):
+        fine = rng.permutation(np.repeat(np.arange(100), per_class))
+        x = rng.integers(0, 256, size=(fine.size, 32, 32, 3), dtype=np.uint8)
+        splits[split] = (x, fine, fine_to_coarse[fine])
+    return splits
+
+
+@pytest.fixture
+def npz_cifar_dir(tmp_path, fake_cifar) -> Path:
+    """A folder in the npz layout holding ``fake_cifar``."""
+    root = tmp_path / "npz"
+    root.mkdir()
+    for split, (x, fine, coarse) in fake_cifar.items():
+        np.savez_compressed(root / f"cifar100_{split}.npz", x=x, y=fine, coarse=coarse)
+    return root
+
+
+@pytest.fixture
+def torchvision_cifar_dir(tmp_path, fake_cifar) -> Path:
+    """A folder holding ``cifar-100-python/`` pickles of ``fake_cifar`` (official key layout)."""
+    folder = tmp_path / "tv" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, (x, fine, coarse) in fake_cifar.items():
+        entry = {
+            b"data": x.transpose(0, 3, 1, 2).reshape(len(x), -1),  # rows in CHW order
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": coarse.tolist(),
+        }
+        with open(folder / split, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    return folder.parent

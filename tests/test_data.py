@@ -1,0 +1,386 @@
+"""Tests for avalanche_balanced.data: loading, Split CIFAR-100 and batched augmentation."""
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+from avalanche_balanced import data as data_module
+from avalanche_balanced.data import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CorruptDataError,
+    cifar_augment,
+    cifar_normalize,
+    default_data_root,
+    fine_to_coarse_table,
+    load_cifar100,
+    split_cifar100,
+)
+
+
+def _checksums(images: torch.Tensor) -> list:
+    """Order-free fingerprint of a uint8 image batch: one sorted int per image."""
+    weights = torch.arange(1, images[0].numel() + 1, dtype=torch.long)
+    return sorted((images.flatten(1).long() * weights).sum(1).tolist())
+
+
+def _stream_arrays(stream):
+    """One (x, y, t) batch per experience, holding all of its samples."""
+    out = []
+    for exp in stream:
+        loader = torch.utils.data.DataLoader(exp.dataset, batch_size=len(exp.dataset))
+        out.append(next(iter(loader)))
+    return out
+
+
+# ---------------------------------------------------------------- loading, real data
+
+
+@pytest.fixture(scope="module")
+def real_train(cifar_root):
+    return load_cifar100(cifar_root, train=True)
+
+
+@pytest.fixture(scope="module")
+def real_test(cifar_root):
+    return load_cifar100(cifar_root, train=False)
+
+
+def test_real_shapes_dtypes_and_class_counts(real_train, real_test):
+    for split, n in ((real_train, 50000), (real_test, 10000)):
+        assert split.images.shape == (n, 3, 32, 32)
+        assert split.images.dtype == torch.uint8 and split.images.is_contiguous()
+        assert split.fine.dtype == split.coarse.dtype == torch.int64
+        assert split.fine.shape == split.coarse.shape == (n,)
+        assert torch.bincount(split.fine, minlength=100).eq(n // 100).all()
+        assert torch.bincount(split.coarse, minlength=20).eq(n // 20).all()
+
+
+def test_real_fine_to_coarse_matches_meta(cifar_root, real_train, real_test):
+    meta_path = cifar_root / "cifar100_meta.json"
+    if not meta_path.is_file():
+        pytest.skip("no cifar100_meta.json")
+    expected = torch.tensor(json.loads(meta_path.read_text())["fine_to_coarse"])
+    assert torch.equal(fine_to_coarse_table(real_train.fine, real_train.coarse), expected)
+    assert torch.equal(fine_to_coarse_table(real_test.fine, real_test.coarse), expected)
+
+
+def test_real_images_are_chw_of_the_npz_hwc(cifar_root, real_train):
+    npz_path = cifar_root / "cifar100_train.npz"
+    if not npz_path.is_file():
+        pytest.skip("real copy is not in the npz layout")
+    with np.load(npz_path) as npz:
+        first_hwc = torch.from_numpy(npz["x"][0])
+    assert torch.equal(real_train.images[0], first_hwc.permute(2, 0, 1))
+    assert torch.equal(real_train.images[0, :, 5, 7], first_hwc[5, 7])  # one pixel's RGB
+
+
+# ------------------------------------------------------------ loading, synthetic data
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_both_layouts_give_identical_arrays(npz_cifar_dir, torchvision_cifar_dir, fake_cifar,
+                                            train):
+    x, fine, coarse = fake_cifar["train" if train else "test"]
+    from_npz = load_cifar100(npz_cifar_dir, train=train)
+    from_pickles = load_cifar100(torchvision_cifar_dir, train=train)
+    from_inner = load_cifar100(torchvision_cifar_dir / "cifar-100-python", train=train)
+    for arrays in (from_pickles, from_inner):
+        for a, b in zip(from_npz, arrays):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    assert torch.equal(from_npz.images, torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert torch.equal(from_npz.fine, torch.from_numpy(fine))
+    assert torch.equal(from_npz.coarse, torch.from_numpy(coarse))
+
+
+def test_missing_folder_names_path_and_layouts(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as info:
+        load_cifar100(missing)
+    message = str(info.value)
+    for part in (str(missing), "cifar100_train.npz", "cifar-100-python", "download=True"):
+        assert part in message
+
+
+def test_missing_split_file(npz_cifar_dir):
+    (npz_cifar_dir / "cifar100_test.npz").unlink()
+    load_cifar100(npz_cifar_dir, train=True)
+    with pytest.raises(FileNotFoundError, match="cifar100_test.npz"):
+        load_cifar100(npz_cifar_dir, train=False)
+
+
+def test_truncated_npz_names_the_file(npz_cifar_dir):
+    path = npz_cifar_dir / "cifar100_train.npz"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="cifar100_train.npz") as info:
+        load_cifar100(npz_cifar_dir)
+    assert isinstance(info.value, CorruptDataError)
+
+
+@pytest.mark.parametrize("arrays, problem", [
+    ({"x": np.zeros((4, 32, 32), np.uint8), "y": np.zeros(4), "coarse": np.zeros(4)}, "'x'"),
+    ({"x": np.zeros((4, 32, 32, 3), np.uint8), "y": np.zeros(4, np.int64)}, "coarse"),
+    ({"x": np.zeros((4, 32, 32, 3), np.uint8), "y": np.zeros(3, np.int64),
+      "coarse": np.zeros(4, np.int64)}, "fine labels"),
+    ({"x": np.zeros((4, 32, 32, 3), np.uint8), "y": np.full(4, 100),
+      "coarse": np.zeros(4, np.int64)}, "outside"),
+])
+def test_malformed_npz_names_file_and_problem(tmp_path, arrays, problem):
+    np.savez(tmp_path / "cifar100_train.npz", **arrays)
+    with pytest.raises(CorruptDataError) as info:
+        load_cifar100(tmp_path)
+    assert "cifar100_train.npz" in str(info.value) and problem in str(info.value)
+
+
+def test_pickle_missing_key_names_the_file(torchvision_cifar_dir):
+    path = torchvision_cifar_dir / "cifar-100-python" / "train"
+    with open(path, "rb") as f:
+        entry = pickle.load(f)
+    del entry[b"coarse_labels"]
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(ValueError, match="coarse_labels") as info:
+        load_cifar100(torchvision_cifar_dir)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_pickle_names_the_file(torchvision_cifar_dir, damage):
+    path = torchvision_cifar_dir / "cifar-100-python" / "test"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2] if damage == "truncate" else b"not a pickle" * 10)
+    with pytest.raises(CorruptDataError, match=str(path)):
+        load_cifar100(torchvision_cifar_dir, train=False)
+
+
+def test_pickle_cannot_run_code(torchvision_cifar_dir, tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    path = torchvision_cifar_dir / "cifar-100-python" / "train"
+    path.write_bytes(pickle.dumps({"data": Payload()}))
+    with pytest.raises(CorruptDataError, match="refusing"):
+        load_cifar100(torchvision_cifar_dir)
+    assert not marker.exists()
+
+
+def test_download_goes_through_torchvision(monkeypatch, tmp_path, torchvision_cifar_dir):
+    import torchvision.datasets
+
+    calls = []
+
+    def fake_cifar100(root, train, download):
+        calls.append((root, train, download))
+        shutil.copytree(torchvision_cifar_dir / "cifar-100-python", f"{root}/cifar-100-python")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", fake_cifar100)
+    root = tmp_path / "fresh"
+    with pytest.raises(FileNotFoundError):
+        load_cifar100(root)  # no download without asking
+    arrays = load_cifar100(root, train=False, download=True)
+    assert calls == [(str(root), False, True)]
+    assert torch.equal(arrays.images, load_cifar100(torchvision_cifar_dir, train=False).images)
+
+
+def test_default_data_root(monkeypatch, tmp_path):
+    from avalanche.benchmarks.datasets.dataset_utils import default_dataset_location
+
+    monkeypatch.setenv("AVALANCHE_BALANCED_DATA", str(tmp_path))
+    assert default_data_root() == tmp_path
+    monkeypatch.delenv("AVALANCHE_BALANCED_DATA")
+    monkeypatch.setattr(data_module, "_SHARED_COPY", tmp_path)
+    assert default_data_root() == tmp_path
+    monkeypatch.setattr(data_module, "_SHARED_COPY", tmp_path / "absent")
+    assert default_data_root() == default_dataset_location("cifar100")
+
+
+def test_fine_to_coarse_table_validates():
+    fine = torch.arange(100).repeat(2)
+    coarse = fine // 5
+    assert torch.equal(fine_to_coarse_table(fine, coarse), torch.arange(100) // 5)
+    clashing = coarse.clone()
+    clashing[150] = 19 - clashing[150]  # fine label 50 now has two superclasses
+    with pytest.raises(ValueError, match="fine label 50"):
+        fine_to_coarse_table(fine, clashing)
+    with pytest.raises(ValueError, match="never occur"):
+        fine_to_coarse_table(fine[fine != 7], coarse[fine != 7])
+    with pytest.raises(ValueError, match="equal length"):
+        fine_to_coarse_table(fine, coarse[:-1])
+
+
+# ---------------------------------------------------------------- split_cifar100
+
+
+@pytest.fixture(scope="module")
+def real_bench(cifar_root):
+    return split_cifar100(5, root=cifar_root, seed=0, per_class=10)
+
+
+def test_split_partitions_classes(real_bench):
+    assert len(real_bench.train_stream) == len(real_bench.test_stream) == 5
+    order = list(real_bench.classes_order)
+    assert sorted(order) == list(range(100))
+    for i, exp in enumerate(real_bench.train_stream):
+        assert set(exp.classes_in_this_experience) == set(order[20 * i: 20 * (i + 1)])
+        assert exp.task_label == 0
+
+
+def test_split_per_class_subset(real_bench, real_train):
+    idx = real_bench.train_indices
+    assert idx.shape == (1000,) and torch.equal(idx, idx.unique())
+    assert torch.bincount(real_train.fine[idx], minlength=100).eq(10).all()
+    batches = _stream_arrays(real_bench.train_stream)
+    targets = torch.cat([y for _, y, _ in batches])
+    assert torch.bincount(targets, minlength=100).eq(10).all()
+    images = torch.cat([x for x, _, _ in batches])
+    # The stream holds exactly the selected images (its own order groups them by class).
+    assert _checksums(images.mul(255).round().to(torch.uint8)) == _checksums(
+        real_train.images[idx])
+
+
+def test_split_samples_are_unnormalised_floats(real_bench):
+    x, _, _ = _stream_arrays([real_bench.train_stream[0]])[0]
+    assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+    assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.5
+
+
+def test_split_test_stream_is_full(real_bench, real_test):
+    batches = _stream_arrays(real_bench.test_stream)
+    targets = torch.cat([y for _, y, _ in batches])
+    assert targets.numel() == 10000
+    assert torch.bincount(targets, minlength=100).eq(100).all()
+    for exp, (_, y, _) in zip(real_bench.test_stream, batches):
+        assert set(y.tolist()) == set(exp.classes_in_this_experience)
+
+
+def test_split_coarse_table_and_names(cifar_root, real_bench, real_train, real_test):
+    table = real_bench.fine_to_coarse
+    assert table.dtype == torch.int64 and table.shape == (100,)
+    assert torch.equal(table[real_train.fine], real_train.coarse)
+    assert torch.equal(table[real_test.fine], real_test.coarse)
+    if (cifar_root / "cifar100_meta.json").is_file():
+        assert real_bench.fine_label_names[0] == "apple"
+        assert len(real_bench.coarse_label_names) == 20
+
+
+def test_split_is_seeded_and_task_ids(cifar_root, real_bench):
+    again = split_cifar100(5, root=cifar_root, seed=0, per_class=10, return_task_id=True)
+    assert list(again.classes_order) == list(real_bench.classes_order)
+    assert torch.equal(again.train_indices, real_bench.train_indices)
+    assert [exp.task_label for exp in again.train_stream] == [0, 1, 2, 3, 4]
+    for exp, (_, _, t) in zip(again.train_stream, _stream_arrays(again.train_stream)):
+        assert t.eq(exp.current_experience).all()
+    other = split_cifar100(5, root=cifar_root, seed=1, per_class=10)
+    assert list(other.classes_order) != list(real_bench.classes_order)
+    assert not torch.equal(other.train_indices, real_bench.train_indices)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_class_order_matches_avalanche(npz_cifar_dir, fake_cifar, seed):
+    ours = split_cifar100(4, root=npz_cifar_dir, seed=seed)
+    x, fine, _ = fake_cifar["train"]
+    xt, fine_t, _ = fake_cifar["test"]
+    direct = nc_benchmark(
+        _make_taskaware_tensor_classification_dataset(torch.zeros(len(x), 1),
+                                                      torch.from_numpy(fine)),
+        _make_taskaware_tensor_classification_dataset(torch.zeros(len(xt), 1),
+                                                      torch.from_numpy(fine_t)),
+        n_experiences=4, task_labels=False, seed=seed)
+    assert list(ours.classes_order) == list(direct.classes_order)
+    assert sum(len(exp.dataset) for exp in ours.train_stream) == 300  # per_class=None: all
+
+
+def test_split_fixed_class_order_is_honoured(npz_cifar_dir):
+    order = list(range(99, -1, -1))
+    bench = split_cifar100(10, root=npz_cifar_dir, class_order=order, per_class=2)
+    assert list(bench.classes_order) == order
+    for i, exp in enumerate(bench.train_stream):
+        assert set(exp.classes_in_this_experience) == set(order[10 * i: 10 * (i + 1)])
+        assert len(exp.dataset) == 20
+
+
+def test_split_per_class_larger_than_data(npz_cifar_dir):
+    with pytest.raises(ValueError, match="only 3"):
+        split_cifar100(root=npz_cifar_dir, per_class=4)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"n_experiences": 3}, {"n_experiences": 0}, {"n_experiences": 2.0},
+    {"n_experiences": True}, {"per_class": 0}, {"per_class": 501}, {"per_class": 2.5},
+    {"class_order": list(range(99))}, {"class_order": [0] * 100},
+    {"class_order": list(range(1, 101))}, {"class_order": [float(c) for c in range(100)]},
+])
+def test_split_rejects_bad_arguments_before_loading(tmp_path, kwargs):
+    # root does not exist: a ValueError proves validation runs before any file access.
+    with pytest.raises(ValueError):
+        split_cifar100(root=tmp_path / "nowhere", **kwargs)
+
+
+# ------------------------------------------------------------------- augmentation
+
+
+def _denormalize(x):
+    mean = torch.tensor(CIFAR100_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR100_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return x * std + mean
+
+
+def test_augment_is_a_padded_crop_and_flip_of_each_input():
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    raw = _denormalize(cifar_augment(x, generator=torch.Generator().manual_seed(1)))
+    # Every 32x32 window of the zero-padded input: B x 3 x 9 x 9 x 32 x 32.
+    windows = torch.nn.functional.pad(x, (4,) * 4).unfold(2, 32, 1).unfold(3, 32, 1)
+    target = raw[:, :, None, None]
+    plain = (windows - target).abs().amax(dim=(1, 4, 5)) < 1e-5  # B x 9 x 9
+    flipped = (windows.flip(-1) - target).abs().amax(dim=(1, 4, 5)) < 1e-5
+    matches = torch.stack([plain, flipped], 1).flatten(1)  # B x 162
+    assert matches.any(1).all(), "some output is not a crop (+flip) of its input"
+    # Draws vary across the batch: both flip states and many offsets occur.
+    chosen = matches.float().argmax(1)
+    assert flipped.flatten(1).any(1).any() and plain.flatten(1).any(1).any()
+    assert chosen.unique().numel() > 10
+
+
+def test_augment_deterministic_with_generator():
+    x = torch.rand(8, 3, 32, 32)
+    a = cifar_augment(x, generator=torch.Generator().manual_seed(5))
+    b = cifar_augment(x, generator=torch.Generator().manual_seed(5))
+    c = cifar_augment(x, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.allclose(a, cifar_normalize(x))  # pixels really moved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_augment_keeps_shape_dtype_and_layout(dtype):
+    x = torch.rand(4, 3, 32, 32, dtype=dtype)
+    out = cifar_augment(x)
+    assert out.shape == x.shape and out.dtype == dtype and out.is_contiguous()
+    out_cl = cifar_augment(x.contiguous(memory_format=torch.channels_last))
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert cifar_normalize(x).dtype == dtype
+
+
+def test_normalize_centres_real_data(real_train):
+    x = real_train.images[::10].float() / 255  # 5000 images spread over the set
+    z = cifar_normalize(x)
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 0.02
+    assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("fn", [cifar_augment, cifar_normalize])
+@pytest.mark.parametrize("bad", [
+    torch.rand(3, 32, 32), torch.rand(2, 1, 32, 32), torch.rand(2, 32, 32, 3),
+    torch.zeros(2, 3, 32, 32, dtype=torch.uint8),
+])
+def test_augment_rejects_bad_input(fn, bad):
+    with pytest.raises(ValueError, match="expects"):
+        fn(bad)

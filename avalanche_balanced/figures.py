@@ -1,0 +1,196 @@
+"""Per-experience figures (buffer group sizes, accuracy matrix) for TensorBoard and PNG files.
+
+Figures are plain ``matplotlib.figure.Figure`` objects (no pyplot state, no
+GUI backend): they are saved with the Agg renderer and published to the
+strategy's ``EvaluationPlugin``, whose ``TensorboardLogger`` writes a
+``Figure`` value with ``add_figure``.
+"""
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metric_results import LoggingType, MetricValue
+from avalanche.evaluation.metric_utils import stream_type
+
+from .metrics import group_agreement, resolve_buffer
+
+__all__ = ["group_sizes_figure", "accuracy_matrix_figure", "FigureLoggerPlugin"]
+
+
+def group_sizes_figure(group_counts, title: Optional[str] = None) -> Figure:
+    """Bar chart of the stored samples per non-empty group.
+
+    Args:
+        group_counts: 1-D counts indexed by group id (``BalancedBuffer.group_counts()``).
+        title: defaults to ``"<groups> groups, <samples> samples"``.
+    """
+    counts = torch.as_tensor(group_counts).detach().flatten().long().cpu()
+    ids = torch.nonzero(counts > 0).flatten()
+    sizes = counts[ids]
+    fig = Figure(figsize=(min(4 + 0.25 * ids.numel(), 16), 3.2))
+    ax = fig.add_subplot()
+    positions = np.arange(ids.numel())
+    ax.bar(positions, sizes.numpy(), color="tab:blue")
+    step = max(1, math.ceil(ids.numel() / 40))  # at most ~40 tick labels
+    ax.set_xticks(positions[::step], [str(i) for i in ids[::step].tolist()])
+    ax.set_xlabel("group id")
+    ax.set_ylabel("stored samples")
+    ax.set_title(title if title is not None else f"{ids.numel()} groups, {int(sizes.sum())} samples")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_matrix_figure(matrix, title: str = "accuracy") -> Figure:
+    """Heat map of an accuracy matrix.
+
+    ``matrix[i, j]`` is the accuracy on experience ``j`` after training
+    experience ``i``; NaN cells (not evaluated) are left blank. Cells are
+    annotated with their value when the matrix is at most 20 x 20.
+    """
+    m = np.asarray(torch.as_tensor(matrix, dtype=torch.float64).cpu())
+    if m.ndim != 2:
+        raise ValueError(f"matrix must be 2-D, got shape {m.shape}")
+    fig = Figure(figsize=(2 + 0.6 * m.shape[1], 1.5 + 0.5 * m.shape[0]))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(m), vmin=0.0, vmax=1.0, cmap="viridis")
+    fig.colorbar(image, ax=ax)
+    if max(m.shape) <= 20:
+        for i, j in zip(*np.nonzero(np.isfinite(m))):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
+                    color="black" if m[i, j] > 0.5 else "white", fontsize=8)
+    ax.set_xticks(np.arange(m.shape[1]))
+    ax.set_yticks(np.arange(m.shape[0]))
+    ax.set_xlabel("evaluated experience")
+    ax.set_ylabel("after training experience")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _experience_id(strategy) -> int:
+    exp = strategy.experience
+    with exp.no_attribute_masking():  # the id is masked in train/eval mode
+        return exp.current_experience
+
+
+class FigureLoggerPlugin(SupervisedPlugin):
+    """Per training experience, a group-size bar chart and the accuracy matrix,
+    as PNG files in ``log_dir`` and as figures for the strategy's loggers.
+
+    Used as a strategy plugin, it measures top-1 accuracy on each experience of
+    the ``stream_name`` stream during evaluation (on the strategy's device, one
+    host transfer per evaluation) and, at the first evaluation after training
+    experience ``k`` finished, fills row ``k`` of the accuracy matrix and calls
+    :meth:`log` with ``step=k`` and the buffer's group counts (when
+    ``buffer_source`` is given; see :func:`~avalanche_balanced.metrics.resolve_buffer`).
+    With ``fine_to_coarse`` the group chart's title shows the groups' ARI
+    against the superclasses.
+
+    :meth:`log` may also be called directly.
+    """
+
+    def __init__(self, log_dir: Union[str, Path], fine_to_coarse=None, buffer_source=None,
+                 stream_name: Optional[str] = "test"):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.fine_to_coarse = None if fine_to_coarse is None else torch.as_tensor(fine_to_coarse).long()
+        self.buffer_source = buffer_source
+        self.stream_name = stream_name
+        self.accuracy: Dict[tuple, float] = {}  # (trained exp, evaluated exp) -> accuracy
+        self._pending: Optional[int] = None  # experience trained and not yet logged
+        self._hits: Dict[int, list] = {}  # evaluated exp -> [correct (0-d tensor), seen]
+
+    # ------------------------------------------------------------------- API
+    def accuracy_matrix(self) -> torch.Tensor:
+        """The accuracy matrix recorded so far (NaN where not evaluated)."""
+        if not self.accuracy:
+            return torch.empty(0, 0, dtype=torch.float64)
+        rows = 1 + max(i for i, _ in self.accuracy)
+        cols = 1 + max(j for _, j in self.accuracy)
+        m = torch.full((rows, cols), float("nan"), dtype=torch.float64)
+        for (i, j), acc in self.accuracy.items():
+            m[i, j] = acc
+        return m
+
+    def log(self, target, step: int, group_counts=None, acc_matrix=None,
+            group_title: Optional[str] = None, flush: bool = False) -> List[Path]:
+        """Write ``group_sizes_exp{step}.png`` / ``accuracy_matrix_exp{step}.png`` and publish the figures.
+
+        Args:
+            target: a strategy (its ``evaluator`` is used), an ``EvaluationPlugin``,
+                or None (PNG files only).
+            step: experience index, used in the file names and as the plot's x position.
+            group_counts, acc_matrix: data of each figure; a figure is skipped when None.
+            flush: hand the figures to the evaluator's loggers now. Avalanche only
+                passes published values to its loggers at the evaluator's next
+                callback: that is what happens inside a strategy callback (this
+                plugin's own use), but a direct call after the last ``eval``
+                needs ``flush=True`` to reach TensorBoard.
+
+        Returns:
+            The PNG paths written.
+        """
+        figures = {}
+        if group_counts is not None:
+            figures["group_sizes"] = group_sizes_figure(group_counts, group_title)
+        if acc_matrix is not None:
+            figures["accuracy_matrix"] = accuracy_matrix_figure(acc_matrix, f"accuracy after experience {step}")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        evaluator = getattr(target, "evaluator", target)
+        paths, values = [], []
+        for name, fig in figures.items():
+            path = self.log_dir / f"{name}_exp{step}.png"
+            fig.savefig(path, dpi=100)
+            paths.append(path)
+            if evaluator is not None:
+                value = MetricValue(self, f"Figures/{name}", fig, step, logging_type=LoggingType.FIGURE)
+                evaluator.publish_metric_value(value)
+                values.append(value)
+        if flush and values:
+            for logger in evaluator.loggers:
+                logger.log_metrics(values)
+            # Drop them from the evaluator's queue so the next callback does not log them again.
+            queue = getattr(evaluator, "_metric_values", None)
+            if queue is not None:
+                evaluator._metric_values = [v for v in queue if all(v is not w for w in values)]
+        return paths
+
+    # ----------------------------------------------------------------- hooks
+    def after_training_exp(self, strategy, **kwargs):
+        self._pending = _experience_id(strategy)
+
+    def before_eval(self, strategy, **kwargs):
+        self._hits = {}
+
+    @torch.no_grad()
+    def after_eval_iteration(self, strategy, **kwargs):
+        if self._pending is None:
+            return
+        if self.stream_name is not None and stream_type(strategy.experience) != self.stream_name:
+            return
+        correct = (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
+        entry = self._hits.setdefault(_experience_id(strategy), [0, 0])
+        entry[0] = entry[0] + correct
+        entry[1] += strategy.mb_y.shape[0]
+
+    def after_eval(self, strategy, **kwargs):
+        if self._pending is None or not self._hits:
+            return
+        row, exps = self._pending, sorted(self._hits)
+        correct = torch.stack([torch.as_tensor(self._hits[j][0]) for j in exps]).tolist()
+        for j, c in zip(exps, correct):
+            self.accuracy[(row, j)] = c / max(self._hits[j][1], 1)
+        counts, title = None, None
+        if self.buffer_source is not None:
+            buffer = resolve_buffer(self.buffer_source)
+            counts = buffer.group_counts()
+            if self.fine_to_coarse is not None and len(buffer):
+                classes, groups = buffer.class_groups()
+                ari = float(group_agreement(classes, groups, self.fine_to_coarse.to(classes.device)))
+                title = f"{int((counts > 0).sum())} groups, {len(buffer)} samples, ARI vs superclasses {ari:.2f}"
+        self.log(strategy, row, counts, self.accuracy_matrix(), group_title=title)
+        self._pending, self._hits = None, {}

@@ -1,0 +1,437 @@
+"""Semantic metrics: do predictions and buffer groups respect the superclasses?
+
+Pure tensor functions hold the maths; thin Avalanche ``PluginMetric`` classes
+feed them from a strategy and emit Python floats, so that the
+``EvaluationPlugin``'s loggers (TensorBoard included) record scalars.
+
+Definitions (``f = fine_to_coarse``, a class -> superclass lookup table;
+``p_i`` and ``y_i`` the predicted and true class of item ``i``):
+
+* **semantic consistency**: ``mean_i [f(p_i) == f(y_i)]``, the share of
+  predictions that land in the true class's superclass (correct predictions
+  count);
+* **superclass error share**: ``sum_i [p_i != y_i and f(p_i) == f(y_i)] /
+  sum_i [p_i != y_i]``, the share of *wrong* predictions that stay inside the
+  true superclass (0.0 when nothing is wrong);
+* **group agreement**: the adjusted Rand index between the buffer's
+  class -> group assignment and the class -> superclass assignment, over the
+  classes present in the buffer.
+
+Note ``consistency = accuracy + (1 - accuracy) * error_share``.
+
+Metric names follow Avalanche's ``get_metric_name``; the stream-level ones
+carry no task label (like Avalanche's ``MeanScores``), e.g.
+``SemanticConsistency_Stream/eval_phase/test_stream``, while the
+experience-level replay entropy does:
+``ReplayGroupEntropy_Exp/train_phase/train_stream/Task000/Exp000``.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from avalanche.evaluation.metric_definitions import GenericPluginMetric, PluginMetric
+from avalanche.evaluation.metric_results import MetricResult, MetricValue
+from avalanche.evaluation.metric_utils import get_metric_name
+
+from .buffer import BalancedBuffer
+
+__all__ = [
+    "semantic_consistency",
+    "superclass_error_share",
+    "adjusted_rand_index",
+    "group_agreement",
+    "resolve_buffer",
+    "SemanticConsistency",
+    "SuperclassErrorShare",
+    "SemanticConsistencyMetric",
+    "SuperclassErrorShareMetric",
+    "GroupAgreementMetric",
+    "ReplayGroupEntropyMetric",
+    "semantic_metrics",
+]
+
+
+# ---------------------------------------------------------------- validation
+def _as_labels(values, name: str, device=None) -> Tensor:
+    """A 1-D integer tensor (lists and numpy arrays accepted)."""
+    t = torch.as_tensor(values, device=device)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer labels, got dtype {t.dtype}")
+    return t
+
+
+def _as_map(fine_to_coarse, device=None) -> Tensor:
+    f2c = _as_labels(fine_to_coarse, "fine_to_coarse", device).long()
+    if f2c.numel() == 0:
+        raise ValueError("fine_to_coarse must map at least one class")
+    return f2c
+
+
+def _check_in_range(name: str, labels: Tensor, num_classes: int) -> None:
+    lo, hi = torch.stack([labels.min(), labels.max()]).tolist()  # one transfer
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name} must lie in [0, {num_classes}) (fine_to_coarse's range), "
+                         f"got min={lo}, max={hi}")
+
+
+def _pred_target(pred, target, fine_to_coarse) -> Tuple[Tensor, Tensor, Tensor]:
+    pred = _as_labels(pred, "pred").long()
+    target = _as_labels(target, "target", pred.device).long()
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")
+    if pred.numel() == 0:
+        raise ValueError("pred and target are empty; the metric is undefined on no items")
+    f2c = _as_map(fine_to_coarse, pred.device)
+    _check_in_range("labels (pred and target)", torch.cat([pred, target]), f2c.numel())
+    return pred, target, f2c
+
+
+# ------------------------------------------------------------ pure functions
+def semantic_consistency(pred, target, fine_to_coarse) -> Tensor:
+    """Share of predictions whose class lies in the true class's superclass.
+
+    ``mean_i [fine_to_coarse[pred_i] == fine_to_coarse[target_i]]``; a correct
+    prediction counts as consistent.
+
+    Args:
+        pred: predicted classes, 1-D integer tensor (N,), N > 0.
+        target: true classes, same shape.
+        fine_to_coarse: class -> superclass table, 1-D integer tensor (C,).
+
+    Returns:
+        0-d float64 tensor in [0, 1] on ``pred``'s device.
+
+    Raises:
+        ValueError: empty input, mismatched shapes, non-integer labels, or a
+        label outside ``[0, C)``.
+    """
+    pred, target, f2c = _pred_target(pred, target, fine_to_coarse)
+    return (f2c[pred] == f2c[target]).double().mean()
+
+
+def superclass_error_share(pred, target, fine_to_coarse) -> Tensor:
+    """Among wrong predictions, the share whose class lies in the true superclass.
+
+    ``sum_i [p_i != y_i and f(p_i) == f(y_i)] / sum_i [p_i != y_i]`` with
+    ``f = fine_to_coarse``. Defined as **0.0 when no prediction is wrong**
+    (there is no error to attribute), so the value always lies in [0, 1].
+
+    Args and errors as :func:`semantic_consistency`.
+
+    Returns:
+        0-d float64 tensor in [0, 1] on ``pred``'s device.
+    """
+    pred, target, f2c = _pred_target(pred, target, fine_to_coarse)
+    wrong = pred != target
+    near = (wrong & (f2c[pred] == f2c[target])).sum().double()
+    num_wrong = wrong.sum().double()
+    return torch.where(num_wrong > 0, near / num_wrong.clamp_min(1), torch.zeros_like(near))
+
+
+def _pairs(x: Tensor) -> Tensor:
+    """``x choose 2``, elementwise, in float64."""
+    x = x.double()
+    return x * (x - 1) / 2
+
+
+def adjusted_rand_index(labels_a, labels_b) -> Tensor:
+    """Adjusted Rand index (Hubert & Arabie, 1985) of two flat clusterings of the same items.
+
+    With ``n_ij`` the contingency table (items in cluster ``i`` of ``a`` and
+    ``j`` of ``b``), ``a_i``/``b_j`` its row/column sums and ``C(x) = x(x-1)/2``::
+
+        index    = sum_ij C(n_ij)
+        expected = sum_i C(a_i) * sum_j C(b_j) / C(n)
+        maximum  = (sum_i C(a_i) + sum_j C(b_j)) / 2
+        ARI      = (index - expected) / (maximum - expected)
+
+    1 means identical partitions (cluster ids are arbitrary: relabelling
+    either side changes nothing), about 0 a chance-level match; it can be
+    negative. Only the non-empty cells of the table are materialised
+    (``unique`` of ``a * K_b + b``), so memory is O(n) whatever the numbers of
+    clusters.
+
+    Degenerate cases: ``maximum == expected`` happens only when both
+    partitions put all items in one cluster, both put every item in its own
+    cluster, or ``n < 2`` -- and in every such case the two partitions are
+    identical, so the ARI is defined as **1.0** (as scikit-learn does). The
+    "unequal partitions with ``maximum == expected``" case cannot occur
+    (``2 * (maximum - expected) * C(n) = A (C(n) - B) + B (C(n) - A)`` with
+    ``A = sum C(a_i)`` and ``B = sum C(b_j)``, which is 0 only if
+    ``A = B = 0`` or ``A = B = C(n)``).
+
+    Args:
+        labels_a, labels_b: 1-D integer tensors of cluster ids, same shape
+            (any integer values, negative included).
+
+    Returns:
+        0-d float64 tensor on ``labels_a``'s device.
+    """
+    a = _as_labels(labels_a, "labels_a")
+    b = _as_labels(labels_b, "labels_b", a.device)
+    if a.shape != b.shape:
+        raise ValueError(f"labels_a and labels_b must have the same shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    n = a.numel()
+    one = torch.ones((), dtype=torch.float64, device=a.device)
+    if n < 2:
+        return one
+    _, a = torch.unique(a, return_inverse=True)
+    b_ids, b = torch.unique(b, return_inverse=True)
+    cells = torch.unique(a * b_ids.numel() + b, return_counts=True)[1]
+    index = _pairs(cells).sum()
+    sum_a = _pairs(torch.bincount(a)).sum()
+    sum_b = _pairs(torch.bincount(b)).sum()
+    expected = sum_a * sum_b / (n * (n - 1) / 2)
+    denom = (sum_a + sum_b) / 2 - expected
+    ari = (index - expected) / torch.where(denom == 0, one, denom)
+    return torch.where(denom == 0, one, ari)
+
+
+def group_agreement(classes, groups, fine_to_coarse) -> Tensor:
+    """ARI between a class -> group assignment and the true superclasses.
+
+    ``adjusted_rand_index(groups, fine_to_coarse[classes])``: each class is one
+    item (whatever its number of stored samples). Pass what
+    :meth:`BalancedBuffer.class_groups` returns.
+
+    Args:
+        classes: 1-D integer tensor of distinct classes in ``[0, C)``.
+        groups: their group ids, same shape.
+        fine_to_coarse: class -> superclass table (C,).
+
+    Returns:
+        0-d float64 tensor (1.0 for fewer than two classes, see
+        :func:`adjusted_rand_index`).
+    """
+    classes = _as_labels(classes, "classes").long()
+    groups = _as_labels(groups, "groups", classes.device)
+    if classes.shape != groups.shape:
+        raise ValueError(f"classes and groups must have the same shape, got {tuple(classes.shape)} "
+                         f"and {tuple(groups.shape)}")
+    f2c = _as_map(fine_to_coarse, classes.device)
+    if classes.numel():
+        _check_in_range("classes", classes, f2c.numel())
+        if torch.unique(classes).numel() != classes.numel():
+            raise ValueError("classes must list each class once")
+    return adjusted_rand_index(groups, f2c[classes])
+
+
+def resolve_buffer(source) -> BalancedBuffer:
+    """The :class:`BalancedBuffer` behind ``source``.
+
+    ``source`` is a buffer, or any object whose ``storage_policy`` or
+    ``buffer`` attribute is one (a :class:`BalancedReplayPlugin`, a strategy
+    holding a buffer, ...).
+    """
+    if isinstance(source, BalancedBuffer):
+        return source
+    for attr in ("storage_policy", "buffer"):
+        candidate = getattr(source, attr, None)
+        if isinstance(candidate, BalancedBuffer):
+            return candidate
+    raise TypeError(f"{type(source).__name__} is not a BalancedBuffer and has no BalancedBuffer "
+                    f"in .storage_policy or .buffer")
+
+
+# ------------------------------------------------------ standalone metrics
+class _SuperclassCounts:
+    """Running ``numerator / denominator`` over minibatches (an Avalanche ``Metric``).
+
+    Counts stay 0-d tensors on the data's device; :meth:`result` makes the
+    single host transfer. Labels outside ``fine_to_coarse``'s range are
+    counted (not indexed) during :meth:`update` and reported by
+    :meth:`result` as ``ValueError``, so updating never syncs with the device.
+    """
+
+    def __init__(self, fine_to_coarse):
+        self.fine_to_coarse = _as_map(fine_to_coarse)
+        self._counts: Optional[Tensor] = None  # [numerator, denominator, out of range]
+
+    def _masks(self, wrong: Tensor, same_super: Tensor) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update(self, predicted_y, true_y) -> None:
+        """Add a minibatch: ``predicted_y`` labels (N,) or logits (N, C); ``true_y`` labels (N,)."""
+        pred = torch.as_tensor(predicted_y)
+        if pred.dim() > 1:
+            pred = pred.argmax(1)
+        pred = _as_labels(pred, "predicted_y").long()
+        target = _as_labels(true_y, "true_y", pred.device).long()
+        if pred.shape != target.shape:
+            raise ValueError(f"predictions and targets must have the same shape, got "
+                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        if self.fine_to_coarse.device != pred.device:
+            self.fine_to_coarse = self.fine_to_coarse.to(pred.device)
+        f2c, c = self.fine_to_coarse, self.fine_to_coarse.numel()
+        valid = (pred >= 0) & (pred < c) & (target >= 0) & (target < c)
+        same_super = f2c[pred.clamp(0, c - 1)] == f2c[target.clamp(0, c - 1)]
+        num, den = self._masks(pred != target, same_super)
+        counts = torch.stack([(num & valid).sum(), (den & valid).sum(), (~valid).sum()])
+        self._counts = counts if self._counts is None else self._counts + counts.to(self._counts.device)
+
+    def result(self) -> float:
+        """``numerator / denominator`` as a float; 0.0 before any update or when the denominator is 0."""
+        if self._counts is None:
+            return 0.0
+        num, den, bad = self._counts.tolist()
+        if bad:
+            raise ValueError(f"{bad} predicted or true labels lie outside [0, "
+                             f"{self.fine_to_coarse.numel()}) (fine_to_coarse's range)")
+        return num / den if den else 0.0
+
+    def reset(self) -> None:
+        self._counts = None
+
+
+class SemanticConsistency(_SuperclassCounts):
+    """Running :func:`semantic_consistency` over all items passed to :meth:`update`."""
+
+    def _masks(self, wrong, same_super):
+        return same_super, torch.ones_like(same_super)
+
+
+class SuperclassErrorShare(_SuperclassCounts):
+    """Running :func:`superclass_error_share` over all items passed to :meth:`update`
+    (0.0 while no prediction is wrong)."""
+
+    def _masks(self, wrong, same_super):
+        return wrong & same_super, wrong
+
+
+# ---------------------------------------------------------- plugin metrics
+def _value(metric, strategy, value: float, add_experience: bool, add_task: bool) -> List[MetricValue]:
+    name = get_metric_name(metric, strategy, add_experience=add_experience, add_task=add_task)
+    return [MetricValue(metric, name, float(value), strategy.clock.train_iterations)]
+
+
+class _EvalStreamMetric(GenericPluginMetric[float, _SuperclassCounts]):
+    """Reset at ``before_eval``, updated after every eval iteration from
+    ``strategy.mb_output`` (argmax) and ``strategy.mb_y``, emitted at ``after_eval``."""
+
+    def __init__(self, metric: _SuperclassCounts):
+        super().__init__(metric, reset_at="stream", emit_at="stream", mode="eval")
+
+    def update(self, strategy) -> None:
+        self._metric.update(strategy.mb_output, strategy.mb_y)
+
+    def _package_result(self, strategy) -> MetricResult:
+        # Stream level over possibly many tasks: no task label in the name.
+        return _value(self, strategy, self.result(), add_experience=False, add_task=False)
+
+
+class SemanticConsistencyMetric(_EvalStreamMetric):
+    """Semantic consistency of the predictions over a whole evaluation stream.
+
+    Emits ``SemanticConsistency_Stream/eval_phase/<stream>_stream`` at the end
+    of each ``strategy.eval`` call (see :func:`semantic_consistency`; 0.0 for
+    an empty stream).
+    """
+
+    def __init__(self, fine_to_coarse):
+        super().__init__(SemanticConsistency(fine_to_coarse))
+
+    def __str__(self):
+        return "SemanticConsistency_Stream"
+
+
+class SuperclassErrorShareMetric(_EvalStreamMetric):
+    """Share of the wrong predictions that stay in the true superclass, over a
+    whole evaluation stream (see :func:`superclass_error_share`).
+
+    Emits ``SuperclassErrorShare_Stream/eval_phase/<stream>_stream``.
+    """
+
+    def __init__(self, fine_to_coarse):
+        super().__init__(SuperclassErrorShare(fine_to_coarse))
+
+    def __str__(self):
+        return "SuperclassErrorShare_Stream"
+
+
+class GroupAgreementMetric(PluginMetric[Optional[float]]):
+    """Agreement (ARI) of the buffer's class groups with the superclasses.
+
+    At the end of each ``strategy.eval`` call, emits
+    ``GroupAgreement_Stream/eval_phase/<stream>_stream``:
+    :func:`group_agreement` of ``buffer.class_groups()``. The buffer is looked
+    up from ``buffer_source`` (see :func:`resolve_buffer`) at emit time, so
+    the source may get its buffer after the metric is built. Nothing is
+    emitted while the buffer is empty.
+    """
+
+    def __init__(self, buffer_source, fine_to_coarse):
+        super().__init__()
+        self.buffer_source = buffer_source
+        self.fine_to_coarse = _as_map(fine_to_coarse)
+
+    def result(self) -> Optional[float]:
+        """The current ARI, or None when the buffer is empty."""
+        buffer = resolve_buffer(self.buffer_source)
+        if len(buffer) == 0:
+            return None
+        classes, groups = buffer.class_groups()
+        return float(group_agreement(classes, groups, self.fine_to_coarse.to(classes.device)))
+
+    def reset(self) -> None:
+        pass  # stateless: the buffer is the state
+
+    def after_eval(self, strategy) -> MetricResult:
+        super().after_eval(strategy)
+        value = self.result()
+        if value is None:
+            return None
+        return _value(self, strategy, value, add_experience=False, add_task=False)
+
+    def __str__(self):
+        return "GroupAgreement_Stream"
+
+
+class ReplayGroupEntropyMetric(PluginMetric[float]):
+    """Balance of the groups replayed during each training experience.
+
+    At ``after_training_exp`` emits ``plugin_source.replay_group_entropy()``
+    (for :class:`BalancedReplayPlugin`: the normalised entropy, see
+    :func:`~avalanche_balanced.sampling.normalized_entropy`, of the groups of
+    the samples replayed during the experience; 1 = balanced) as
+    ``ReplayGroupEntropy_Exp/train_phase/train_stream/Task000/Exp000``.
+    """
+
+    def __init__(self, plugin_source):
+        super().__init__()
+        if not callable(getattr(plugin_source, "replay_group_entropy", None)):
+            raise TypeError(f"{type(plugin_source).__name__} has no replay_group_entropy() method")
+        self.plugin_source = plugin_source
+
+    def result(self) -> float:
+        return float(self.plugin_source.replay_group_entropy())
+
+    def reset(self) -> None:
+        pass  # the plugin resets its counts at each experience
+
+    def after_training_exp(self, strategy) -> MetricResult:
+        super().after_training_exp(strategy)
+        return _value(self, strategy, self.result(), add_experience=True, add_task=True)
+
+    def __str__(self):
+        return "ReplayGroupEntropy_Exp"
+
+
+def semantic_metrics(fine_to_coarse, buffer_source=None, replay_source=None) -> List[PluginMetric]:
+    """The semantic metrics, for ``EvaluationPlugin(*semantic_metrics(...), loggers=...)``.
+
+    Always semantic consistency and superclass error share; group agreement
+    when ``buffer_source`` is given; replay group entropy when
+    ``replay_source`` (e.g. the :class:`BalancedReplayPlugin`) is given.
+    """
+    metrics: List[PluginMetric] = [SemanticConsistencyMetric(fine_to_coarse),
+                                   SuperclassErrorShareMetric(fine_to_coarse)]
+    if buffer_source is not None:
+        metrics.append(GroupAgreementMetric(buffer_source, fine_to_coarse))
+    if replay_source is not None:
+        metrics.append(ReplayGroupEntropyMetric(replay_source))
+    return metrics

@@ -5,12 +5,22 @@ The public API:
 * sampling maths: :func:`balanced_importance`, :func:`sample_indices`, :func:`cosine_to_unit`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
 * storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``);
-* wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``).
+* wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``) and
+  :class:`BatchTransformPlugin` (batched augmentation on the device);
+* the method: :class:`SARLGelu` (alias :data:`SARLEnhancedGeluBalanced`);
+* data and model: :func:`split_cifar100`, :func:`load_cifar100`, :func:`cifar_augment`,
+  :func:`cifar_normalize`, :func:`gelu_resnet18`;
+* evaluation: :func:`semantic_metrics` and the metrics of :mod:`avalanche_balanced.metrics`.
 """
 from .sampling import balanced_importance, cosine_to_unit, normalized_entropy, sample_indices
 from .semantic import GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .buffer import BalancedBuffer, ReplayBatch
 from .plugin import BalancedReplayPlugin
+from .transforms import BatchTransformPlugin
+from .strategies import SARLEnhancedGeluBalanced, SARLGelu
+from .data import cifar_augment, cifar_normalize, load_cifar100, split_cifar100
+from .models import gelu_resnet18
+from .metrics import semantic_metrics
 
 __version__ = "0.1.0"
 
@@ -26,4 +36,13 @@ __all__ = [
     "BalancedBuffer",
     "ReplayBatch",
     "BalancedReplayPlugin",
+    "BatchTransformPlugin",
+    "SARLGelu",
+    "SARLEnhancedGeluBalanced",
+    "load_cifar100",
+    "split_cifar100",
+    "cifar_augment",
+    "cifar_normalize",
+    "gelu_resnet18",
+    "semantic_metrics",
 ]

@@ -1,0 +1,29 @@
+# Two entry points, each setting up the virtual environment on first use:
+#   make run   - the main job: SARL-GELU with balanced replay on Split CIFAR-100 (quick protocol)
+#   make test  - the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test compare clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) examples/split_cifar100_sarl_balanced.py
+
+test: setup
+	$(PY) -m pytest
+
+compare: setup
+	$(PY) benchmarks/compare.py --protocol quick
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,213 @@
+"""SARL-GELU: every loss term, prototypes, the frozen model, the similarity net, determinism."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin
+
+from avalanche_balanced import SARLEnhancedGeluBalanced, SARLGelu, gelu_resnet18
+from avalanche_balanced.experiment import seed_everything
+
+C, D = 6, 10
+
+
+def tiny_benchmark(seed=0, n_per_class=40):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(C).repeat_interleave(n_per_class)
+    x = torch.randn(len(y), D, generator=g) + 2.5 * torch.eye(C, D)[y]
+    ds = _make_taskaware_tensor_classification_dataset(x, y)
+    return nc_benchmark(ds, ds, n_experiences=3, task_labels=False, seed=seed)
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(D, 32), nn.GELU(), nn.Linear(32, C))
+
+
+class TermRecorder(SupervisedPlugin):
+    """(task, epoch, loss terms) after every training iteration."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.rows.append((strategy.task_id, strategy.clock.train_exp_epochs, dict(strategy.loss_terms),
+                          float(strategy.loss)))
+
+
+def make_strategy(model=None, epochs=2, plugins=(), seed=0, **kw):
+    seed_everything(seed)
+    model = model or mlp()
+    params = dict(mem_size=40, batch_size_mem=8, train_mb_size=16, train_epochs=epochs, warmup_epochs=0,
+                  seed=seed, evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
+    params.update(kw)
+    return SARLGelu(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                    plugins=list(plugins), **params)
+
+
+def run(strategy, bm, n=3):
+    for exp in list(bm.train_stream)[:n]:
+        strategy.train(exp)
+    return strategy.eval(bm.test_stream)
+
+
+def test_alias_and_defaults():
+    assert SARLEnhancedGeluBalanced is SARLGelu
+    s = SARLGelu(model=mlp(), optimizer=torch.optim.SGD(mlp().parameters(), lr=0.1))
+    assert (s.alpha, s.beta, s.op_weight, s.sm_weight, s.warmup_epochs) == (0.5, 1.0, 0.5, 0.01, 5)
+    assert s.buffer.max_size == 200 and s.replay.batch_size_mem == 32
+    assert s.threshold.value.item() == pytest.approx(0.8) and s.similarity_net.sim_lr == 0.001
+
+
+def test_each_term_appears_exactly_when_its_condition_holds():
+    rec = TermRecorder()
+    run(make_strategy(plugins=[rec], warmup_epochs=0), tiny_benchmark(), n=2)
+    for task, epoch, terms, loss in rec.rows:
+        expected = {"ce", "similarity"}
+        if not (task == 0 and epoch == 0 and "replay_ce" not in terms):
+            expected |= {"replay_mse", "replay_ce"}
+        if task > 0:
+            expected |= {"prototype"}
+        if task > 0 and epoch > 0:
+            expected |= {"distill", "semantic"}
+        if task == 0 and epoch == 0 and "replay_ce" not in terms:
+            continue  # only the very first iteration has an empty buffer
+        assert set(terms) == expected, (task, epoch, set(terms))
+        # the optimised loss is exactly the sum of the backbone terms
+        assert loss == pytest.approx(sum(float(v) for k, v in terms.items() if k != "similarity"), rel=1e-5)
+    assert any(t > 0 and float(terms["distill"]) > 0 for t, e, terms, _ in rec.rows if "distill" in terms)
+
+
+@pytest.mark.parametrize("zeroed, term", [("alpha", "replay_mse"), ("op_weight", "prototype"),
+                                          ("beta", "distill"), ("sm_weight", "semantic")])
+def test_zero_weight_switches_a_term_off(zeroed, term):
+    rec = TermRecorder()
+    run(make_strategy(plugins=[rec], **{zeroed: 0.0}), tiny_benchmark(), n=2)
+    assert all(term not in terms for _, _, terms, _ in rec.rows)
+    assert any("replay_ce" in terms for _, _, terms, _ in rec.rows)
+
+
+def test_warmup_delays_distillation_and_semantic_terms():
+    rec = TermRecorder()
+    run(make_strategy(plugins=[rec], warmup_epochs=1, epochs=3), tiny_benchmark(), n=2)
+    for task, epoch, terms, _ in rec.rows:
+        assert ("distill" in terms) == (task > 0 and epoch > 1)
+
+
+def test_prototypes_are_means_of_normalised_eval_features():
+    bm = tiny_benchmark()
+    s = make_strategy()
+    s.train(bm.train_stream[0])
+    model = s.model.eval()
+    xs, ys = zip(*[(b[0], b[1]) for b in torch.utils.data.DataLoader(bm.train_stream[0].dataset, batch_size=64)])
+    x, y = torch.cat(xs), torch.cat(ys)
+    with torch.no_grad():
+        feats = model[1](model[0](x))
+    for c in bm.train_stream[0].classes_in_this_experience:
+        expected = F.normalize(feats[y == c], dim=1).mean(0)
+        torch.testing.assert_close(s.prototypes.prototypes[c], expected, rtol=1e-4, atol=1e-5)
+    seen = set(bm.train_stream[0].classes_in_this_experience)
+    assert set(torch.nonzero(s.prototypes.valid).flatten().tolist()) == seen
+
+
+def test_previous_model_is_a_frozen_copy():
+    bm = tiny_benchmark()
+    s = make_strategy()
+    s.train(bm.train_stream[0])
+    old = {k: v.clone() for k, v in s.old_model.state_dict().items()}
+    torch.testing.assert_close(old, {k: v for k, v in s.model.state_dict().items()})
+    s.train(bm.train_stream[1])
+    assert all(not p.requires_grad for p in s.old_model.parameters())
+    # the old model is the one saved at the end of experience 1 now; it must equal the model then
+    torch.testing.assert_close(dict(s.old_model.state_dict()), dict(s.model.state_dict()))
+    assert not s.old_model.training
+
+
+def test_similarity_network_learns_during_training():
+    rec = TermRecorder()
+    run(make_strategy(plugins=[rec], epochs=6, sim_lr=0.01), tiny_benchmark(n_per_class=80), n=1)
+    sims = [float(t["similarity"]) for _, _, t, _ in rec.rows]
+    assert np.mean(sims[-5:]) < 0.8 * np.mean(sims[:5])
+
+
+def test_same_seed_same_metrics_and_learns_above_chance():
+    a = run(make_strategy(seed=3), tiny_benchmark())
+    b = run(make_strategy(seed=3), tiny_benchmark())
+    key = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
+    assert a[key] == b[key]
+    assert a[key] > 2.0 / C
+
+
+def test_uniform_replay_and_buffer_are_the_strategy_s():
+    s = make_strategy(use_balanced_sampling=False)
+    run(s, tiny_benchmark(), n=2)
+    assert s.replay.use_balanced_sampling is False
+    assert s.buffer.prototypes is s.prototypes and s.buffer.similarity_net is s.similarity_net
+    assert s.buffer.threshold is s.threshold
+    assert len(s.buffer) == 40
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mem_size"):
+        make_strategy(mem_size=0)
+    with pytest.raises(ValueError, match="batch_size_mem"):
+        make_strategy(mem_size=10, batch_size_mem=20)
+    with pytest.raises(ValueError, match="alpha"):
+        make_strategy(alpha=-1.0)
+
+
+def test_resnet_with_batched_transforms_and_lr_schedule():
+    """The GELU ResNet path: return_features, BatchNorm refresh on the buffer, MultiStepLR."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat_interleave(12)
+    x = torch.rand(len(y), 3, 8, 8, generator=g)
+    ds = _make_taskaware_tensor_classification_dataset(x, y)
+    bm = nc_benchmark(ds, ds, n_experiences=2, task_labels=False, seed=0)
+    model = gelu_resnet18(num_classes=4, nf=4)
+    calls = []
+    s = make_strategy(model=model, mem_size=16, batch_size_mem=4, epochs=2, lr_steps=[1],
+                      transform=lambda t: calls.append(t.shape[0]) or t * 2 - 1,
+                      eval_transform=lambda t: t * 2 - 1)
+    s.train(bm.train_stream[0])
+    bn_before = s.model.bn1.running_mean.clone()
+    s.train(bm.train_stream[1])
+    assert not torch.equal(bn_before, s.model.bn1.running_mean)
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # reset for the next experience
+    assert 16 + 4 in calls  # current and replayed inputs transformed together
+
+
+def _fake_torchvision_cifar(images, labels):
+    from torchvision.datasets import CIFAR100
+    ds = object.__new__(CIFAR100)  # skip the download / integrity check of the real class
+    ds.data, ds.targets = images, list(labels)
+    ds.transform = ds.target_transform = None
+    ds.train, ds.root = True, "unused"
+    return ds
+
+
+def test_runs_on_avalanches_own_split_cifar100(cifar_root, monkeypatch):
+    """Avalanche's SplitCIFAR100 with its PIL transforms, fed from the shared arrays."""
+    from avalanche.benchmarks.classic import ccifar100
+    data = np.load(cifar_root / "cifar100_train.npz")
+    test = np.load(cifar_root / "cifar100_test.npz")
+    pick = np.concatenate([np.nonzero(data["y"] == c)[0][:4] for c in range(100)])
+    pick_test = np.concatenate([np.nonzero(test["y"] == c)[0][:2] for c in range(100)])
+    fake = (_fake_torchvision_cifar(data["x"][pick], data["y"][pick]),
+            _fake_torchvision_cifar(test["x"][pick_test], test["y"][pick_test]))
+    monkeypatch.setattr(ccifar100, "get_cifar100_dataset", lambda root: fake)
+    bm = ccifar100.SplitCIFAR100(n_experiences=5, seed=0)
+    s = make_strategy(model=gelu_resnet18(100, nf=4), mem_size=40, batch_size_mem=8, epochs=1)
+    for exp in list(bm.train_stream)[:2]:
+        s.train(exp)
+    stored = s.buffer.examples[: len(s.buffer)]
+    # The buffer holds what the dataset delivered: augmented and normalised tensors.
+    assert stored.shape[1:] == (3, 32, 32) and stored.min() < -0.5
+    seen = set(bm.train_stream[0].classes_in_this_experience) | set(bm.train_stream[1].classes_in_this_experience)
+    assert set(s.buffer.labels[: len(s.buffer)].tolist()) <= seen
+    assert s.prototypes.valid.sum() == 40

@@ -14,7 +14,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 
 from .features import forward_with_features
 from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
-from .sampling import balanced_importance, cosine_to_unit, sample_indices
+from .sampling import balanced_importance, cosine_to_unit, draw_proportional, uniform_indices
 from .semantic import (
     GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity,
     class_groups_from_similarity,
@@ -23,7 +23,7 @@ from .semantic import (
 __all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS", "SIMILARITIES"]
 
 INSERTIONS = ("reservoir", "class_balanced")
-SIMILARITIES = ("cosine", "learned")
+SIMILARITIES = ("cosine", "learned", "none")
 _STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "stored_step")
 
 
@@ -54,8 +54,9 @@ class BalancedBuffer(ExemplarsBuffer):
 
     Similarity of a sample to its class prototype (``similarity``):
     ``"cosine"`` maps the cosine similarity to [0, 1] with ``(cos + 1) / 2``;
-    ``"learned"`` uses ``similarity_net`` (a :class:`SemanticSimilarity`).
-    Classes without a prototype yet get similarity 1 (a neutral term).
+    ``"learned"`` uses ``similarity_net`` (a :class:`SemanticSimilarity`);
+    ``"none"`` sets every similarity to 1, leaving only the balance factor (an
+    ablation). Classes without a prototype yet get similarity 1 (a neutral term).
 
     Insertion (``insertion``): ``"reservoir"`` per minibatch, as SARL does, or
     ``"class_balanced"``. Tensors are allocated at the first insertion, when the
@@ -131,6 +132,11 @@ class BalancedBuffer(ExemplarsBuffer):
         self.size = 0  # slots filled
         self.step = 0  # insertion calls so far
         self.class_group: Optional[Tensor] = None
+        # Similarity of each stored sample to its prototype, cached per slot: refreshed
+        # for the slots written or replayed, and in full when the prototypes change or
+        # on regroup() (the learned similarity network drifts in between).
+        self._similarity_cache: Optional[Tensor] = None
+        self._cache_version: Optional[int] = None
         for name in _STORAGE:
             setattr(self, name, None)
 
@@ -166,6 +172,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.device = device
+        self._similarity_cache = None
         return self
 
     def _allocate(self, examples: Tensor, logits: Tensor, features: Tensor) -> None:
@@ -247,6 +254,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.features[slots] = features[source].to(self.feature_dtype)
         self.group_ids[slots] = self._groups_of(labels[source], features[source])
         self.stored_step[slots] = self.step
+        self._refresh_cached_similarity(slots)
         self.num_seen += examples.shape[0]
         self.size = min(self.max_size, self.size + examples.shape[0])  # both policies fill free slots first
         self.step += 1
@@ -261,7 +269,22 @@ class BalancedBuffer(ExemplarsBuffer):
                              f"got {tuple(features.shape)}")
         if not bool(torch.isfinite(features).all()):
             raise ValueError("features contain NaN or inf")
-        self.features[indices.to(self.device)] = features.to(self.feature_dtype)
+        indices = indices.to(self.device)
+        self.features[indices] = features.to(self.feature_dtype)
+        self._refresh_cached_similarity(indices)
+
+    def _refresh_cached_similarity(self, slots: Tensor) -> None:
+        if self._similarity_cache is not None and self._cache_version == self.prototypes.version:
+            self._similarity_cache[slots] = self._similarity(self.features[slots], self.labels[slots])
+
+    def stored_similarity(self) -> Tensor:
+        """Similarity in [0, 1] of every stored sample to its class prototype (cached)."""
+        if self._similarity_cache is None or self._cache_version != self.prototypes.version:
+            self._similarity_cache = torch.ones(self.max_size, device=self.device)
+            self._similarity_cache[: self.size] = self._similarity(self.features[: self.size],
+                                                                  self.labels[: self.size])
+            self._cache_version = self.prototypes.version
+        return self._similarity_cache[: self.size]
 
     # ----------------------------------------------------------------- grouping
     def _similarity(self, features: Tensor, labels: Tensor, op_prototypes: Optional[Tensor] = None) -> Tensor:
@@ -274,8 +297,10 @@ class BalancedBuffer(ExemplarsBuffer):
             valid = protos.abs().sum(1) > 0  # all-zero rows: no prototype for that class
         else:
             protos, valid = self.prototypes.prototypes, self.prototypes.valid
+        if self.similarity == "none":
+            return torch.ones(labels.shape[0], device=self.device)
         own = protos[labels].float()
-        if self.similarity == "cosine":
+        if self.similarity != "learned":
             sim = cosine_to_unit(torch.nn.functional.cosine_similarity(features.float(), own, dim=1))
         else:
             sim = self.similarity_net(features.float(), own)
@@ -293,7 +318,7 @@ class BalancedBuffer(ExemplarsBuffer):
     def class_similarity(self) -> Tensor:
         """Similarity in [0, 1] between all pairs of class prototypes (C x C)."""
         protos = self.prototypes
-        if self.similarity == "cosine":
+        if self.similarity != "learned":
             return cosine_to_unit(protos.cosine_matrix())
         return self.similarity_net.pairwise(protos.prototypes)
 
@@ -318,6 +343,7 @@ class BalancedBuffer(ExemplarsBuffer):
             self.class_group = class_groups_from_similarity(scores, seen, self.threshold.value)
         elif self.grouping == "prototype_threshold" and update_threshold:
             self.threshold.update(self._similarity(feats, labels))
+        self._cache_version = None  # full refresh: the similarity network may have moved
         self.group_ids[: self.size] = self._groups_of(labels, feats)
 
     def group_counts(self) -> Tensor:
@@ -343,8 +369,10 @@ class BalancedBuffer(ExemplarsBuffer):
         """Importance of every stored sample (see :func:`balanced_importance`)."""
         if self.size == 0:
             return torch.zeros(0, device=self.device)
-        labels = self.labels[: self.size]
-        sim = self._similarity(self.features[: self.size], labels, op_prototypes)
+        if op_prototypes is None:
+            sim = self.stored_similarity()
+        else:
+            sim = self._similarity(self.features[: self.size], self.labels[: self.size], op_prototypes)
         return balanced_importance(sim, self.group_ids[: self.size],
                                    balance_weight=self.balance_weight, eps=self.eps)
 
@@ -366,7 +394,7 @@ class BalancedBuffer(ExemplarsBuffer):
     def get_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:
         """Uniform replay minibatch of ``min(minibatch_size, len(self))`` distinct samples."""
         k = self._check_sample_size(minibatch_size)
-        idx = torch.randperm(self.size, device=self.device, generator=self.generator)[:k]
+        idx = uniform_indices(self.size, k, generator=self.generator, device=self.device)
         return self._gather(idx, transform)
 
     @torch.no_grad()
@@ -378,8 +406,8 @@ class BalancedBuffer(ExemplarsBuffer):
         for the similarity term; all-zero rows count as missing prototypes.
         """
         k = self._check_sample_size(minibatch_size)
-        idx = sample_indices(self.importance(op_prototypes), k, generator=self.generator,
-                             uniform_mix=self.uniform_mix, max_ratio=self.max_ratio)
+        idx = draw_proportional(self.importance(op_prototypes), k, generator=self.generator,
+                                uniform_mix=self.uniform_mix, max_ratio=self.max_ratio)
         return self._gather(idx, transform)
 
     def __len__(self) -> int:
@@ -452,6 +480,7 @@ class BalancedBuffer(ExemplarsBuffer):
             new[: keep.shape[0]] = old[keep]
             setattr(self, name, new)
         self.max_size, self.size = new_size, keep.shape[0]
+        self._similarity_cache = None
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
@@ -487,3 +516,4 @@ class BalancedBuffer(ExemplarsBuffer):
         self.size, self.num_seen, self.step = state["size"], state["num_seen"], state["step"]
         self.generator.set_state(state["generator"])
         self.threshold.load_state_dict(state["threshold"])
+        self._similarity_cache = None

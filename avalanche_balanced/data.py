@@ -32,7 +32,7 @@ __all__ = [
     "split_cifar100",
 ]
 
-N_FINE, N_COARSE, TRAIN_PER_CLASS = 100, 20, 500
+N_FINE, N_COARSE, TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 20, 500, 100
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 DATA_ENV_VAR = "AVALANCHE_BALANCED_DATA"
@@ -237,7 +237,7 @@ def _label_names(root: Path) -> dict:
 def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = None,
                    seed: Optional[int] = 0, class_order: Optional[Sequence[int]] = None,
                    per_class: Optional[int] = None, return_task_id: bool = False,
-                   download: bool = False) -> NCScenario:
+                   download: bool = False, test_per_class: Optional[int] = None) -> NCScenario:
     """Class-incremental Split CIFAR-100, built with Avalanche's ``nc_benchmark``.
 
     The class order follows Avalanche's ``SplitCIFAR100``: ``class_order`` (a permutation of
@@ -247,7 +247,9 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     Samples are float32 3 x 32 x 32 in [0, 1], neither normalised nor augmented: apply
     :func:`cifar_augment` (training) or :func:`cifar_normalize` (evaluation) to batches on
     the device. ``per_class`` keeps a ``seed``-determined random subset of that many
-    training images per class; the test stream always covers the full test set.
+    training images per class; the test stream covers the full test set unless
+    ``test_per_class`` asks for a seeded subset of that many test images per class
+    (for fast smoke runs; report results on the full test set).
 
     Extra attributes on the result: ``fine_to_coarse`` (LongTensor[100]), ``train_indices``
     (the training-set indices used), and ``fine_label_names`` / ``coarse_label_names`` when
@@ -260,6 +262,9 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int)
                                   or not 0 < per_class <= TRAIN_PER_CLASS):
         raise ValueError(f"per_class must be an int in (0, {TRAIN_PER_CLASS}], got {per_class!r}")
+    if test_per_class is not None and (isinstance(test_per_class, bool) or not isinstance(test_per_class, int)
+                                       or not 0 < test_per_class <= TEST_PER_CLASS):
+        raise ValueError(f"test_per_class must be an int in (0, {TEST_PER_CLASS}], got {test_per_class!r}")
     if class_order is not None:
         order = torch.as_tensor(list(class_order))
         if order.dtype.is_floating_point or order.ndim != 1 or order.numel() != N_FINE \
@@ -285,8 +290,11 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
         images, targets = train.images[indices], train.fine[indices]
     # Convert only the kept images: the full training set is ~600 MB as float32.
     train_ds = _make_taskaware_tensor_classification_dataset(images.float().div_(255), targets)
-    test_ds = _make_taskaware_tensor_classification_dataset(
-        test.images.float().div_(255), test.fine)
+    test_images, test_fine = test.images, test.fine
+    if test_per_class is not None:
+        keep = _balanced_subset(test.fine, test_per_class, torch.Generator().manual_seed(seed or 0))
+        test_images, test_fine = test.images[keep], test.fine[keep]
+    test_ds = _make_taskaware_tensor_classification_dataset(test_images.float().div_(255), test_fine)
 
     benchmark = nc_benchmark(train_ds, test_ds, n_experiences=n_experiences,
                              task_labels=return_task_id, seed=seed,

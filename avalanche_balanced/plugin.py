@@ -162,6 +162,15 @@ class BalancedReplayPlugin(SupervisedPlugin):
             self._hook.remove()
             self._hook = None
 
+    # ----------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        """The buffer's state and the plugin's iteration counter (for checkpoints)."""
+        return {"buffer": self.buffer.state_dict(), "iterations": self._iterations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self._iterations = state["iterations"]
+
     # --------------------------------------------------------------- helpers
     def _regroup(self):
         if self.refresh_prototypes:

@@ -22,6 +22,8 @@ __all__ = [
     "cosine_to_unit",
     "balanced_importance",
     "sample_indices",
+    "draw_proportional",
+    "uniform_indices",
     "normalized_entropy",
 ]
 
@@ -37,14 +39,12 @@ def cosine_to_unit(cosine: Tensor) -> Tensor:
 
 
 def _check_finite_unit(similarity: Tensor) -> None:
-    # One host sync for the whole check, not one per element.
-    bad = ~(torch.isfinite(similarity) & (similarity >= 0) & (similarity <= 1))
-    if bool(bad.any()):
+    # One pass and one host sync: NaN fails both comparisons, +-inf fails one of them.
+    lo, hi = torch.aminmax(similarity)
+    if not (bool(lo >= 0) and bool(hi <= 1)):
         raise ValueError(
-            "similarity must be finite and lie in [0, 1]; got values outside "
-            f"(min={similarity.min().item()}, max={similarity.max().item()}, "
-            f"non-finite={int((~torch.isfinite(similarity)).sum())}). Map a cosine "
-            "similarity with cosine_to_unit() first."
+            f"similarity must be finite and lie in [0, 1]; got min={lo.item()}, max={hi.item()} "
+            f"(NaN if any value is NaN). Map a cosine similarity with cosine_to_unit() first."
         )
 
 
@@ -93,15 +93,15 @@ def balanced_importance(
     if similarity.numel() == 0:
         return similarity.new_empty(0)
     _check_finite_unit(similarity)
-    if bool((group_ids < 0).any()):
-        raise ValueError("group_ids must be non-negative")
-
-    counts = torch.bincount(group_ids)
-    total_groups = (counts > 0).sum().to(similarity.dtype)
-    balance = total_groups / counts[group_ids].to(similarity.dtype)
+    try:
+        counts = torch.bincount(group_ids)
+    except RuntimeError as err:  # bincount's own message does not name the argument
+        raise ValueError(f"group_ids must be non-negative integers: {err}") from err
+    # The balance factor per group (a short vector), then one gather per sample.
+    per_group = (counts > 0).sum().to(similarity.dtype) / counts.to(similarity.dtype)
     if balance_weight != 1.0:
-        balance = balance.pow(balance_weight)
-    return balance / (similarity + eps)
+        per_group = per_group.pow(balance_weight)
+    return per_group.index_select(0, group_ids).div_(similarity + eps)
 
 
 def _cap_weights(weights: Tensor, max_ratio: float) -> Tensor:
@@ -146,9 +146,10 @@ def sample_indices(
 
     Replacement rule: indices are drawn *without* replacement when ``k <= n``
     (successive sampling, the same distribution as
-    ``torch.multinomial(p, k, replacement=False)``, done in one vectorised pass
-    with exponential keys: ``argtopk(-log(E_i) + log p_i)``), and *with*
-    replacement only when ``k > n``.
+    ``torch.multinomial(p, k, replacement=False)``: draws with replacement from
+    one cumulative sum, repeats skipped, and exponential keys
+    ``argtopk(log(U_i) / p_i)`` when the weights are too concentrated for that),
+    and *with* replacement only when ``k > n``.
 
     Fallbacks: all-zero weights give a uniform draw; zero-weight entries are
     drawn only once every positive-weight entry has been taken.
@@ -177,29 +178,108 @@ def sample_indices(
         raise ValueError(f"max_ratio must be >= 1 (a cap below the mean is infeasible), got {max_ratio}")
     if not importance.dtype.is_floating_point:
         importance = importance.float()
-    bad = ~torch.isfinite(importance) | (importance < 0)
-    if bool(bad.any()):
-        raise ValueError("importance must be finite and non-negative")
+    lo, hi = torch.aminmax(importance)
+    if not (bool(lo >= 0) and bool(hi < float("inf"))):  # NaN fails both
+        raise ValueError(f"importance must be finite and non-negative, got min={lo.item()}, max={hi.item()}")
+    return draw_proportional(importance, k, generator=generator, uniform_mix=uniform_mix, max_ratio=max_ratio)
+
+
+def draw_proportional(
+    weights: Tensor,
+    k: int,
+    *,
+    generator: Optional[torch.Generator] = None,
+    uniform_mix: float = 0.0,
+    max_ratio: Optional[float] = None,
+) -> Tensor:
+    """The draw of :func:`sample_indices` without the argument checks (for callers
+    whose weights are known to be finite, non-negative and 1-D, such as the buffer)."""
+    n = weights.shape[0]
     if k == 0:
-        return torch.empty(0, dtype=torch.long, device=importance.device)
+        return torch.empty(0, dtype=torch.long, device=weights.device)
+    if uniform_mix > 0 or max_ratio is not None or k > n:
+        total = weights.sum()
+        # Degenerate weights (all zero) fall back to uniform, without a host sync.
+        p = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
+                        weights.new_full((), 1.0 / n))
+        if uniform_mix > 0:
+            p = (1.0 - uniform_mix) * p + uniform_mix / n
+        if max_ratio is not None:
+            p = _cap_weights(p, max_ratio)
+        if k > n:
+            return torch.multinomial(p, k, replacement=True, generator=generator)
+        weights = p
+    chosen = _draw_by_rejection(weights, k, generator)
+    if chosen.shape[0] == k:
+        return chosen
+    return _draw_by_keys(weights, k, generator, forced=chosen)
 
-    total = importance.sum()
-    # Degenerate weights (all zero) fall back to uniform, without a host sync.
-    p = torch.where(total > 0, importance / total.clamp_min(torch.finfo(importance.dtype).tiny),
-                    importance.new_full((), 1.0 / n))
-    if uniform_mix > 0:
-        p = (1.0 - uniform_mix) * p + uniform_mix / n
-    if max_ratio is not None:
-        p = _cap_weights(p, max_ratio)
 
-    if k > n:
-        return torch.multinomial(p, k, replacement=True, generator=generator)
-    # Exponential-key (Gumbel-top-k) sampling: key_i = log p_i - log E_i, E ~ Exp(1).
-    # log(0) is clamped far below any real log-probability so zero weights come last,
-    # in random order among themselves.
-    noise = torch.empty_like(p).exponential_(generator=generator)
-    keys = torch.log(p).clamp_min(-1e4) - torch.log(noise)
-    return torch.topk(keys, k, sorted=False).indices
+def uniform_indices(n: int, k: int, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """``min(k, n)`` distinct indices of ``range(n)`` uniformly at random, in random order.
+
+    ``O(k)`` work when ``k`` is small against ``n`` (random draws, repeats skipped),
+    a permutation otherwise.
+    """
+    k = min(k, n)
+    if 4 * k > n:
+        return torch.randperm(n, device=device, generator=generator)[:k]
+    candidates = torch.randint(n, (4 * k,), device=device, generator=generator)
+    unique, inverse = torch.unique(candidates, return_inverse=True)
+    position = torch.arange(candidates.shape[0], device=candidates.device)
+    first = torch.full_like(unique, candidates.shape[0]).scatter_reduce_(0, inverse, position, "amin")
+    if unique.shape[0] >= k:  # P(fewer than k distinct of 4k draws from n >= 4k) is tiny
+        return candidates[first.sort().values[:k]]
+    return torch.randperm(n, device=device, generator=generator)[:k]
+
+
+def _draw_by_rejection(weights: Tensor, k: int, generator, rounds: int = 3) -> Tensor:
+    """Successive sampling as draws *with* replacement, keeping first occurrences.
+
+    Skipping repeats of i.i.d. draws proportional to ``w`` is exactly sequential
+    sampling without replacement, and needs one cumulative sum plus ``O(k log n)``
+    work instead of a random number per stored sample. Returns fewer than ``k``
+    indices (a valid prefix of the draw) when the weights are so concentrated
+    that ``rounds`` rounds of ``2k`` candidates do not find ``k`` distinct ones.
+    """
+    cdf = torch.cumsum(weights, 0, dtype=torch.float64)  # float64: exact enough for 1e6+ items
+    chosen = torch.empty(0, dtype=torch.long, device=weights.device)
+    if not bool(cdf[-1] > 0):
+        return chosen
+    for _ in range(rounds):
+        u = torch.rand(2 * (k - chosen.shape[0]) + 8, dtype=torch.float64, device=weights.device,
+                       generator=generator) * cdf[-1]
+        candidates = torch.cat([chosen, torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)])
+        # Distinct candidates in order of first appearance (the chosen prefix stays first).
+        unique, inverse = torch.unique(candidates, return_inverse=True)
+        position = torch.arange(candidates.shape[0], device=weights.device)
+        first = torch.full_like(unique, candidates.shape[0]).scatter_reduce_(0, inverse, position, "amin")
+        chosen = candidates[first.sort().values][:k]
+        if chosen.shape[0] == k:
+            break
+    return chosen
+
+
+def _draw_by_keys(weights: Tensor, k: int, generator, forced: Tensor) -> Tensor:
+    """Exponential keys (Efraimidis & Spirakis 2006): the k largest ``log(U_i) / w_i``,
+    ``U ~ U(0, 1)``, are a draw without replacement proportional to ``w``.
+
+    ``forced`` indices (a prefix already drawn) get key +inf; conditioned on that
+    prefix the rest is again successive sampling, so the result stays exact.
+    Zero weights go last, in random order, so all-zero weights are a uniform draw.
+    """
+    n = weights.shape[0]
+    keys = torch.rand(n, device=weights.device, generator=generator).log_()
+    positive = weights > 0
+    keys = torch.where(positive, keys / weights, keys.new_tensor(float("-inf")))
+    keys[forced] = float("inf")
+    num_positive = int(positive.sum())
+    if k <= num_positive:
+        return torch.topk(keys, k, sorted=False).indices
+    zeros = torch.nonzero(~positive).squeeze(1)
+    fill = zeros[torch.topk(torch.rand(zeros.shape[0], device=weights.device, generator=generator),
+                            k - num_positive, sorted=False).indices]
+    return torch.cat([torch.nonzero(positive).squeeze(1), fill])
 
 
 def normalized_entropy(counts: Tensor, num_bins: Optional[int] = None) -> Tensor:

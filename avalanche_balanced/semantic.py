@@ -60,6 +60,7 @@ class ClassPrototypes(nn.Module):
         self.num_feats = num_feats
         self.register_buffer("prototypes", torch.zeros(num_classes, num_feats))
         self.register_buffer("valid", torch.zeros(num_classes, dtype=torch.bool))
+        self.version = 0  # bumped on every change, so caches of similarities know when to refresh
 
     @staticmethod
     def class_means(features: Tensor, labels: Tensor, num_classes: int):
@@ -81,6 +82,7 @@ class ClassPrototypes(nn.Module):
         present = counts > 0
         self.prototypes[present] = means[present].to(self.prototypes.dtype)
         self.valid |= present
+        self.version += 1
         return present
 
     @torch.no_grad()
@@ -99,7 +101,12 @@ class ClassPrototypes(nn.Module):
         blended = keep * self.prototypes + (1 - keep) * means.to(self.prototypes.dtype)
         self.prototypes.copy_(torch.where(present.unsqueeze(1), blended, self.prototypes))
         self.valid |= present
+        self.version += 1
         return present
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.version += 1
 
     def cosine_to_own(self, features: Tensor, labels: Tensor) -> Tensor:
         """Cosine similarity of each feature row to the prototype of its label.

@@ -1,9 +1,10 @@
-"""``BatchTransformPlugin``: batched, on-device input transforms for any Avalanche strategy."""
+"""Batched, on-device input transforms for any Avalanche strategy: as a plugin or inside the model."""
 from typing import Callable, Optional
 
+from torch import nn
 from avalanche.core import SupervisedPlugin
 
-__all__ = ["BatchTransformPlugin"]
+__all__ = ["BatchTransformPlugin", "AugmentedModel"]
 
 
 class BatchTransformPlugin(SupervisedPlugin):
@@ -36,3 +37,26 @@ class BatchTransformPlugin(SupervisedPlugin):
     def before_eval_forward(self, strategy, **kwargs):
         if self.eval_transform is not None:
             strategy.mbatch[0] = self.eval_transform(strategy.mbatch[0])
+
+
+class AugmentedModel(nn.Module):
+    """A model that transforms its input batch first: ``train_transform`` in train
+    mode, ``eval_transform`` in eval mode.
+
+    For strategies that run forward passes the plugins cannot reach (Avalanche's
+    ``ER_ACE`` forwards its replay batch separately, ``DER`` joins its replay
+    batch after the plugins ran), putting the batched augmentation inside the
+    model is the one place every input passes through. Replay buffers then store
+    the raw inputs, as they should.
+    """
+
+    def __init__(self, model: nn.Module, train_transform: Optional[Callable] = None,
+                 eval_transform: Optional[Callable] = None):
+        super().__init__()
+        self.model = model
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+
+    def forward(self, x, **kwargs):
+        transform = self.train_transform if self.training else self.eval_transform
+        return self.model(transform(x) if transform is not None else x, **kwargs)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 from avalanche_balanced.data import cifar_augment, cifar_normalize, split_cifar100
 from avalanche_balanced.experiment import build_evaluator, close_loggers, final_results, seed_everything
 from avalanche_balanced.metrics import semantic_metrics
@@ -55,12 +56,15 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--warmup_epochs", type=int, default=None)
     p.add_argument("--per_class", type=int, default=None, help="training images per class")
+    p.add_argument("--test_per_class", type=int, default=None,
+                   help="test images per class (default: the full test set)")
     p.add_argument("--model", choices=("reduced", "full"), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_root", default=None)
     p.add_argument("--download", action="store_true", help="download CIFAR-100 via torchvision")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--resume", action="store_true", help="continue from runs/<experiment_id>/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from runs/<experiment_id>/checkpoint.pt (written after every experience)")
     p.add_argument("--stop_after", type=int, default=None, help="stop after this many experiences")
     p.add_argument("--no_progress", action="store_true", help="no InteractiveLogger progress bars")
     args = p.parse_args(argv)
@@ -72,6 +76,10 @@ def parse_args(argv=None):
     return args
 
 
+# Flags that change how a run is watched, not what it computes: a resumed run may differ in them.
+RUN_CONTROL = ("resume", "stop_after", "no_progress", "device")
+
+
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)
@@ -80,7 +88,8 @@ def main(argv=None):
     run_dir.mkdir(parents=True, exist_ok=True)
 
     benchmark = split_cifar100(args.n_experiences, root=args.data_root, seed=args.seed,
-                               per_class=args.per_class, download=args.download)
+                               per_class=args.per_class, test_per_class=args.test_per_class,
+                               download=args.download)
     model = gelu_resnet18(100, nf=20 if args.model == "reduced" else 64).to(device)
     model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
@@ -106,16 +115,28 @@ def main(argv=None):
 
     print(f"Split CIFAR-100: {args.n_experiences} experiences, {args.model} GELU ResNet-18, "
           f"{'balanced' if args.use_balanced_sampling else 'uniform'} replay, buffer {args.buffer_size}")
-    start = time.time()
-    results = None
+    config = {k: v for k, v in vars(args).items() if k not in RUN_CONTROL}
+    checkpoint = run_dir / "checkpoint.pt"
+    done, results, elapsed = 0, None, 0.0
+    if args.resume and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, strategy, config=config)
+        done, results, elapsed = state["completed"], state["results"], state["seconds"]
+        print(f"Resumed from {checkpoint} after experience {done}")
+    start = time.time() - elapsed
     for i, experience in enumerate(benchmark.train_stream):
+        if i < done:
+            continue
         if args.stop_after is not None and i >= args.stop_after:
             break
         strategy.train(experience)
         results = strategy.eval(benchmark.test_stream)
+        save_checkpoint(checkpoint, strategy, config=config, extra=dict(
+            completed=i + 1, results=final_results(results), seconds=time.time() - start))
     close_loggers(loggers)
+    if not isinstance(results, dict) or "accuracy" not in results:
+        results = final_results(results)
 
-    summary = dict(final_results(results), seconds=time.time() - start, **vars(args))
+    summary = dict(results, seconds=time.time() - start, **vars(args))
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"\nFinal average accuracy: {summary['accuracy']:.2f}%")
     print(f"Average forgetting:     {summary.get('forgetting', float('nan')):.2f}%")

@@ -293,3 +293,19 @@ def test_state_dict_round_trip_continues_identically():
         BalancedBuffer(11).load_state_dict(buf.state_dict())
     with pytest.raises(ValueError, match="config"):
         BalancedBuffer(10, grouping="class").load_state_dict(buf.state_dict())
+
+
+def test_cached_similarity_tracks_writes_and_prototype_changes():
+    buf = BalancedBuffer(30, seed=0)
+    buf.add_data(*batch(20, seed=0))
+    buf.refresh_prototypes()
+    buf.importance()  # fills the cache
+    for s in range(1, 6):
+        buf.add_data(*batch(8, seed=s))
+        idx = buf.get_balanced_data(5).indices
+        buf.update_features(idx, torch.randn(len(idx), D))
+        fresh = buf._similarity(buf.features[: buf.size], buf.labels[: buf.size])
+        torch.testing.assert_close(buf.stored_similarity(), fresh)
+    buf.refresh_prototypes()  # new prototype version: the cache must follow
+    fresh = buf._similarity(buf.features[: buf.size], buf.labels[: buf.size])
+    torch.testing.assert_close(buf.stored_similarity(), fresh)

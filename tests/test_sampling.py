@@ -156,3 +156,37 @@ def test_normalized_entropy():
     p = torch.tensor([0.5, 0.25, 0.25])
     expected = -(p * p.log()).sum().item() / math.log(3)
     assert normalized_entropy(torch.tensor([2, 1, 1])).item() == pytest.approx(expected)
+
+
+def test_concentrated_weights_still_match_multinomial():
+    # One huge weight makes most with-replacement candidates repeats: the key fallback runs.
+    weights = torch.tensor([1e6, 1.0, 2.0, 3.0, 0.0, 4.0])
+    gen = torch.Generator().manual_seed(2)
+    n, k = 6000, 4
+    ours = torch.stack([sample_indices(weights, k, generator=gen) for _ in range(n)])
+    ref = torch.stack([torch.multinomial(weights, k, replacement=False, generator=gen) for _ in range(n)])
+    assert all(len(set(row.tolist())) == k for row in ours[:100])
+    torch.testing.assert_close(torch.bincount(ours.flatten(), minlength=6).float() / n,
+                               torch.bincount(ref.flatten(), minlength=6).float() / n, atol=0.03, rtol=0)
+
+
+def test_zero_weights_fill_in_only_when_needed():
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.tensor([0.0, 3.0, 0.0, 1.0, 0.0])
+    for _ in range(50):
+        idx = sample_indices(weights, 2, generator=gen)
+        assert sorted(idx.tolist()) == [1, 3]
+        idx = sample_indices(weights, 4, generator=gen)
+        assert {1, 3} <= set(idx.tolist()) and len(set(idx.tolist())) == 4
+
+
+def test_uniform_indices_are_distinct_and_uniform():
+    from avalanche_balanced.sampling import uniform_indices
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(100)
+    for _ in range(3000):
+        idx = uniform_indices(100, 5, generator=gen)
+        assert len(set(idx.tolist())) == 5
+        counts[idx] += 1
+    torch.testing.assert_close(counts / 3000, torch.full((100,), 0.05), atol=0.02, rtol=0)
+    assert sorted(uniform_indices(7, 10, generator=gen).tolist()) == list(range(7))

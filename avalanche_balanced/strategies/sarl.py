@@ -110,6 +110,10 @@ class SARLGelu(SupervisedTemplate):
     state is reset at the start of every experience, and with ``lr_steps`` a
     ``MultiStepLR`` (``lr_gamma``) is re-created per experience.
 
+    The buffer's importance uses the learned similarity of each stored sample to
+    its class prototype (``similarity="learned"``; ``"cosine"`` or ``"none"`` for
+    ablations) and groups classes with ``grouping`` (see :class:`BalancedBuffer`).
+
     ``transform`` is the *batched* training augmentation applied to current
     and replayed inputs together (e.g. ``cifar_augment``), ``eval_transform`` the
     evaluation preprocessing (e.g. ``cifar_normalize``); leave both None when the
@@ -136,6 +140,7 @@ class SARLGelu(SupervisedTemplate):
         use_balanced_sampling: bool = True,
         balance_weight: float = 1.0,
         grouping: str = "class_similarity",
+        similarity: str = "learned",
         class_to_group: Optional[Tensor] = None,
         lr_steps: Optional[Sequence[int]] = None,
         lr_gamma: float = 0.1,
@@ -171,7 +176,7 @@ class SARLGelu(SupervisedTemplate):
         self.similarity_net = SemanticSimilarity(self.num_feats, sim_lr=sim_lr).to(device)
         self.threshold = AdaptiveThreshold(init=sim_thresh)
         self.buffer = BalancedBuffer(
-            mem_size, grouping=grouping, similarity="learned", similarity_net=self.similarity_net,
+            mem_size, grouping=grouping, similarity=similarity, similarity_net=self.similarity_net,
             threshold=self.threshold, prototypes=self.prototypes, class_to_group=class_to_group,
             balance_weight=balance_weight, device=device, seed=seed)
         self.replay = BalancedReplayPlugin(

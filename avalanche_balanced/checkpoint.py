@@ -1,0 +1,145 @@
+"""Checkpoint and resume for SARL-GELU and plugin runs, with plain state dicts.
+
+Avalanche's ``save_checkpoint`` pickles the whole strategy with dill, which
+fails on this torch stack; here every piece of state is saved explicitly:
+model, optimiser, LR scheduler, the strategy's own state (prototypes, frozen
+previous model, similarity network and its optimiser, threshold), the whole
+buffer (tensors, groups, reservoir counters, its generator), the training
+clock, the evaluator's metric states (forgetting needs earlier accuracies) and
+every RNG state. The file is written to a temporary name and renamed, so a
+crash while writing leaves the previous checkpoint intact.
+"""
+import copy
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from avalanche.training.plugins import LRSchedulerPlugin
+
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+
+FORMAT_VERSION = 1
+
+
+def rng_state() -> Dict[str, Any]:
+    """States of Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _metric_states(evaluator) -> Dict[int, bytes]:
+    """Pickled state of each evaluator metric that can be pickled on its own.
+
+    Avalanche's metrics (accuracy, forgetting, BWT, ...) are plain objects;
+    metrics that point at the strategy (ours read the buffer) keep no state
+    between experiences and are skipped.
+    """
+    states = {}
+    for i, metric in enumerate(getattr(evaluator, "metrics", [])):
+        try:
+            states[i] = pickle.dumps(metric.__dict__)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            continue
+    return states
+
+
+def _schedulers(strategy):
+    return [p for p in strategy.plugins if isinstance(p, LRSchedulerPlugin)]
+
+
+def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Optional[dict] = None) -> None:
+    """Write ``strategy``'s whole training state to ``path`` atomically.
+
+    ``config`` (e.g. the run's arguments) is stored and checked on load;
+    ``extra`` holds anything the caller wants back (e.g. results so far).
+    """
+    path = Path(path)
+    state = {
+        "format": FORMAT_VERSION,
+        "config": config or {},
+        "extra": extra or {},
+        "model": strategy.model.state_dict(),
+        "optimizer": strategy.optimizer.state_dict(),
+        "schedulers": [p.scheduler.state_dict() for p in _schedulers(strategy)],
+        "clock": dict(vars(strategy.clock)),
+        "metrics": _metric_states(strategy.evaluator),
+        "rng": rng_state(),
+    }
+    # Plugins with state of their own (the replay plugin: its buffer and counters).
+    state["plugins"] = {i: p.state_dict() for i, p in enumerate(strategy.plugins) if hasattr(p, "state_dict")}
+    for name in ("similarity_net", "threshold", "prototypes"):
+        module = getattr(strategy, name, None)
+        if module is not None:
+            state[name] = module.state_dict()
+    old_model = getattr(strategy, "old_model", None)
+    state["old_model"] = old_model.state_dict() if old_model is not None else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+
+
+def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint` into ``strategy``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` when the
+    checkpoint was written with another ``config`` (the differing keys are
+    named) or another buffer configuration. Returns the ``extra`` dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=strategy.device, weights_only=False)
+    except Exception as err:  # truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read: {err}") from err
+    if config is not None:
+        saved = state.get("config", {})
+        differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} (checkpoint) vs {config.get(k)!r} (now)" for k in differ)
+            raise ValueError(f"checkpoint {path} is from another configuration: {detail}")
+    stateful = {i: p for i, p in enumerate(strategy.plugins) if hasattr(p, "state_dict")}
+    if set(stateful) != set(state["plugins"]):
+        raise ValueError(f"checkpoint {path} has state for plugins {sorted(state['plugins'])}, "
+                         f"this strategy has stateful plugins {sorted(stateful)}")
+    for i, plugin_state in state["plugins"].items():
+        stateful[i].load_state_dict(plugin_state)
+    try:
+        strategy.model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} does not fit this model: {err}") from err
+    strategy.optimizer.load_state_dict(state["optimizer"])
+    for plugin, sched_state in zip(_schedulers(strategy), state["schedulers"]):
+        plugin.scheduler.load_state_dict(sched_state)
+    for name in ("similarity_net", "threshold", "prototypes"):
+        if name in state:
+            getattr(strategy, name).load_state_dict(state[name])
+    if state.get("old_model") is not None:
+        strategy.old_model = copy.deepcopy(strategy.model)
+        strategy.old_model.load_state_dict(state["old_model"])
+        strategy.old_model.eval().requires_grad_(False)
+    vars(strategy.clock).update(state["clock"])
+    metrics = getattr(strategy.evaluator, "metrics", [])
+    for i, blob in state["metrics"].items():
+        metrics[i].__dict__.update(pickle.loads(blob))
+    set_rng_state(state["rng"])
+    return state["extra"]

@@ -1,0 +1,224 @@
+"""Balanced vs uniform replay, beside Avalanche's own replay strategies, on Split CIFAR-100.
+
+    python benchmarks/compare.py --protocol quick                 # core table, seeds 0 1 2
+    python benchmarks/compare.py --protocol quick --methods sarl_similarity_only sarl_balance_only \
+        sarl_class_groups sarl_superclass_groups --seeds 0        # ablations, one seed
+    python benchmarks/compare.py --protocol paper --device cuda   # SARL's setting, for a GPU
+
+Every method shares the benchmark (class order from the seed), model (GELU
+ResNet-18), optimiser (SGD, no momentum), epochs, batch (32 current + 32
+replayed), buffer size and batched augmentation. After each experience the
+model is evaluated on the full test set; final accuracy, forgetting and BWT
+are Avalanche's stream metrics, semantic consistency, superclass error share
+and group agreement are ours (see ``avalanche_balanced.metrics``).
+
+Writes ``results/<protocol>/results.json`` after every finished run (an
+interrupted comparison keeps what it finished, and a re-run skips finished
+runs unless ``--overwrite``), ``table.md``, and PNG plots.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from methods import CORE, DESCRIPTIONS, METHODS, Setting  # noqa: E402
+
+from avalanche_balanced.data import split_cifar100  # noqa: E402
+from avalanche_balanced.experiment import build_evaluator, final_results, seed_everything  # noqa: E402
+from avalanche_balanced.figures import accuracy_matrix_figure  # noqa: E402
+from avalanche_balanced.metrics import semantic_metrics  # noqa: E402
+
+PROTOCOLS = {
+    # CPU: 5 experiences, reduced ResNet-18, 100 images per class, 3 epochs, buffer 500.
+    "quick": dict(n_experiences=5, nf=20, per_class=100, epochs=3, lr=0.03, mem_size=500,
+                  warmup_epochs=1, sarl_alpha=0.2, seeds=[0, 1, 2]),
+    # SARL's setting (a GPU): full ResNet-18, all images, 50 epochs (no LR steps here).
+    "paper": dict(n_experiences=5, nf=64, per_class=None, epochs=50, lr=0.03, mem_size=500,
+                  warmup_epochs=5, sarl_alpha=0.2, seeds=[1, 3, 5]),
+    # Synthetic smoke setting for tests: 20 classes of 8x8 noise images, seconds per method.
+    "tiny": dict(n_experiences=5, nf=4, per_class=6, epochs=1, lr=0.05, mem_size=20,
+                 warmup_epochs=0, sarl_alpha=0.2, seeds=[0]),
+}
+SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
+                "group_agreement", "seconds")
+SEMANTIC_NAMES = {
+    "semantic_consistency": "SemanticConsistency_Stream/eval_phase/test_stream",
+    "superclass_error_share": "SuperclassErrorShare_Stream/eval_phase/test_stream",
+    "group_agreement": "GroupAgreement_Stream/eval_phase/test_stream",
+}
+
+
+def tiny_benchmark(seed):
+    """20 classes in 5 superclasses of 4, 8x8 images with a class-dependent colour."""
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        y = torch.arange(20).repeat_interleave(n)
+        colour = torch.rand(20, 3, 1, 1, generator=g)[y]
+        return _make_taskaware_tensor_classification_dataset(
+            (0.7 * colour + 0.3 * torch.rand(len(y), 3, 8, 8, generator=g)).clamp(0, 1), y)
+    bm = nc_benchmark(split(6), split(3), n_experiences=5, task_labels=False, seed=seed)
+    bm.fine_to_coarse = torch.arange(20) // 4
+    return bm
+
+
+def accuracy_row(metrics, n_experiences):
+    return [100.0 * float(metrics.get(f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}", math.nan))
+            for j in range(n_experiences)]
+
+
+def run_one(method, seed, protocol, args):
+    p = PROTOCOLS[protocol]
+    seed_everything(seed)
+    order_seed = seed if args.class_order_seed is None else args.class_order_seed
+    if protocol == "tiny":
+        bm, num_classes = tiny_benchmark(order_seed), 20
+    else:
+        bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed, per_class=p["per_class"])
+        num_classes = 100
+    setting = Setting(num_classes=num_classes, nf=p["nf"], epochs=p["epochs"], lr=p["lr"],
+                      mem_size=args.buffer_size or p["mem_size"], batch_size=32, batch_size_mem=32 if
+                      protocol != "tiny" else 8, warmup_epochs=p["warmup_epochs"], sarl_alpha=p["sarl_alpha"],
+                      fine_to_coarse=bm.fine_to_coarse, seed=seed, device=torch.device(args.device))
+    strategy = None
+
+    class Source:  # the semantic metrics read the strategy's buffer, resolved at eval time
+        @property
+        def storage_policy(self):
+            own = getattr(strategy, "buffer", None)
+            if own is not None:
+                return own
+            return next(p.buffer for p in strategy.plugins if hasattr(p, "draw"))
+
+    has_balanced_buffer = method.startswith(("plugin", "sarl"))
+    extra = semantic_metrics(bm.fine_to_coarse, buffer_source=Source() if has_balanced_buffer else None)
+    evaluator, _ = build_evaluator(None, extra_metrics=extra, interactive=False)
+    strategy = METHODS[method](setting, evaluator)
+
+    start, matrix = time.time(), []
+    if method == "joint":
+        strategy.train(bm.train_stream)
+        metrics = strategy.eval(bm.test_stream)
+        matrix.append(accuracy_row(metrics, len(bm.train_stream)))
+    else:
+        for exp in bm.train_stream:
+            strategy.train(exp)
+            metrics = strategy.eval(bm.test_stream)
+            matrix.append(accuracy_row(metrics, len(bm.train_stream)))
+    result = final_results(metrics)
+    for key, name in SEMANTIC_NAMES.items():
+        result[key] = float(metrics[name]) if name in metrics else None
+    result.update(seconds=time.time() - start, accuracy_matrix=matrix)
+    if method == "joint":  # one training run on everything: forgetting and BWT are undefined
+        result.update(forgetting=None, bwt=None)
+    return result
+
+
+def summarise(runs):
+    """Mean and standard deviation over seeds, per method."""
+    table = {}
+    for method in METHODS:
+        mine = [r for r in runs if r["method"] == method]
+        if not mine:
+            continue
+        row = {"seeds": [r["seed"] for r in mine]}
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in mine if r.get(key) is not None]
+            if values:
+                row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        table[method] = row
+    return table
+
+
+def markdown_table(table, protocol):
+    head = ("| method | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
+            "superclass err. share | group agreement (ARI) | seconds |")
+    lines = [f"Protocol `{protocol}`; mean ± std over the listed seeds.", "", head,
+             "|" + "---|" * 9]
+
+    def cell(row, key, digits):
+        if key not in row:
+            return "n/a"
+        mean, std = row[key]
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(row["seeds"]) > 1 else f"{mean:.{digits}f}"
+    for method, row in table.items():
+        lines.append(f"| {method} | {','.join(map(str, row['seeds']))} | {cell(row, 'accuracy', 2)} | "
+                     f"{cell(row, 'forgetting', 2)} | {cell(row, 'bwt', 2)} | "
+                     f"{cell(row, 'semantic_consistency', 3)} | {cell(row, 'superclass_error_share', 3)} | "
+                     f"{cell(row, 'group_agreement', 3)} | {cell(row, 'seconds', 0)} |")
+    lines += ["", "Methods:"] + [f"- `{m}`: {DESCRIPTIONS[m]}" for m in table]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out, runs, protocol):
+    table = summarise(runs)
+    (out / "results.json").write_text(json.dumps({"protocol": protocol, "settings": PROTOCOLS[protocol],
+                                                  "runs": runs, "summary": table}, indent=1))
+    (out / "table.md").write_text(markdown_table(table, protocol))
+    for method in table:
+        mats = torch.tensor([r["accuracy_matrix"] for r in runs if r["method"] == method])
+        if mats.shape[1] > 1:
+            fig = accuracy_matrix_figure(mats.mean(0).numpy(), title=f"{method}: accuracy (%), mean over seeds")
+            fig.savefig(out / f"accuracy_matrix_{method}.png", dpi=80)
+    _bar_plot(table, out / "final_accuracy.png")
+
+
+def _bar_plot(table, path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.add_subplot()
+    names = list(table)
+    means = [table[m]["accuracy"][0] for m in names]
+    stds = [table[m]["accuracy"][1] for m in names]
+    ax.bar(range(len(names)), means, yerr=stds, color="tab:blue", capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("final average accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="quick")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(CORE))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--buffer_size", type=int, default=None)
+    parser.add_argument("--class_order_seed", type=int, default=None,
+                        help="seed of the class order (default: the run's seed)")
+    parser.add_argument("--data_root", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="default results/<protocol>")
+    parser.add_argument("--overwrite", action="store_true", help="re-run runs already in results.json")
+    args = parser.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else PROTOCOLS[args.protocol]["seeds"]
+    out = Path(args.out or f"results/{args.protocol}")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "results.json"
+    runs = json.loads(saved.read_text())["runs"] if saved.is_file() else []
+    for seed in seeds:
+        for method in args.methods:
+            done = [r for r in runs if (r["method"], r["seed"]) == (method, seed)]
+            if done and not args.overwrite:
+                print(f"{method} seed {seed}: already in {saved}, skipped")
+                continue
+            runs = [r for r in runs if (r["method"], r["seed"]) != (method, seed)]
+            result = run_one(method, seed, args.protocol, args)
+            runs.append(dict(method=method, seed=seed, **result))
+            write_outputs(out, runs, args.protocol)  # after every run: an interruption loses one run at most
+            print(f"{method} seed {seed}: acc {result['accuracy']:.2f}% forgetting "
+                  f"{result['forgetting'] if result['forgetting'] is None else round(result['forgetting'], 2)} "
+                  f"({result['seconds']:.0f} s)", flush=True)
+    print((out / "table.md").read_text() if (out / "table.md").is_file() else "no runs")
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Speed of balanced vs uniform replay draws, and of a training iteration with the plugin.
+
+    python benchmarks/sampler.py            # all figures
+    python benchmarks/sampler.py --quick    # fewer repeats
+
+Prints, in one run on this machine:
+1. the time of one draw of 32 from buffers of 200 ... 500,000 samples: the pure
+   sampler (``sample_indices(balanced_importance(...))`` from precomputed
+   similarities), the whole buffer draw (``get_balanced_data``: similarities
+   to prototypes of 160-dim features, importance and draw), and the uniform draw;
+2. the per-iteration time of Naive + BalancedReplayPlugin on the reduced GELU
+   ResNet-18 at batch 32 + 32 replayed with a 500-sample buffer, balanced vs
+   uniform, measured interleaved so machine noise hits both alike.
+Ratios are the figures to quote: this machine is shared and noisy.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from avalanche_balanced import BalancedBuffer, BalancedReplayPlugin, balanced_importance, sample_indices
+from avalanche_balanced.data import cifar_augment
+from avalanche_balanced.models import gelu_resnet18
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def filled_buffer(n, num_classes=100, num_feats=160, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    buf = BalancedBuffer(n, grouping="class_similarity", seed=seed)
+    labels = torch.randint(num_classes, (n,), generator=g)
+    feats = torch.randn(n, num_feats, generator=g)
+    # Inputs are tiny here: draw cost does not depend on the input size.
+    buf.add_data(torch.zeros(n, 1), labels, torch.zeros(n, num_classes), feats)
+    buf.refresh_prototypes()
+    buf.regroup()
+    return buf
+
+
+def draw_table(repeats):
+    print("1. One draw of 32 (median ms)")
+    print(f"{'buffer':>9} | {'sampler':>8} | {'get_balanced_data':>17} | {'uniform get_data':>16} | balanced/uniform")
+    gen = torch.Generator().manual_seed(0)
+    for n in (200, 5_000, 50_000, 500_000):
+        sim = torch.rand(n, generator=gen)
+        groups = torch.randint(20, (n,), generator=gen)
+        sampler = median_ms(lambda: sample_indices(balanced_importance(sim, groups), 32, generator=gen), repeats)
+        buf = filled_buffer(n)
+        full = median_ms(lambda: buf.get_balanced_data(32), repeats)
+        uniform = median_ms(lambda: buf.get_data(32), repeats)
+        print(f"{n:>9} | {sampler:>8.3f} | {full:>17.3f} | {uniform:>16.3f} | {full / uniform:.2f}")
+
+
+def plugin_iterations(iterations, rounds):
+    print("\n2. Training iteration, Naive + plugin, reduced GELU ResNet-18, batch 32 + 32, buffer 500")
+    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+    from avalanche.core import SupervisedPlugin
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.supervised import Naive
+
+    class IterationTimer(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.times, self._t0 = [], None
+
+        def before_training_iteration(self, strategy, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self.times.append(time.perf_counter() - self._t0)
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(32 * iterations // 10 + 1)
+    x = torch.rand(len(y), 3, 32, 32, generator=g)
+    ds = _make_taskaware_tensor_classification_dataset(x, y)
+    bm = nc_benchmark(ds, ds, n_experiences=1, task_labels=False, seed=0)
+    runs = {}
+    for balanced in (True, False):
+        torch.manual_seed(0)
+        model = gelu_resnet18(100, nf=20).to(memory_format=torch.channels_last)
+        plugin = BalancedReplayPlugin(mem_size=500, batch_size_mem=32, use_balanced_sampling=balanced,
+                                      transform=cifar_augment)
+        # Pre-fill the buffer so every measured iteration replays 32 samples.
+        with torch.no_grad():
+            xs = torch.rand(500, 3, 32, 32, generator=g)
+            logits, feats = model(xs, return_features=True)
+        plugin.buffer.add_data(xs, torch.randint(100, (500,), generator=g), logits, feats)
+        plugin.buffer.refresh_prototypes()
+        plugin.buffer.regroup()
+        timer = IterationTimer()
+        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
+                         train_mb_size=32, train_epochs=1, plugins=[plugin, timer],
+                         evaluator=EvaluationPlugin(loggers=[]))
+        runs[balanced] = (strategy, timer)
+    for _ in range(rounds):  # interleave the two so drifts in machine load cancel
+        for balanced in (True, False):
+            runs[balanced][0].train(bm.train_stream[0])
+    bal = statistics.median(runs[True][1].times[1:])
+    uni = statistics.median(runs[False][1].times[1:])
+    print(f"balanced {1000 * bal:.1f} ms | uniform {1000 * uni:.1f} ms | ratio balanced/uniform {bal / uni:.3f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    draw_table(repeats=20 if args.quick else 100)
+    plugin_iterations(iterations=20 if args.quick else 40, rounds=2 if args.quick else 3)
+
+
+if __name__ == "__main__":
+    main()

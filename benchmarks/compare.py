@@ -22,6 +22,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -198,6 +199,9 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="default results/<protocol>")
     parser.add_argument("--overwrite", action="store_true", help="re-run runs already in results.json")
     args = parser.parse_args(argv)
+    # Avalanche's deprecation notices (its own ReplayPlugin and DER call update()) would drown the log.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="No loggers specified")
     seeds = args.seeds if args.seeds is not None else PROTOCOLS[args.protocol]["seeds"]
     out = Path(args.out or f"results/{args.protocol}")
     out.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,8 @@ def _sgd(model, s):
 
 
 def _common(s, evaluator):
-    return dict(train_mb_size=s.batch_size, train_epochs=s.epochs, eval_mb_size=512, device=s.device,
-                evaluator=evaluator)
+    return dict(criterion=torch.nn.CrossEntropyLoss(), train_mb_size=s.batch_size, train_epochs=s.epochs,
+                eval_mb_size=512, device=s.device, evaluator=evaluator)
 
 
 def naive(s, evaluator):
@@ -99,7 +99,8 @@ def _sarl(balanced: bool = True, **overrides):
         if overrides.get("grouping") == "fixed":
             overrides["class_to_group"] = s.fine_to_coarse
         kwargs.update(overrides)
-        return SARLGelu(model=model, optimizer=_sgd(model, s), **kwargs, **_common(s, evaluator))
+        kwargs.update(_common(s, evaluator))
+        return SARLGelu(model=model, optimizer=_sgd(model, s), **kwargs)
     return build
 
 

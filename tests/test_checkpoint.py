@@ -1,0 +1,100 @@
+"""Checkpoint and resume: a real process killed after experience 2 resumes to identical metrics."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "split_cifar100_sarl_balanced.py"
+TINY = ["--per_class", "3", "--test_per_class", "2", "--epochs", "2", "--warmup_epochs", "0",
+        "--buffer_size", "40", "--minibatch_size", "8", "--batch_size", "16", "--no_progress", "--seed", "5"]
+
+
+def example(args, cwd, data_root):
+    cmd = [sys.executable, str(EXAMPLE), "--data_root", str(data_root), *TINY, *args]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def completed(checkpoint: Path) -> int:
+    try:
+        return torch.load(checkpoint, weights_only=False)["extra"]["completed"]
+    except Exception:  # not written yet
+        return 0
+
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_root):
+    full = example(["--experiment_id", "full"], tmp_path, cifar_root)
+    out, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, out
+
+    run = example(["--experiment_id", "killed"], tmp_path, cifar_root)
+    checkpoint = tmp_path / "runs" / "killed" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while completed(checkpoint) < 2 and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.communicate()
+    done = completed(checkpoint)
+    assert 2 <= done < 5, "the run must be killed part-way"
+    assert not (tmp_path / "runs" / "killed" / "results.json").exists()
+
+    resumed = example(["--experiment_id", "killed", "--resume"], tmp_path, cifar_root)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert f"Resumed from {checkpoint.relative_to(tmp_path)} after experience {done}" in out
+    a = json.loads((tmp_path / "runs" / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "runs" / "killed" / "results.json").read_text())
+    for key in ("accuracy", "forgetting", "bwt"):
+        assert a[key] == b[key], key
+
+
+class Tiny(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.body, self.linear = nn.Linear(3, width), nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.linear(self.body(x))
+
+
+def _sarl(width=4, mem_size=10):
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche_balanced import SARLGelu
+    model = Tiny(width)
+    return SARLGelu(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), mem_size=mem_size,
+                    batch_size_mem=2, evaluator=EvaluationPlugin(loggers=[]))
+
+
+def test_checkpoint_from_another_configuration_is_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, _sarl(), config={"buffer_size": 10, "seed": 0})
+    with pytest.raises(ValueError, match=r"another configuration: buffer_size: 10 \(checkpoint\) vs 20 \(now\)"):
+        load_checkpoint(path, _sarl(), config={"buffer_size": 20, "seed": 0})
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_checkpoint(path, _sarl(width=5))
+    with pytest.raises(ValueError, match="max_size"):
+        load_checkpoint(path, _sarl(mem_size=11))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt", _sarl())
+
+
+def test_truncated_checkpoint_is_refused_and_writes_are_atomic(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    strategy = _sarl()
+    save_checkpoint(path, strategy, extra={"completed": 1})
+    good = path.read_bytes()
+    (tmp_path / "bad.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(tmp_path / "bad.pt", _sarl())
+    save_checkpoint(path, strategy, extra={"completed": 2})
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+    assert load_checkpoint(path, _sarl())["completed"] == 2

@@ -413,6 +413,14 @@ class BalancedBuffer(ExemplarsBuffer):
     def __len__(self) -> int:
         return self.size
 
+    def bytes_per_sample(self) -> dict:
+        """Bytes one stored sample takes in each preallocated tensor (0 before allocation)."""
+        if not self.allocated:
+            return {}
+        sizes = {name: getattr(self, name)[0].numel() * getattr(self, name).element_size() for name in _STORAGE}
+        sizes["similarity_cache"] = 4
+        return sizes
+
     # ------------------------------------------------------- Avalanche contract
     @property
     def buffer(self):

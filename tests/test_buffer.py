@@ -309,3 +309,15 @@ def test_cached_similarity_tracks_writes_and_prototype_changes():
     buf.refresh_prototypes()  # new prototype version: the cache must follow
     fresh = buf._similarity(buf.features[: buf.size], buf.labels[: buf.size])
     torch.testing.assert_close(buf.stored_similarity(), fresh)
+
+
+def test_half_precision_features():
+    buf = BalancedBuffer(20, feature_dtype=torch.float16)
+    x, y, logits, feats = batch(20)
+    buf.add_data(x, y, logits, feats)
+    buf.refresh_prototypes()
+    buf.regroup()
+    assert buf.features.dtype == torch.float16
+    torch.testing.assert_close(buf.features[:20].float(), feats, atol=1e-2, rtol=1e-2)
+    assert torch.isfinite(buf.importance()).all()
+    assert buf.bytes_per_sample()["features"] == D * 2

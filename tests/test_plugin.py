@@ -120,3 +120,22 @@ def test_bad_plugin_arguments():
         BalancedReplayPlugin(mem_size=0)
     with pytest.raises(ValueError, match="grouping"):
         BalancedReplayPlugin(grouping="superclass")
+
+
+def test_batch_transforms_as_plugin_and_inside_the_model():
+    from avalanche_balanced.transforms import AugmentedModel, BatchTransformPlugin
+    bm = tiny_benchmark()
+    seen = {"train": [], "eval": []}
+    plugin = BatchTransformPlugin(lambda x: seen["train"].append(x.shape[0]) or x,
+                                  lambda x: seen["eval"].append(x.shape[0]) or x)
+    model = mlp()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=16,
+                     eval_mb_size=50, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
+    strategy.train(bm.train_stream[0])
+    strategy.eval(bm.test_stream[:1])
+    assert seen["train"] == [16] * 5 and seen["eval"] == [50, 30]
+
+    wrapped = AugmentedModel(mlp(), train_transform=lambda x: x + 1, eval_transform=lambda x: x - 1)
+    x = torch.zeros(2, D)
+    torch.testing.assert_close(wrapped.train()(x), wrapped.model(x + 1))
+    torch.testing.assert_close(wrapped.eval()(x), wrapped.model(x - 1))

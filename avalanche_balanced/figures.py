@@ -159,6 +159,13 @@ class FigureLoggerPlugin(SupervisedPlugin):
                 evaluator._metric_values = [v for v in queue if all(v is not w for w in values)]
         return paths
 
+    def state_dict(self) -> dict:
+        """The accuracies recorded so far (for checkpoints)."""
+        return {"accuracy": dict(self.accuracy)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accuracy = dict(state["accuracy"])
+
     # ----------------------------------------------------------------- hooks
     def after_training_exp(self, strategy, **kwargs):
         self._pending = _experience_id(strategy)

@@ -24,6 +24,7 @@ import torch
 from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 from avalanche_balanced.data import cifar_augment, cifar_normalize, split_cifar100
 from avalanche_balanced.experiment import build_evaluator, close_loggers, final_results, seed_everything
+from avalanche_balanced.figures import FigureLoggerPlugin
 from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.strategies import SARLGelu
@@ -93,16 +94,20 @@ def main(argv=None):
     model = gelu_resnet18(100, nf=20 if args.model == "reduced" else 64).to(device)
     model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    strategy = None  # the semantic metrics read the strategy's buffer once it exists
+    strategy = None  # the semantic metrics and figures read the strategy's buffer once it exists
 
-    class BufferSource:  # resolved lazily: metrics are built before the strategy
+    class Lazy:  # resolved at use: metrics are built before the strategy
         @property
         def buffer(self):
             return strategy.buffer
 
+        def replay_group_entropy(self):
+            return strategy.replay.replay_group_entropy()
+
     evaluator, loggers = build_evaluator(
         str(run_dir), interactive=not args.no_progress,
-        extra_metrics=semantic_metrics(benchmark.fine_to_coarse, buffer_source=BufferSource()))
+        extra_metrics=semantic_metrics(benchmark.fine_to_coarse, buffer_source=Lazy(), replay_source=Lazy()))
+    figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse, buffer_source=Lazy())
     strategy = SARLGelu(
         model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,
         alpha=args.alpha, beta=args.beta, op_weight=args.op_weight, sm_weight=args.sm_weight,
@@ -111,7 +116,7 @@ def main(argv=None):
         grouping=args.grouping, class_to_group=benchmark.fine_to_coarse if args.grouping == "fixed" else None,
         lr_steps=args.lr_steps, transform=cifar_augment, eval_transform=cifar_normalize, seed=args.seed,
         train_mb_size=args.batch_size, train_epochs=args.epochs, eval_mb_size=256, device=device,
-        evaluator=evaluator)
+        plugins=[figures], evaluator=evaluator)
 
     print(f"Split CIFAR-100: {args.n_experiences} experiences, {args.model} GELU ResNet-18, "
           f"{'balanced' if args.use_balanced_sampling else 'uniform'} replay, buffer {args.buffer_size}")

@@ -24,6 +24,16 @@ def example(args, cwd, data_root):
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _tensorboard_tags(run_dir: Path) -> set:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tags = set()
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+        acc.Reload()
+        tags |= {t for values in acc.Tags().values() if isinstance(values, list) for t in values}
+    return tags
+
+
 def completed(checkpoint: Path) -> int:
     try:
         return torch.load(checkpoint, weights_only=False)["extra"]["completed"]
@@ -35,6 +45,14 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_root):
     full = example(["--experiment_id", "full"], tmp_path, cifar_root)
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
+    assert "Final average accuracy" in out and "Average forgetting" in out
+    run_dir = tmp_path / "runs" / "full"
+    assert (run_dir / "group_sizes_exp4.png").is_file() and (run_dir / "accuracy_matrix_exp4.png").is_file()
+    tags = _tensorboard_tags(run_dir)
+    for tag in ("Top1_Acc_Stream/eval_phase/test_stream/Task000", "StreamForgetting/eval_phase/test_stream",
+                "SemanticConsistency_Stream/eval_phase/test_stream", "BalancedReplay/num_groups",
+                "BalancedReplay/importance", "SARL/similarity", "Figures/group_sizes"):
+        assert tag in tags, tag
 
     run = example(["--experiment_id", "killed"], tmp_path, cifar_root)
     checkpoint = tmp_path / "runs" / "killed" / "checkpoint.pt"

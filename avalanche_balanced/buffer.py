@@ -346,8 +346,9 @@ class BalancedBuffer(ExemplarsBuffer):
         self._cache_version = None  # full refresh: the similarity network may have moved
         self.group_ids[: self.size] = self._groups_of(labels, feats)
 
+    @property
     def group_counts(self) -> Tensor:
-        """Number of stored samples in each group id (index = group id)."""
+        """Number of stored samples in each group id (index = group id), computed from ``group_ids``."""
         if not self.allocated or self.size == 0:
             return torch.zeros(0, dtype=torch.long, device=self.device)
         return torch.bincount(self.group_ids[: self.size])

@@ -25,7 +25,7 @@ def group_sizes_figure(group_counts, title: Optional[str] = None) -> Figure:
     """Bar chart of the stored samples per non-empty group.
 
     Args:
-        group_counts: 1-D counts indexed by group id (``BalancedBuffer.group_counts()``).
+        group_counts: 1-D counts indexed by group id (``BalancedBuffer.group_counts``).
         title: defaults to ``"<groups> groups, <samples> samples"``.
     """
     counts = torch.as_tensor(group_counts).detach().flatten().long().cpu()
@@ -194,7 +194,7 @@ class FigureLoggerPlugin(SupervisedPlugin):
         counts, title = None, None
         if self.buffer_source is not None:
             buffer = resolve_buffer(self.buffer_source)
-            counts = buffer.group_counts()
+            counts = buffer.group_counts
             if self.fine_to_coarse is not None and len(buffer):
                 classes, groups = buffer.class_groups()
                 ari = float(group_agreement(classes, groups, self.fine_to_coarse.to(classes.device)))

@@ -187,7 +187,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
 
     def replay_group_entropy(self) -> float:
         """Normalised entropy of the groups replayed this experience (1 = balanced)."""
-        counts = self.buffer.group_counts()
+        counts = self.buffer.group_counts
         if self.replay_group_counts is None or counts.numel() == 0:
             return 0.0
         # Groups can change during an experience (regrouping): count every bin that was drawn.
@@ -199,7 +199,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         if evaluator is None or len(self.buffer) == 0:
             return
         step = strategy.clock.train_iterations
-        counts = self.buffer.group_counts()
+        counts = self.buffer.group_counts
         sizes = counts[counts > 0]
         values = {
             "BalancedReplay/num_groups": int(sizes.numel()),

@@ -24,7 +24,7 @@ from avalanche_balanced import BalancedBuffer
 def check(buf: BalancedBuffer) -> None:
     n = buf.size
     assert n <= buf.max_size, "capacity exceeded"
-    counts = buf.group_counts()
+    counts = buf.group_counts
     assert int(counts.sum()) == n, "group counts do not add up to the size"
     expected = buf.class_group[buf.labels[:n]]
     assert torch.equal(buf.group_ids[:n], expected), "group ids disagree with the stored labels' groups"
@@ -79,7 +79,7 @@ def main():
                               "stored_step"))
     print(f"{args.steps} insertions, {draws} balanced draws of 32, capacity {args.capacity}, "
           f"regroup every {args.regroup_every}: invariants held at every check")
-    print(f"groups: {int((buf.group_counts() > 0).sum())}, threshold {buf.threshold.value.item():.3f}")
+    print(f"groups: {int((buf.group_counts > 0).sum())}, threshold {buf.threshold.value.item():.3f}")
     print(f"preallocated storage {stored / 2**20:.1f} MiB; resident memory {start_rss:.1f} MiB at start, "
           f"{end_rss:.1f} MiB at end (growth {end_rss - start_rss:+.1f} MiB), peak {peak:.1f} MiB")
     print(f"resident memory (MiB) at each tenth of the run: {' '.join(trace)}")

@@ -21,7 +21,7 @@ def batch(n, classes=range(C), seed=0, shape=(3, 2, 2)):
 def check_invariants(buf):
     n = buf.size
     assert n <= buf.max_size and n == min(buf.max_size, n)
-    counts = buf.group_counts()
+    counts = buf.group_counts
     assert int(counts.sum()) == n
     expected_groups = buf._groups_of(buf.labels[:n], buf.features[:n])
     if buf.grouping != "prototype_threshold":  # class-level groups follow the labels exactly
@@ -221,7 +221,7 @@ def test_learned_similarity_and_op_prototypes():
     ops[0] = 1.0  # only class 0 has an op prototype: the rest get a neutral similarity of 1
     out = buf.importance(op_prototypes=ops)
     others = y != 0
-    counts = buf.group_counts()
+    counts = buf.group_counts
     expected = (len(counts[counts > 0]) / counts[buf.group_ids[:20]].float()) / (1 + 1e-6)
     torch.testing.assert_close(out[others], expected[others])
     with pytest.raises(ValueError, match="op_prototypes"):

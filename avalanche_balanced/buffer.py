@@ -523,6 +523,6 @@ class BalancedBuffer(ExemplarsBuffer):
             setattr(self, name, None if value is None else value.to(self.device))
         self.class_group = None if state["class_group"] is None else state["class_group"].to(self.device)
         self.size, self.num_seen, self.step = state["size"], state["num_seen"], state["step"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a generator state is a CPU byte tensor
         self.threshold.load_state_dict(state["threshold"])
         self._similarity_cache = None

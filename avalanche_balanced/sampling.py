@@ -224,13 +224,18 @@ def uniform_indices(n: int, k: int, *, generator: Optional[torch.Generator] = No
     k = min(k, n)
     if 4 * k > n:
         return torch.randperm(n, device=device, generator=generator)[:k]
-    candidates = torch.randint(n, (4 * k,), device=device, generator=generator)
+    distinct = first_occurrences(torch.randint(n, (4 * k,), device=device, generator=generator))
+    if distinct.shape[0] >= k:  # P(fewer than k distinct of 4k draws from n >= 4k) is tiny
+        return distinct[:k]
+    return torch.randperm(n, device=device, generator=generator)[:k]
+
+
+def first_occurrences(candidates: Tensor) -> Tensor:
+    """The distinct values of a 1-D tensor in order of first appearance."""
     unique, inverse = torch.unique(candidates, return_inverse=True)
     position = torch.arange(candidates.shape[0], device=candidates.device)
     first = torch.full_like(unique, candidates.shape[0]).scatter_reduce_(0, inverse, position, "amin")
-    if unique.shape[0] >= k:  # P(fewer than k distinct of 4k draws from n >= 4k) is tiny
-        return candidates[first.sort().values[:k]]
-    return torch.randperm(n, device=device, generator=generator)[:k]
+    return candidates[first.sort().values]
 
 
 def _draw_by_rejection(weights: Tensor, k: int, generator, rounds: int = 3) -> Tensor:
@@ -249,12 +254,8 @@ def _draw_by_rejection(weights: Tensor, k: int, generator, rounds: int = 3) -> T
     for _ in range(rounds):
         u = torch.rand(2 * (k - chosen.shape[0]) + 8, dtype=torch.float64, device=weights.device,
                        generator=generator) * cdf[-1]
-        candidates = torch.cat([chosen, torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)])
-        # Distinct candidates in order of first appearance (the chosen prefix stays first).
-        unique, inverse = torch.unique(candidates, return_inverse=True)
-        position = torch.arange(candidates.shape[0], device=weights.device)
-        first = torch.full_like(unique, candidates.shape[0]).scatter_reduce_(0, inverse, position, "amin")
-        chosen = candidates[first.sort().values][:k]
+        candidates = torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)
+        chosen = first_occurrences(torch.cat([chosen, candidates]))[:k]  # the chosen prefix stays first
         if chosen.shape[0] == k:
             break
     return chosen

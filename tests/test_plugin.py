@@ -2,24 +2,19 @@
 import pytest
 import torch
 from torch import nn
-from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import LwF, Naive
 
 from avalanche_balanced import BalancedReplayPlugin
+from synthetic import blobs_benchmark
 
 C, D = 6, 8
 
 
 def tiny_benchmark(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(C).repeat_interleave(40)
-    x = torch.randn(len(y), D, generator=g) + 2.0 * torch.eye(C, D)[y]
-    ds = _make_taskaware_tensor_classification_dataset(x, y)
-    return nc_benchmark(ds, ds, n_experiences=3, task_labels=False, seed=seed)
+    return blobs_benchmark(C, D, separation=2.0, seed=seed)
 
 
 def mlp():

@@ -12,16 +12,13 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from avalanche_balanced import SARLEnhancedGeluBalanced, SARLGelu, gelu_resnet18
 from avalanche_balanced.experiment import seed_everything
+from synthetic import blobs_benchmark
 
 C, D = 6, 10
 
 
 def tiny_benchmark(seed=0, n_per_class=40):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(C).repeat_interleave(n_per_class)
-    x = torch.randn(len(y), D, generator=g) + 2.5 * torch.eye(C, D)[y]
-    ds = _make_taskaware_tensor_classification_dataset(x, y)
-    return nc_benchmark(ds, ds, n_experiences=3, task_labels=False, seed=seed)
+    return blobs_benchmark(C, D, n_per_class=n_per_class, separation=2.5, seed=seed)
 
 
 def mlp():

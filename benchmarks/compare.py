@@ -83,7 +83,8 @@ def run_one(method, seed, protocol, args):
     if protocol == "tiny":
         bm, num_classes = tiny_benchmark(order_seed), 20
     else:
-        bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed, per_class=p["per_class"])
+        bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed, per_class=p["per_class"],
+                            download=True)  # only when no local copy is found
         num_classes = 100
     setting = Setting(num_classes=num_classes, nf=p["nf"], epochs=p["epochs"], lr=p["lr"],
                       mem_size=args.buffer_size or p["mem_size"], batch_size=32, batch_size_mem=32 if

@@ -11,8 +11,9 @@ lr 0.03, batch 32, MultiStepLR at 35 and 45), meant for a GPU.
 
 Data: ``--data_root`` (default: ``AVALANCHE_BALANCED_DATA`` or the shared copy),
 either ``cifar100_{train,test}.npz`` or torchvision's ``cifar-100-python/``;
-``--download`` fetches the latter through torchvision. TensorBoard logs go to
-``runs/<experiment_id>/``; ``--resume`` continues from the checkpoint there.
+when neither is there, torchvision downloads the latter (``--no_download``
+forbids it). TensorBoard logs go to ``runs/<experiment_id>/``; ``--resume``
+continues from the checkpoint written there after every experience.
 """
 import argparse
 import json
@@ -62,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=("reduced", "full"), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_root", default=None)
-    p.add_argument("--download", action="store_true", help="download CIFAR-100 via torchvision")
+    p.add_argument("--no_download", action="store_true",
+                   help="fail instead of downloading CIFAR-100 through torchvision when no local copy is found")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true",
                    help="continue from runs/<experiment_id>/checkpoint.pt (written after every experience)")
@@ -90,7 +92,7 @@ def main(argv=None):
 
     benchmark = split_cifar100(args.n_experiences, root=args.data_root, seed=args.seed,
                                per_class=args.per_class, test_per_class=args.test_per_class,
-                               download=args.download)
+                               download=not args.no_download)
     model = gelu_resnet18(100, nf=20 if args.model == "reduced" else 64).to(device)
     model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)

@@ -88,7 +88,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None
         self._replay: Optional[ReplayBatch] = None
-        self._current = None
+        self._current = None  # (inputs, labels, task labels) of the current minibatch, raw
+        self._insert = None  # what after_training_iteration inserts
         self._iterations = 0
 
     @property
@@ -101,6 +102,21 @@ class BalancedReplayPlugin(SupervisedPlugin):
         if self.use_balanced_sampling:
             return self.buffer.get_balanced_data(self.batch_size_mem)
         return self.buffer.get_data(self.batch_size_mem)
+
+    @property
+    def num_current(self) -> int:
+        """Number of current (not replayed) samples at the head of the training minibatch."""
+        return self._current[0].shape[0]
+
+    @property
+    def replayed(self) -> Optional[ReplayBatch]:
+        """The replay minibatch of this iteration (inputs before ``transform``), or None."""
+        return self._replay
+
+    @property
+    def features(self):
+        """Penultimate features of the latest forward pass, with their autograd graph."""
+        return self._hook.features.flatten(1)
 
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, **kwargs):
@@ -121,32 +137,18 @@ class BalancedReplayPlugin(SupervisedPlugin):
         strategy.mbatch[0] = self.transform(x) if self.transform is not None else x
         strategy.mbatch[1], strategy.mbatch[2] = y, t
 
-    @property
-    def num_current(self) -> int:
-        """Number of current (not replayed) samples at the head of the training minibatch."""
-        return self._current[0].shape[0]
-
-    @property
-    def replayed(self) -> Optional[ReplayBatch]:
-        """The replay minibatch of this iteration (inputs before ``transform``), or None."""
-        return self._replay
-
-    @property
-    def features(self):
-        """Penultimate features of the latest forward pass, with their autograd graph."""
-        return self._hook.features.flatten(1)
-
     def after_forward(self, strategy, **kwargs):
         feats = self._hook.features.detach().flatten(1)
-        n = self._current[0].shape[0]
+        n = self.num_current
         if self._replay is not None:
             self.buffer.update_features(self._replay.indices, feats[n:])
-        self._current = (*self._current, strategy.mb_output.detach()[:n], feats[:n])
+        # Inserted at the end of the iteration (as SARL does): never replayed in their own step.
+        self._insert = (*self._current, strategy.mb_output.detach()[:n], feats[:n])
 
     def after_training_iteration(self, strategy, **kwargs):
-        x, y, t, logits, feats = self._current
+        x, y, t, logits, feats = self._insert
         self.buffer.add_data(x, y, logits, feats, task_labels=t)
-        self._current, self._replay = None, None
+        self._current, self._replay, self._insert = None, None, None
         self._iterations += 1
         if self.regroup_every and self._iterations % self.regroup_every == 0:
             self._regroup()

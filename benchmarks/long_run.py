@@ -41,7 +41,9 @@ def main():
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--capacity", type=int, default=5_000)
     parser.add_argument("--regroup_every", type=int, default=1_000)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the tensors here are small)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     g = torch.Generator().manual_seed(0)
     buf = BalancedBuffer(args.capacity, seed=0)

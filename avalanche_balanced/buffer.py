@@ -44,7 +44,8 @@ class BalancedBuffer(ExemplarsBuffer):
     Grouping modes (``grouping``):
 
     * ``"class_similarity"`` (default): classes whose prototype similarity
-      exceeds the adaptive threshold share a group (connected components);
+      exceeds the adaptive threshold share a group (average-linkage clusters,
+      which do not chain dissimilar classes together);
       a sample's group is its class's group.
     * ``"prototype_threshold"``: the design note's literal rule, a sample's
       group is the threshold bucket (0 below, 1 above) of its own similarity to

@@ -17,7 +17,7 @@ __all__ = [
     "SemanticSimilarity",
     "AdaptiveThreshold",
     "GROUPINGS",
-    "connected_components",
+    "average_linkage",
     "class_groups_from_similarity",
 ]
 
@@ -252,29 +252,45 @@ class AdaptiveThreshold(nn.Module):
         return scores > self.value
 
 
-def connected_components(adjacency: Tensor) -> Tensor:
-    """Component id of each node of an undirected graph (the smallest node index in it).
+def average_linkage(scores: Tensor, active: Tensor, threshold: Tensor) -> Tensor:
+    """Cluster of every node by average-linkage agglomeration, stopping at ``threshold``.
 
-    Min-label propagation with matrix operations: at most ``n`` rounds of an
-    ``n x n`` masked minimum, for graphs of classes (n <= a few thousand).
+    Repeatedly merges the two clusters whose *mean* pairwise score is highest,
+    while it exceeds ``threshold``. Unlike connected components of
+    ``scores > threshold``, a chain of pairwise links does not merge two
+    dissimilar classes: a threshold at a high quantile of random-looking scores
+    gives many small groups instead of one giant component. Inactive nodes stay
+    singletons. Returns, per node, the smallest node index of its cluster.
+
+    At most ``n - 1`` merges of ``O(n)`` vector work each (Lance-Williams
+    update), for graphs of classes.
     """
-    n = adjacency.shape[0]
-    adj = adjacency | adjacency.T | torch.eye(n, dtype=torch.bool, device=adjacency.device)
-    labels = torch.arange(n, device=adjacency.device)
-    big = torch.full((n, n), n, device=adjacency.device, dtype=labels.dtype)
-    for _ in range(n):
-        new = torch.where(adj, labels.unsqueeze(0).expand(n, n), big).amin(dim=1)
-        if torch.equal(new, labels):
+    n = scores.shape[0]
+    sim = scores.detach().double().clone()
+    sim[~active] = float("-inf")
+    sim[:, ~active] = float("-inf")
+    sim.fill_diagonal_(float("-inf"))
+    size = torch.ones(n, dtype=sim.dtype, device=sim.device)
+    labels = torch.arange(n, device=sim.device)
+    for _ in range(max(int(active.sum()) - 1, 0)):
+        best = torch.argmax(sim)
+        if not bool(sim.view(-1)[best] > threshold):
             break
-        labels = new
+        i, j = divmod(int(best), n)
+        keep, gone = min(i, j), max(i, j)  # the kept index stays the smallest of its cluster
+        merged = (size[keep] * sim[keep] + size[gone] * sim[gone]) / (size[keep] + size[gone])
+        sim[keep], sim[:, keep] = merged, merged
+        sim[gone], sim[:, gone] = float("-inf"), float("-inf")
+        sim[keep, keep] = float("-inf")
+        size[keep] += size[gone]
+        labels[labels == gone] = keep
     return labels
 
 
 def class_groups_from_similarity(scores: Tensor, seen: Tensor, threshold: Tensor) -> Tensor:
-    """Group of every class: connected components of ``scores > threshold`` over seen classes.
+    """Group of every class: average-linkage clusters of the seen classes at ``threshold``.
 
     Unseen classes form singleton groups (their own index), so a class that
     appears later starts alone until its prototype exists.
     """
-    adjacency = (scores > threshold) & seen.unsqueeze(0) & seen.unsqueeze(1)
-    return connected_components(adjacency)
+    return average_linkage(scores, seen, threshold)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from avalanche_balanced import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
-from avalanche_balanced.semantic import connected_components
+from avalanche_balanced.semantic import average_linkage
 
 
 def test_prototypes_equal_mean_of_normalised_features():
@@ -100,7 +100,31 @@ def test_adaptive_threshold_follows_score_distribution():
     assert torch.equal(thr.value, before)
 
 
-def test_connected_components():
-    adj = torch.zeros(6, 6, dtype=torch.bool)
-    adj[0, 3] = adj[3, 5] = adj[1, 2] = True
-    assert connected_components(adj).tolist() == [0, 1, 1, 0, 4, 0]
+def test_average_linkage_does_not_chain():
+    # A chain 0-1-2-3 of strong neighbours with weak ends: components would merge all four.
+    scores = torch.full((6, 6), 0.1)
+    for i, j, v in ((0, 1, 0.9), (1, 2, 0.85), (2, 3, 0.9), (4, 5, 0.95)):
+        scores[i, j] = scores[j, i] = v
+    labels = average_linkage(scores, torch.ones(6, dtype=torch.bool), torch.tensor(0.5))
+    assert labels.tolist() == [0, 0, 2, 2, 4, 4]
+    # a lower threshold merges the two pairs of the chain: their mean score is 0.2875 > 0.25
+    labels = average_linkage(scores, torch.ones(6, dtype=torch.bool), torch.tensor(0.25))
+    assert labels.tolist() == [0, 0, 0, 0, 4, 4]
+    # inactive nodes stay alone
+    active = torch.tensor([True, True, True, True, False, False])
+    assert average_linkage(scores, active, torch.tensor(0.5)).tolist() == [0, 0, 2, 2, 4, 5]
+
+
+def test_class_groups_stay_small_on_unstructured_prototypes():
+    """Random prototypes have no semantic structure: no giant group may form."""
+    from avalanche_balanced import BalancedBuffer
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(100, 160, generator=g)
+    y = torch.arange(100).repeat(5)
+    buf = BalancedBuffer(500)
+    buf.add_data(torch.zeros(500, 1), y, torch.zeros(500, 100), centres[y] + 0.1 * torch.randn(500, 160, generator=g))
+    buf.refresh_prototypes()
+    for _ in range(5):
+        buf.regroup()
+    sizes = torch.bincount(buf.class_group)
+    assert sizes.max() <= 10 and int((sizes > 0).sum()) >= 50

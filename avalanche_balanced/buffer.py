@@ -134,10 +134,11 @@ class BalancedBuffer(ExemplarsBuffer):
         self.step = 0  # insertion calls so far
         self.class_group: Optional[Tensor] = None
         # Similarity of each stored sample to its prototype, cached per slot: refreshed
-        # for the slots written or replayed, and in full when the prototypes change or
-        # on regroup() (the learned similarity network drifts in between).
+        # for the slots written or replayed, and in full on regroup() (the learned
+        # similarity network drifts in between) or when anything it depends on was
+        # changed behind the buffer's back (tensor version counters, see _cache_key).
         self._similarity_cache: Optional[Tensor] = None
-        self._cache_version: Optional[int] = None
+        self._cache_version: Optional[tuple] = None
         for name in _STORAGE:
             setattr(self, name, None)
 
@@ -242,6 +243,7 @@ class BalancedBuffer(ExemplarsBuffer):
             return torch.empty(0, dtype=torch.long, device=self.device)
         if not self.allocated:
             self._allocate(examples, logits, features)
+        cache_was_fresh = self._cache_fresh()
         if self.insertion == "reservoir":
             source, slots = reservoir_slots(self.num_seen, self.size, examples.shape[0], self.max_size,
                                             device=self.device, generator=self.generator)
@@ -255,9 +257,9 @@ class BalancedBuffer(ExemplarsBuffer):
         self.features[slots] = features[source].to(self.feature_dtype)
         self.group_ids[slots] = self._groups_of(labels[source], features[source])
         self.stored_step[slots] = self.step
-        self._refresh_cached_similarity(slots)
         self.num_seen += examples.shape[0]
         self.size = min(self.max_size, self.size + examples.shape[0])  # both policies fill free slots first
+        self._refresh_cached_similarity(slots, cache_was_fresh)
         self.step += 1
         return slots
 
@@ -271,20 +273,33 @@ class BalancedBuffer(ExemplarsBuffer):
         if not bool(torch.isfinite(features).all()):
             raise ValueError("features contain NaN or inf")
         indices = indices.to(self.device)
+        cache_was_fresh = self._cache_fresh()
         self.features[indices] = features.to(self.feature_dtype)
-        self._refresh_cached_similarity(indices)
+        self._refresh_cached_similarity(indices, cache_was_fresh)
 
-    def _refresh_cached_similarity(self, slots: Tensor) -> None:
-        if self._similarity_cache is not None and self._cache_version == self.prototypes.version:
+    def _cache_key(self) -> tuple:
+        # In-place writes bump a tensor's _version: an outside edit of the features,
+        # labels or prototypes invalidates the cache instead of leaving it stale.
+        protos = self.prototypes
+        return (protos.version, protos.prototypes._version, protos.valid._version,
+                self.features._version, self.labels._version, self.size)
+
+    def _cache_fresh(self) -> bool:
+        return self._similarity_cache is not None and self._cache_version == self._cache_key()
+
+    def _refresh_cached_similarity(self, slots: Tensor, was_fresh: bool) -> None:
+        """After our own write of ``slots``: refresh just those if the cache was fresh before it."""
+        if was_fresh:
             self._similarity_cache[slots] = self._similarity(self.features[slots], self.labels[slots])
+            self._cache_version = self._cache_key()
 
     def stored_similarity(self) -> Tensor:
         """Similarity in [0, 1] of every stored sample to its class prototype (cached)."""
-        if self._similarity_cache is None or self._cache_version != self.prototypes.version:
+        if not self._cache_fresh():
             self._similarity_cache = torch.ones(self.max_size, device=self.device)
             self._similarity_cache[: self.size] = self._similarity(self.features[: self.size],
                                                                   self.labels[: self.size])
-            self._cache_version = self.prototypes.version
+            self._cache_version = self._cache_key()
         return self._similarity_cache[: self.size]
 
     # ----------------------------------------------------------------- grouping

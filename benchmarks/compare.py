@@ -168,7 +168,8 @@ def write_outputs(out, runs, protocol):
     for method in table:
         mats = torch.tensor([r["accuracy_matrix"] for r in runs if r["method"] == method])
         if mats.shape[1] > 1:
-            fig = accuracy_matrix_figure(mats.mean(0).numpy(), title=f"{method}: accuracy (%), mean over seeds")
+            fig = accuracy_matrix_figure(mats.mean(0).numpy() / 100.0,  # the figure's scale is [0, 1]
+                                         title=f"{method}: accuracy, mean over seeds")
             fig.savefig(out / f"accuracy_matrix_{method}.png", dpi=80)
     _bar_plot(table, out / "final_accuracy.png")
 

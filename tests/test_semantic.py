@@ -68,6 +68,27 @@ def test_semantic_similarity_learns_to_separate_pairs():
     torch.testing.assert_close(scores, scores.T)  # symmetrised
 
 
+
+def test_semantic_similarity_all_pairs_equal_the_mlp_on_concatenated_pairs():
+    torch.manual_seed(1)
+    net = SemanticSimilarity(5)
+    x, labels = torch.randn(7, 5), torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    a, b = x.unsqueeze(1).expand(7, 7, 5), x.unsqueeze(0).expand(7, 7, 5)
+    torch.testing.assert_close(net.pairwise(x), net(a, b))
+    # the loss (and so every gradient) is that of the plain formula: MLP on [a, b] and [b, a]
+    plain = SemanticSimilarity(5)
+    plain.load_state_dict(net.state_dict())
+    logits = plain._logits(a, b)[~torch.eye(7, dtype=torch.bool)]
+    target = (labels.unsqueeze(0) == labels.unsqueeze(1))[~torch.eye(7, dtype=torch.bool)].float()
+    pos_weight = (target.numel() - target.sum()) / target.sum()
+    F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight).backward()
+    net.pair_loss(x, labels).backward()
+    for fast, ref in zip(net.parameters(), plain.parameters()):
+        torch.testing.assert_close(fast.grad, ref.grad)
+    with pytest.raises(ValueError, match="N x 5"):
+        net.pairwise(torch.randn(3, 4))
+
+
 def test_semantic_similarity_does_not_touch_feature_gradients():
     feats = torch.randn(8, 4, requires_grad=True)
     SemanticSimilarity(4).train_step(feats, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))

@@ -8,8 +8,8 @@ The public API:
 * wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``) and
   :class:`BatchTransformPlugin` (batched augmentation on the device);
 * the method: :class:`SARLGelu` (alias :data:`SARLEnhancedGeluBalanced`);
-* data and model: :func:`split_cifar100`, :func:`load_cifar100`, :func:`cifar_augment`,
-  :func:`cifar_normalize`, :func:`gelu_resnet18`;
+* data and model: :func:`split_cifar100`, :func:`with_test_subset`, :func:`load_cifar100`,
+  :func:`cifar_augment`, :func:`cifar_normalize`, :func:`gelu_resnet18`;
 * evaluation: :func:`semantic_metrics` and the metrics of :mod:`avalanche_balanced.metrics`.
 """
 from .sampling import balanced_importance, cosine_to_unit, normalized_entropy, sample_indices
@@ -18,7 +18,7 @@ from .buffer import BalancedBuffer, ReplayBatch
 from .plugin import BalancedReplayPlugin
 from .transforms import BatchTransformPlugin
 from .strategies import SARLEnhancedGeluBalanced, SARLGelu
-from .data import cifar_augment, cifar_normalize, load_cifar100, split_cifar100
+from .data import cifar_augment, cifar_normalize, load_cifar100, split_cifar100, with_test_subset
 from .models import gelu_resnet18
 from .metrics import semantic_metrics
 
@@ -41,6 +41,7 @@ __all__ = [
     "SARLEnhancedGeluBalanced",
     "load_cifar100",
     "split_cifar100",
+    "with_test_subset",
     "cifar_augment",
     "cifar_normalize",
     "gelu_resnet18",

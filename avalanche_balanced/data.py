@@ -29,7 +29,7 @@ from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dat
 __all__ = [
     "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100Arrays", "CorruptDataError", "cifar_augment",
     "cifar_normalize", "default_data_root", "fine_to_coarse_table", "load_cifar100",
-    "split_cifar100",
+    "split_cifar100", "with_test_subset",
 ]
 
 N_FINE, N_COARSE, TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 20, 500, 100
@@ -215,7 +215,7 @@ def _balanced_subset(labels: Tensor, per_class: int,
     present = counts[counts > 0]
     if present.numel() and per_class > int(present.min()):
         raise ValueError(f"per_class={per_class} but the smallest class has only "
-                         f"{int(present.min())} training images")
+                         f"{int(present.min())} images")
     rank = torch.arange(labels.numel()) - (counts.cumsum(0) - counts)[grouped]
     return order[rank < per_class].sort().values
 
@@ -304,6 +304,33 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     for key, names in _label_names(root).items():
         setattr(benchmark, key, names)
     return benchmark
+
+
+def with_test_subset(benchmark: NCScenario, per_class: int, seed: int = 0) -> NCScenario:
+    """``benchmark`` again, with a fixed class-balanced subset of its test set.
+
+    For cheap evaluations between experiences: the training data, class order and
+    experiences are ``benchmark``'s, and the test stream keeps ``per_class`` test
+    items of every class, drawn once from ``seed``. Its test experiences carry the
+    same ids and stream name, so Avalanche's metrics (forgetting, BWT) pair an
+    evaluation on the subset with a later one on the full ``benchmark.test_stream``.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+    test = benchmark.original_test_dataset
+    keep = _balanced_subset(torch.as_tensor(list(test.targets)), per_class,
+                            torch.Generator().manual_seed(seed))
+    subset = nc_benchmark(benchmark.original_train_dataset, test.subset(keep.tolist()),
+                          n_experiences=benchmark.n_experiences, task_labels=False,
+                          fixed_class_order=benchmark.classes_order_original_ids,
+                          class_ids_from_zero_in_each_exp=False)
+    for name in ("fine_to_coarse", "train_indices", "fine_label_names", "coarse_label_names"):
+        if hasattr(benchmark, name):
+            setattr(subset, name, getattr(benchmark, name))
+    if subset.original_classes_in_exp != benchmark.original_classes_in_exp:
+        raise ValueError("the test subset benchmark does not reproduce the experiences of "
+                         "`benchmark` (was it built with task labels or remapped class ids?)")
+    return subset
 
 
 def _check_batch(x: Tensor, fn: str) -> None:

@@ -21,6 +21,7 @@ from avalanche_balanced.data import (
     fine_to_coarse_table,
     load_cifar100,
     split_cifar100,
+    with_test_subset,
 )
 
 
@@ -311,6 +312,47 @@ def test_split_fixed_class_order_is_honoured(npz_cifar_dir):
 def test_split_per_class_larger_than_data(npz_cifar_dir):
     with pytest.raises(ValueError, match="only 3"):
         split_cifar100(root=npz_cifar_dir, per_class=4)
+
+
+
+def _tensor_benchmark(seed):
+    """10 classes, 4 training and 5 test images of 3 x 4 x 4 per class, in 5 experiences."""
+    g = torch.Generator().manual_seed(0)
+
+    def dataset(per_class):
+        y = torch.arange(10).repeat_interleave(per_class)
+        return _make_taskaware_tensor_classification_dataset(torch.rand(len(y), 3, 4, 4, generator=g), y)
+    return nc_benchmark(dataset(4), dataset(5), n_experiences=5, task_labels=False, seed=seed)
+
+
+def test_with_test_subset_keeps_the_experiences_and_subsets_each_test_experience():
+    bench = _tensor_benchmark(seed=2)
+    subset = with_test_subset(bench, 2, seed=7)
+    assert subset.original_classes_in_exp == bench.original_classes_in_exp
+    assert [e.current_experience for e in subset.test_stream] == list(range(5))
+    for (x, y, _), (xs, ys, _) in zip(_stream_arrays(bench.train_stream), _stream_arrays(subset.train_stream)):
+        assert torch.equal(x, xs) and torch.equal(y, ys)
+    for exp, (x, y, _), (xs, ys, _) in zip(bench.test_stream, _stream_arrays(bench.test_stream),
+                                           _stream_arrays(subset.test_stream)):
+        assert sorted(ys.tolist()) == sorted(exp.classes_in_this_experience * 2)  # 2 of each class
+        # every kept item is an item of the full test experience, with its label
+        match = (xs.flatten(1)[:, None] == x.flatten(1)[None]).all(-1)
+        assert match.any(1).all() and torch.equal(y[match.float().argmax(1)], ys)
+        assert match.any(0).sum() == len(ys)  # no item kept twice
+
+
+def test_with_test_subset_is_fixed_by_its_seed():
+    bench = _tensor_benchmark(seed=2)
+    first, again, other = (_stream_arrays(with_test_subset(bench, 2, seed=s).test_stream) for s in (7, 7, 8))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+@pytest.mark.parametrize("per_class, error", [(0, "positive"), (True, "positive"), (1.5, "positive"),
+                                              (6, "only 5")])
+def test_with_test_subset_rejects_bad_per_class(per_class, error):
+    with pytest.raises(ValueError, match=error):
+        with_test_subset(_tensor_benchmark(seed=0), per_class)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -63,6 +63,10 @@ PROTOCOLS = {
 }
 SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
                 "group_agreement", "seconds")
+# Balanced vs uniform replay, compared seed by seed (same class order, data and initialisation).
+PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"))
+PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
+               ("semantic_consistency", "sem. consistency", 3))
 SEMANTIC_NAMES = {
     "semantic_consistency": "SemanticConsistency_Stream/eval_phase/test_stream",
     "superclass_error_share": "SuperclassErrorShare_Stream/eval_phase/test_stream",
@@ -176,6 +180,35 @@ def summarise(runs):
     return table
 
 
+def paired_differences(runs):
+    """Per pair of ``PAIRS`` with common seeds: the seeds and, per key, first minus second by seed."""
+    out = {}
+    for first, second in PAIRS:
+        by_seed = {m: {r["seed"]: r for r in runs if r["method"] == m} for m in (first, second)}
+        seeds = sorted(set(by_seed[first]) & set(by_seed[second]))
+        if seeds:
+            out[f"{first} - {second}"] = dict(seeds=seeds, **{
+                key: [by_seed[first][s][key] - by_seed[second][s][key] for s in seeds]
+                for key, _, _ in PAIRED_KEYS})
+    return out
+
+
+def markdown_paired(paired):
+    lines = ["Balanced minus uniform, paired by seed (mean ± std of the differences; "
+             "per-seed values in brackets):", "",
+             "| difference | seeds | " + " | ".join(f"Δ {label}" for _, label, _ in PAIRED_KEYS) + " |",
+             "|" + "---|" * (2 + len(PAIRED_KEYS))]
+    for name, row in paired.items():
+        cells = []
+        for key, _, digits in PAIRED_KEYS:
+            values = row[key]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):+.{digits}f} ± {spread:.{digits}f} "
+                         f"[{', '.join(f'{v:+.{digits}f}' for v in values)}]")
+        lines.append(f"| {name} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(table, protocol):
     head = ("| method | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
             "superclass err. share | group agreement (ARI) | seconds |")
@@ -197,10 +230,11 @@ def markdown_table(table, protocol):
 
 
 def write_outputs(out, runs, protocol):
-    table = summarise(runs)
+    table, paired = summarise(runs), paired_differences(runs)
     (out / "results.json").write_text(json.dumps({"protocol": protocol, "settings": PROTOCOLS[protocol],
-                                                  "runs": runs, "summary": table}, indent=1))
-    (out / "table.md").write_text(markdown_table(table, protocol))
+                                                  "runs": runs, "summary": table, "paired": paired}, indent=1))
+    text = markdown_table(table, protocol)
+    (out / "table.md").write_text(text + ("\n" + markdown_paired(paired) if paired else ""))
     for method in table:
         mats = torch.tensor([r["accuracy_matrix"] for r in runs if r["method"] == method])
         if mats.shape[1] > 1:
@@ -293,7 +327,9 @@ def main(argv=None):
         forgetting = result["forgetting"]
         print(f"{method} seed {seed}: acc {result['accuracy']:.2f}% forgetting "
               f"{'n/a' if forgetting is None else f'{forgetting:.2f}%'} ({result['seconds']:.0f} s)", flush=True)
-    print((out / "table.md").read_text() if (out / "table.md").is_file() else "no runs")
+    if runs:
+        write_outputs(out, runs, args.protocol)  # also when every run was already done: refresh table and plots
+    print((out / "table.md").read_text() if runs else "no runs")
     print(f"{len(todo)} runs in {time.time() - start:.0f} s wall-clock, {jobs} at a time, "
           f"{threads} torch thread(s) each")
     return runs

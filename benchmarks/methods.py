@@ -124,11 +124,11 @@ ABLATIONS: Dict[str, Callable] = {
 METHODS = {**CORE, **ABLATIONS}
 DESCRIPTIONS = {
     "naive": "Avalanche Naive (fine-tuning, lower bound)",
-    "er": "Avalanche Naive + ReplayPlugin, reservoir buffer (ER)",
+    "er": "Avalanche Naive + ReplayPlugin, reservoir buffer updated after each experience (ER)",
     "der": "Avalanche DER (alpha 0.1, beta 0.5)",
     "er_ace": "Avalanche ER-ACE",
-    "plugin_uniform": "Naive + BalancedReplayPlugin, uniform draws",
-    "plugin_balanced": "Naive + BalancedReplayPlugin, balanced draws",
+    "plugin_uniform": "Naive + BalancedReplayPlugin, uniform draws (reservoir filled during training)",
+    "plugin_balanced": "Naive + BalancedReplayPlugin, balanced draws (reservoir filled during training)",
     "sarl_uniform": "SARL-GELU, uniform replay",
     "sarl_balanced": "SARL-GELU, balanced replay",
     "joint": "Avalanche JointTraining (upper bound)",

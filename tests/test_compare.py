@@ -42,6 +42,13 @@ def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
     assert fixed["group_agreement"] == 1.0
     table = (tmp_path / "table.md").read_text()
     assert all(f"| {m} |" in table for m in methods)
+    # balanced minus uniform, seed by seed, in the JSON and the table
+    by = {r["method"]: r for r in saved["runs"]}
+    for first, second in compare.PAIRS:
+        diff = saved["paired"][f"{first} - {second}"]
+        assert diff["seeds"] == [0]
+        assert diff["accuracy"] == [by[first]["accuracy"] - by[second]["accuracy"]]
+        assert f"| {first} - {second} | 0 |" in table
     assert (tmp_path / "final_accuracy.png").stat().st_size > 0
 
     # an interrupted comparison keeps what it finished: a re-run skips finished runs

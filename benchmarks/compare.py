@@ -304,7 +304,6 @@ def main(argv=None):
     if jobs < 1:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     threads = max(1, _cpu_count() // jobs)
-    quiet_avalanche_deprecations()
     seeds = args.seeds if args.seeds is not None else PROTOCOLS[args.protocol]["seeds"]
     out = Path(args.out or f"results/{args.protocol}")
     out.mkdir(parents=True, exist_ok=True)
@@ -327,8 +326,8 @@ def main(argv=None):
         forgetting = result["forgetting"]
         print(f"{method} seed {seed}: acc {result['accuracy']:.2f}% forgetting "
               f"{'n/a' if forgetting is None else f'{forgetting:.2f}%'} ({result['seconds']:.0f} s)", flush=True)
-    if runs:
-        write_outputs(out, runs, args.protocol)  # also when every run was already done: refresh table and plots
+    if runs and not todo:
+        write_outputs(out, runs, args.protocol)  # nothing ran: still refresh the table and plots
     print((out / "table.md").read_text() if runs else "no runs")
     print(f"{len(todo)} runs in {time.time() - start:.0f} s wall-clock, {jobs} at a time, "
           f"{threads} torch thread(s) each")

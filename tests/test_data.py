@@ -314,7 +314,6 @@ def test_split_per_class_larger_than_data(npz_cifar_dir):
         split_cifar100(root=npz_cifar_dir, per_class=4)
 
 
-
 def _tensor_benchmark(seed):
     """10 classes, 4 training and 5 test images of 3 x 4 x 4 per class, in 5 experiences."""
     g = torch.Generator().manual_seed(0)

@@ -68,7 +68,6 @@ def test_semantic_similarity_learns_to_separate_pairs():
     torch.testing.assert_close(scores, scores.T)  # symmetrised
 
 
-
 def test_semantic_similarity_all_pairs_equal_the_mlp_on_concatenated_pairs():
     torch.manual_seed(1)
     net = SemanticSimilarity(5)

@@ -12,6 +12,7 @@ and normalisation run on whole batches on the training device (:func:`cifar_augm
 """
 import json
 import os
+from contextlib import contextmanager
 import pickle
 import zipfile
 import zlib
@@ -29,7 +30,7 @@ from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dat
 __all__ = [
     "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100Arrays", "CorruptDataError", "cifar_augment",
     "cifar_normalize", "default_data_root", "fine_to_coarse_table", "load_cifar100",
-    "split_cifar100", "with_test_subset",
+    "preserved_global_rng", "split_cifar100", "with_test_subset",
 ]
 
 N_FINE, N_COARSE, TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 20, 500, 100
@@ -234,15 +235,36 @@ def _label_names(root: Path) -> dict:
         raise _corrupt(path, err) from err
 
 
+@contextmanager
+def preserved_global_rng():
+    """Run a block without changing torch's global RNG state (CPU, and CUDA where available).
+
+    Avalanche's ``nc_benchmark(seed=...)`` calls ``torch.random.manual_seed``: built after a
+    run was seeded, a benchmark would otherwise reset the run's initial weights, data order
+    and augmentation to values fixed by the class-order seed.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = None,
                    seed: Optional[int] = 0, class_order: Optional[Sequence[int]] = None,
                    per_class: Optional[int] = None, return_task_id: bool = False,
-                   download: bool = False, test_per_class: Optional[int] = None) -> NCScenario:
+                   download: bool = False, test_per_class: Optional[int] = None,
+                   validation_per_class: Optional[int] = None) -> NCScenario:
     """Class-incremental Split CIFAR-100, built with Avalanche's ``nc_benchmark``.
 
     The class order follows Avalanche's ``SplitCIFAR100``: ``class_order`` (a permutation of
-    0..99) is used as given, otherwise it is drawn from ``seed``, which ``nc_benchmark`` does
-    by re-seeding torch's global RNG (as SplitCIFAR100 does). Original class ids are kept.
+    0..99) is used as given, otherwise it is drawn from ``seed``. Original class ids are kept.
+    ``seed`` is the *benchmark's* seed (class order, training subset, validation and test
+    subsets) and nothing else: unlike ``nc_benchmark``, this function leaves torch's global
+    RNG as it found it, so a run seeded before or after building the benchmark keeps its own
+    initial weights, data order and augmentation.
+
+    ``validation_per_class`` carves a validation set out of the *training* images: that many
+    images per class, drawn from ``seed`` and disjoint from the training data, become the
+    test stream (for choosing hyperparameters without touching the test set).
 
     Samples are float32 3 x 32 x 32 in [0, 1], neither normalised nor augmented: apply
     :func:`cifar_augment` (training) or :func:`cifar_normalize` (evaluation) to batches on
@@ -252,7 +274,7 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     (for fast smoke runs; report results on the full test set).
 
     Extra attributes on the result: ``fine_to_coarse`` (LongTensor[100]), ``train_indices``
-    (the training-set indices used), and ``fine_label_names`` / ``coarse_label_names`` when
+    (the training-set indices used), ``validation_indices`` (None without validation), and ``fine_label_names`` / ``coarse_label_names`` when
     the data folder has label names. ``root`` defaults to :func:`default_data_root`.
     """
     if isinstance(n_experiences, bool) or not isinstance(n_experiences, int) \
@@ -265,6 +287,16 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     if test_per_class is not None and (isinstance(test_per_class, bool) or not isinstance(test_per_class, int)
                                        or not 0 < test_per_class <= TEST_PER_CLASS):
         raise ValueError(f"test_per_class must be an int in (0, {TEST_PER_CLASS}], got {test_per_class!r}")
+    if validation_per_class is not None:
+        if isinstance(validation_per_class, bool) or not isinstance(validation_per_class, int) \
+                or not 0 < validation_per_class < TRAIN_PER_CLASS:
+            raise ValueError(f"validation_per_class must be an int in (0, {TRAIN_PER_CLASS}), "
+                             f"got {validation_per_class!r}")
+        if test_per_class is not None:
+            raise ValueError("validation_per_class replaces the test stream; do not pass test_per_class too")
+        if (per_class or 0) + validation_per_class > TRAIN_PER_CLASS:
+            raise ValueError(f"per_class ({per_class}) + validation_per_class ({validation_per_class}) "
+                             f"exceeds the {TRAIN_PER_CLASS} training images per class")
     if class_order is not None:
         order = torch.as_tensor(list(class_order))
         if order.dtype.is_floating_point or order.ndim != 1 or order.numel() != N_FINE \
@@ -280,27 +312,33 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
         raise CorruptDataError(f"test labels under {root} disagree with the training "
                                "fine-to-coarse table")
 
-    if per_class is None:
-        indices = torch.arange(train.fine.numel())
-        images, targets = train.images, train.fine
-    else:
-        # Like the class order, seed=None means "not reproducible": use the global RNG.
-        gen = None if seed is None else torch.Generator().manual_seed(seed)
-        indices = _balanced_subset(train.fine, per_class, gen)
-        images, targets = train.images[indices], train.fine[indices]
+    # Like the class order, seed=None means "not reproducible": use the global RNG.
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    pool = torch.arange(train.fine.numel())
+    validation = None
+    if validation_per_class is not None:
+        validation = _balanced_subset(train.fine, validation_per_class, gen)
+        pool = pool[~torch.isin(pool, validation)]
+    indices = pool if per_class is None else pool[_balanced_subset(train.fine[pool], per_class, gen)]
     # Convert only the kept images: the full training set is ~600 MB as float32.
-    train_ds = _make_taskaware_tensor_classification_dataset(images.float().div_(255), targets)
-    test_images, test_fine = test.images, test.fine
-    if test_per_class is not None:
+    train_ds = _make_taskaware_tensor_classification_dataset(
+        train.images[indices].float().div_(255), train.fine[indices])
+    if validation is not None:
+        test_images, test_fine = train.images[validation], train.fine[validation]
+    elif test_per_class is not None:
         keep = _balanced_subset(test.fine, test_per_class, torch.Generator().manual_seed(seed or 0))
         test_images, test_fine = test.images[keep], test.fine[keep]
+    else:
+        test_images, test_fine = test.images, test.fine
     test_ds = _make_taskaware_tensor_classification_dataset(test_images.float().div_(255), test_fine)
 
-    benchmark = nc_benchmark(train_ds, test_ds, n_experiences=n_experiences,
-                             task_labels=return_task_id, seed=seed,
-                             fixed_class_order=class_order, shuffle=True)
+    with preserved_global_rng():
+        benchmark = nc_benchmark(train_ds, test_ds, n_experiences=n_experiences,
+                                 task_labels=return_task_id, seed=seed,
+                                 fixed_class_order=class_order, shuffle=True)
     benchmark.fine_to_coarse = table
     benchmark.train_indices = indices
+    benchmark.validation_indices = validation
     for key, names in _label_names(root).items():
         setattr(benchmark, key, names)
     return benchmark
@@ -320,11 +358,12 @@ def with_test_subset(benchmark: NCScenario, per_class: int, seed: int = 0) -> NC
     test = benchmark.original_test_dataset
     keep = _balanced_subset(torch.as_tensor(list(test.targets)), per_class,
                             torch.Generator().manual_seed(seed))
-    subset = nc_benchmark(benchmark.original_train_dataset, test.subset(keep.tolist()),
-                          n_experiences=benchmark.n_experiences, task_labels=False,
-                          fixed_class_order=benchmark.classes_order_original_ids,
-                          class_ids_from_zero_in_each_exp=False)
-    for name in ("fine_to_coarse", "train_indices", "fine_label_names", "coarse_label_names"):
+    with preserved_global_rng():
+        subset = nc_benchmark(benchmark.original_train_dataset, test.subset(keep.tolist()),
+                              n_experiences=benchmark.n_experiences, task_labels=False,
+                              fixed_class_order=benchmark.classes_order_original_ids,
+                              class_ids_from_zero_in_each_exp=False)
+    for name in ("fine_to_coarse", "train_indices", "validation_indices", "fine_label_names", "coarse_label_names"):
         if hasattr(benchmark, name):
             setattr(subset, name, getattr(benchmark, name))
     if subset.original_classes_in_exp != benchmark.original_classes_in_exp:

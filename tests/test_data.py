@@ -314,6 +314,45 @@ def test_split_per_class_larger_than_data(npz_cifar_dir):
         split_cifar100(root=npz_cifar_dir, per_class=4)
 
 
+def test_split_leaves_the_global_rng_alone(npz_cifar_dir):
+    """nc_benchmark re-seeds torch's global RNG; split_cifar100 must not pass that on to the run."""
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    split_cifar100(4, root=npz_cifar_dir, seed=7, per_class=2)
+    with_test_subset(split_cifar100(4, root=npz_cifar_dir, seed=8), 1, seed=3)
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_validation_is_carved_from_training_images(npz_cifar_dir, fake_cifar):
+    bench = split_cifar100(4, root=npz_cifar_dir, seed=5, per_class=1, validation_per_class=2)
+    train_idx, val_idx = bench.train_indices, bench.validation_indices
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    x, fine, _ = fake_cifar["train"]
+    assert sorted(fine[val_idx.numpy()].tolist()) == sorted(list(range(100)) * 2)
+    assert sorted(fine[train_idx.numpy()].tolist()) == list(range(100))
+    # the test stream holds exactly the validation images, as floats in [0, 1]
+    _, ys, _ = zip(*_stream_arrays(bench.test_stream))
+    xs = torch.cat([a for a, _, _ in _stream_arrays(bench.test_stream)])
+    expected = torch.from_numpy(x[val_idx.numpy()]).permute(0, 3, 1, 2).float() / 255
+    assert sorted(map(tuple, xs.flatten(1).tolist())) == sorted(map(tuple, expected.flatten(1).tolist()))
+    # the class order does not depend on the validation split
+    assert list(bench.classes_order) == list(split_cifar100(4, root=npz_cifar_dir, seed=5).classes_order)
+    again = split_cifar100(4, root=npz_cifar_dir, seed=5, per_class=1, validation_per_class=2)
+    assert torch.equal(again.validation_indices, val_idx) and torch.equal(again.train_indices, train_idx)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"validation_per_class": 0}, "validation_per_class"),
+    ({"validation_per_class": 500}, "validation_per_class"),
+    ({"validation_per_class": 50, "per_class": 451}, "exceeds"),
+    ({"validation_per_class": 5, "test_per_class": 5}, "test_per_class"),
+])
+def test_split_rejects_bad_validation(tmp_path, kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        split_cifar100(root=tmp_path / "nowhere", **kwargs)
+
+
 def _tensor_benchmark(seed):
     """10 classes, 4 training and 5 test images of 3 x 4 x 4 per class, in 5 experiences."""
     g = torch.Generator().manual_seed(0)

@@ -319,7 +319,7 @@ class BalancedBuffer(ExemplarsBuffer):
         if self.similarity != "learned":
             sim = cosine_to_unit(torch.nn.functional.cosine_similarity(features.float(), own, dim=1))
         else:
-            sim = self.similarity_net(features.float(), own)
+            sim = self.similarity_net(features.float(), own).float()  # float32 under autocast too
         return torch.where(valid[labels], sim, torch.ones_like(sim))
 
     def _groups_of(self, labels: Tensor, features: Tensor) -> Tensor:
@@ -460,18 +460,28 @@ class BalancedBuffer(ExemplarsBuffer):
         This is the path Avalanche's ``ReplayPlugin(storage_policy=buffer)`` uses;
         the data are inserted in minibatches with the buffer's insertion policy.
         """
-        model = agent.model
-        was_training = model.training
-        model.eval()
-        loader = torch.utils.data.DataLoader(exp.dataset.eval(), batch_size=256, shuffle=False)
-        for batch in loader:
-            x, y = batch[0].to(agent.device), batch[1]
-            t = batch[2] if len(batch) > 2 else None
-            logits, feats = forward_with_features(model, x)
-            self.add_data(x, y, logits, feats, task_labels=t)
-        model.train(was_training)
+        self.add_dataset(agent.model, exp.dataset, agent.device)
         self.refresh_prototypes()
         self.regroup()
+
+    @torch.no_grad()
+    def add_dataset(self, model: torch.nn.Module, dataset, device, batch_size: int = 256,
+                    preprocess: Optional[Callable] = None) -> None:
+        """Insert every sample of an Avalanche dataset, with logits and features from one
+        eval-mode pass of ``model`` (restored to its mode afterwards).
+
+        The stored inputs are the dataset's (``dataset.eval()``: no augmentation);
+        ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only.
+        """
+        was_training = model.training
+        model.eval()
+        loader = torch.utils.data.DataLoader(dataset.eval(), batch_size=batch_size, shuffle=False)
+        for batch in loader:
+            x, y = batch[0].to(device), batch[1]
+            t = batch[2] if len(batch) > 2 else None
+            logits, feats = forward_with_features(model, preprocess(x) if preprocess is not None else x)
+            self.add_data(x, y, logits, feats, task_labels=t)
+        model.train(was_training)
 
     @torch.no_grad()
     def refresh_prototypes(self, momentum: float = 0.0) -> None:

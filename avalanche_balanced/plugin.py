@@ -25,8 +25,19 @@ class BalancedReplayPlugin(SupervisedPlugin):
     * ``after_forward``: read the penultimate features of that same forward
       pass (a hook on the model's last linear layer) and refresh the replayed
       samples' stored features;
-    * ``after_training_iteration``: insert the current, non-augmented samples
-      with their logits and features.
+    * ``after_training_iteration`` (``insertion_timing="online"`` only): insert
+      the current, non-augmented samples with their logits and features.
+
+    When the buffer is filled (``insertion_timing``):
+
+    * ``"after_experience"`` (default), as Avalanche's ``ReplayPlugin``: the
+      buffer takes the finished experience's data at the end of the experience
+      (reservoir over everything seen so far, logits and features from one
+      eval-mode pass), so an experience replays past experiences only and the
+      first one replays nothing. With uniform draws this is a drop-in for
+      ``ReplayPlugin(storage_policy=ReservoirSamplingBuffer(mem_size))``.
+    * ``"online"``, as SARL: every training minibatch goes through the reservoir
+      at the end of its iteration, so the current experience is replayed too.
 
     Every ``regroup_every`` iterations and at the end of each experience the
     class prototypes are recomputed from the buffer's features and the samples
@@ -37,6 +48,10 @@ class BalancedReplayPlugin(SupervisedPlugin):
 
     ``use_balanced_sampling=False`` is plain uniform reservoir replay, the
     baseline balanced replay is measured against.
+
+    Replayed samples are joined to the minibatch before the strategy's forward
+    pass, so a criterion that takes one mean over the batch (``Naive``) weighs
+    every current and replayed sample alike, as Avalanche's ``ReplayPlugin`` does.
 
     Args:
         mem_size: buffer capacity.
@@ -52,7 +67,13 @@ class BalancedReplayPlugin(SupervisedPlugin):
             (SARL sets them once per task) passes False.
         storage_policy: a ready :class:`BalancedBuffer`; otherwise one is built
             from ``mem_size``, ``grouping``, ``balance_weight`` and ``buffer_kwargs``.
+        insertion_timing: ``"after_experience"`` or ``"online"`` (see above).
+        preprocess: with ``"after_experience"``, the model-input preprocessing of
+            the end-of-experience pass (e.g. ``cifar_normalize`` when the model
+            does not normalise its inputs itself); the buffer stores raw inputs.
     """
+
+    TIMINGS = ("after_experience", "online")
 
     def __init__(
         self,
@@ -66,9 +87,13 @@ class BalancedReplayPlugin(SupervisedPlugin):
         refresh_prototypes: bool = True,
         storage_policy: Optional[BalancedBuffer] = None,
         seed: int = 0,
+        insertion_timing: str = "after_experience",
+        preprocess: Optional[Callable] = None,
         **buffer_kwargs,
     ):
         super().__init__()
+        if insertion_timing not in self.TIMINGS:
+            raise ValueError(f"insertion_timing must be one of {self.TIMINGS}, got {insertion_timing!r}")
         if storage_policy is None:
             storage_policy = BalancedBuffer(mem_size, grouping=grouping, balance_weight=balance_weight,
                                             seed=seed, **buffer_kwargs)
@@ -85,6 +110,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.transform = transform
         self.regroup_every = regroup_every
         self.refresh_prototypes = refresh_prototypes
+        self.insertion_timing = insertion_timing
+        self.preprocess = preprocess
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None
         self._replay: Optional[ReplayBatch] = None
@@ -142,18 +169,23 @@ class BalancedReplayPlugin(SupervisedPlugin):
         n = self.num_current
         if self._replay is not None:
             self.buffer.update_features(self._replay.indices, feats[n:])
-        # Inserted at the end of the iteration (as SARL does): never replayed in their own step.
-        self._insert = (*self._current, strategy.mb_output.detach()[:n], feats[:n])
+        if self.insertion_timing == "online":
+            # Inserted at the end of the iteration (as SARL does): never replayed in their own step.
+            self._insert = (*self._current, strategy.mb_output.detach()[:n], feats[:n])
 
     def after_training_iteration(self, strategy, **kwargs):
-        x, y, t, logits, feats = self._insert
-        self.buffer.add_data(x, y, logits, feats, task_labels=t)
+        if self._insert is not None:
+            x, y, t, logits, feats = self._insert
+            self.buffer.add_data(x, y, logits, feats, task_labels=t)
         self._current, self._replay, self._insert = None, None, None
         self._iterations += 1
         if self.regroup_every and self._iterations % self.regroup_every == 0:
             self._regroup()
 
     def after_training_exp(self, strategy, **kwargs):
+        if self.insertion_timing == "after_experience":
+            self.buffer.add_dataset(strategy.model, strategy.experience.dataset, strategy.device,
+                                    preprocess=self.preprocess)
         self._regroup()
         self._publish(strategy)
         self.remove_hook()

@@ -1,4 +1,7 @@
 """BalancedReplayPlugin inside real Avalanche strategies on a tiny synthetic benchmark."""
+import math
+from collections import Counter
+
 import pytest
 import torch
 from torch import nn
@@ -33,11 +36,12 @@ class Recorder(SupervisedPlugin):
         self.labels.append(strategy.mb_y.clone())
 
 
+@pytest.mark.parametrize("timing", ["after_experience", "online"])
 @pytest.mark.parametrize("balanced", [True, False])
-def test_naive_with_plugin_replays_old_classes(balanced):
+def test_naive_with_plugin_replays_old_classes(balanced, timing):
     bm = tiny_benchmark()
     plugin = BalancedReplayPlugin(mem_size=40, batch_size_mem=8, use_balanced_sampling=balanced,
-                                  regroup_every=5)
+                                  regroup_every=5, insertion_timing=timing)
     recorder = Recorder()
     model = mlp()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
@@ -51,16 +55,51 @@ def test_naive_with_plugin_replays_old_classes(balanced):
         stored = set(plugin.buffer.labels[: len(plugin.buffer)].tolist())
         seen |= new
         assert stored == seen  # buffer holds exactly the classes seen so far
-        seen_in_batches = set(torch.cat(recorder.labels).tolist())
+        replayed = set(torch.cat([b[16:] for b in recorder.labels]).tolist())
+        if timing == "after_experience":
+            # ReplayPlugin's timing: the first experience replays nothing, later ones past classes only
+            sizes = {len(b) for b in recorder.labels}
+            assert sizes == ({16} if i == 0 else {16 + 8})
+            assert replayed <= seen - new
+        else:
+            # online reservoir: replay from the second iteration on, current classes included
+            assert all(len(b) == 16 + 8 for b in recorder.labels[1:])
+            assert i > 0 or replayed <= new
         if i > 0:
-            assert seen_in_batches & (seen - new), "old classes must be replayed"
-        assert all(len(b) == 16 + 8 for b in recorder.labels[1:])  # 16 current + 8 replayed
+            assert replayed & (seen - new), "old classes must be replayed"
     assert len(plugin.buffer) == 40
+
+
+def test_after_experience_storage_uses_one_eval_pass_with_preprocessing():
+    """The end-of-experience pass stores raw inputs, with logits and features of the
+    preprocessed inputs in eval mode (dropout off), and leaves the model in train mode."""
+    bm = tiny_benchmark()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, C))
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, preprocess=lambda x: 2 * x)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                     train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
+    strategy.train(bm.train_stream[0])
+    assert model.training  # the plugin's eval pass restored the training mode
+    buf = plugin.buffer
+    x = buf.examples[: len(buf)]
+    assert len(buf) == 30 and buf.num_seen == len(bm.train_stream[0].dataset)
+    assert set(buf.labels[: len(buf)].tolist()) <= set(bm.train_stream[0].classes_in_this_experience)
+    model.eval()
+    with torch.no_grad():
+        feats = model[2](model[1](model[0](2 * x)))
+    torch.testing.assert_close(buf.features[: len(buf)], feats)
+    torch.testing.assert_close(buf.logits[: len(buf)], model[3](feats))
+
+
+def test_insertion_timing_is_checked():
+    with pytest.raises(ValueError, match="insertion_timing"):
+        BalancedReplayPlugin(insertion_timing="end")
 
 
 def test_features_and_logits_come_from_the_same_forward_pass():
     bm = tiny_benchmark()
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, insertion_timing="online")
     model = mlp()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
                      train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
@@ -85,26 +124,58 @@ def test_transform_applies_to_the_joint_batch_but_raw_inputs_are_stored():
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
     strategy.train(bm.train_stream[0])
+    assert seen_inputs[-1].shape[0] == 10  # nothing stored yet: the first experience replays nothing
+    strategy.train(bm.train_stream[1])
     assert plugin.buffer.examples[: len(plugin.buffer)].abs().max() < 50  # stored untransformed
     assert seen_inputs[-1].shape[0] == 18  # 10 current + 8 replayed went through the transform
 
 
+class ReplayedGroups(SupervisedPlugin):
+    """Tallies, per experience, the buffer group of every replayed sample at the time it was drawn."""
+
+    def __init__(self, replay):
+        super().__init__()
+        self.replay, self.groups = replay, []
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.groups = []
+
+    def after_forward(self, strategy, **kwargs):
+        if self.replay.replayed is not None:
+            self.groups += self.replay.buffer.group_ids[self.replay.replayed.indices].tolist()
+
+
 def test_plugin_with_lwf_and_monitoring_metrics():
+    """Guards the published num_groups, group_sizes and replay_group_entropy values exactly."""
     bm = tiny_benchmark()
     plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
+    tally = ReplayedGroups(plugin)
     model = mlp()
     evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[], collect_all=True)
     strategy = LwF(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
                    criterion=nn.CrossEntropyLoss(), alpha=1.0, temperature=2.0, train_mb_size=16, train_epochs=1,
-                   plugins=[plugin], evaluator=evaluator)
+                   plugins=[plugin, tally], evaluator=evaluator)
     for exp in bm.train_stream:
         strategy.train(exp)
     strategy.eval(bm.test_stream)
     metrics = evaluator.get_last_metrics()
-    assert metrics["BalancedReplay/num_groups"] >= 1
-    assert metrics["BalancedReplay/group_sizes"].sum().item() == 30
+    # Buffer groups, read straight off the stored group ids after the last experience.
+    buf = plugin.buffer
+    stored = Counter(buf.group_ids[: len(buf)].tolist())
+    assert metrics["BalancedReplay/num_groups"] == len(stored)
+    assert metrics["BalancedReplay/group_sizes"].tolist() == [stored[g] for g in sorted(stored)]
+    assert sum(stored.values()) == 30
     assert metrics["BalancedReplay/importance"].shape == (30,)
-    assert 0.0 <= metrics["BalancedReplay/replay_group_entropy"] <= 1.0
+    # Replay entropy of the last experience, from our own tally of the drawn groups:
+    # H(p) / log(K), K = max(non-empty buffer groups, groups drawn), as the plugin documents.
+    drawn = Counter(tally.groups)
+    assert sum(drawn.values()) == 8 * (len(bm.train_stream[2].dataset) // 16)  # 8 replayed per step
+    assert plugin.replay_group_counts.tolist() == [drawn[g] for g in range(len(plugin.replay_group_counts))]
+    k = max(len(stored), len(drawn))
+    total = sum(drawn.values())
+    expected = -sum(c / total * math.log(c / total) for c in drawn.values()) / math.log(k)
+    assert len(drawn) > 1 and 0.0 < expected < 1.0  # several groups drawn unevenly: strictly inside
+    assert metrics["BalancedReplay/replay_group_entropy"] == pytest.approx(expected, rel=1e-9)
     assert metrics["Top1_Acc_Stream/eval_phase/test_stream/Task000"] > 1.0 / C  # learned something
 
 

@@ -182,7 +182,7 @@ class SARLGelu(SupervisedTemplate):
         self.replay = BalancedReplayPlugin(
             batch_size_mem=batch_size_mem, use_balanced_sampling=use_balanced_sampling,
             transform=transform, regroup_every=regroup_every, refresh_prototypes=False,
-            storage_policy=self.buffer)
+            storage_policy=self.buffer, insertion_timing="online")  # SARL's reservoir fills per step
         self.old_model: Optional[nn.Module] = None
         self.loss_terms: Dict[str, Tensor] = {}
         self._epoch_terms: Dict[str, float] = {}

@@ -19,7 +19,12 @@ BWT = "StreamBWT/eval_phase/test_stream"
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) through Avalanche's RNG manager.
+    """Seed Python, NumPy and torch (CPU and CUDA) through Avalanche's RNG manager, and ask
+    cuDNN for deterministic convolutions.
+
+    Call it *after* building the benchmark when the benchmark comes from Avalanche's
+    ``nc_benchmark(seed=...)`` directly, which re-seeds torch's global RNG
+    (:func:`~avalanche_balanced.data.split_cifar100` leaves it alone).
 
     The library's own samplers hold their own ``torch.Generator`` seeded from
     the ``seed`` arguments of the buffer and strategy.
@@ -28,6 +33,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     RNGManager.set_random_seeds(seed)
     torch.manual_seed(seed)
+    # cuDNN's autotuner picks convolution algorithms by timing, so results could differ run to run.
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def build_evaluator(log_dir: Optional[str] = None, *, extra_metrics=(), interactive: bool = True):

@@ -206,6 +206,7 @@ class SemanticSimilarity(nn.Module):
         """
         if features.shape[0] < 2:
             return features.new_zeros(())
+        features = features.float()  # mixed-precision features meet float32 weights
         with torch.enable_grad():
             loss = self.pair_loss(features, labels)
             self.optimizer.zero_grad(set_to_none=True)

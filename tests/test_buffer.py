@@ -18,9 +18,16 @@ def batch(n, classes=range(C), seed=0, shape=(3, 2, 2)):
     return x, y, torch.randn(n, C, generator=g), torch.randn(n, D, generator=g)
 
 
-def check_invariants(buf):
+def check_invariants(buf, offered=None):
+    """Storage invariants; ``offered`` (samples ever passed to add_data) also pins the fill level."""
     n = buf.size
-    assert n <= buf.max_size and n == min(buf.max_size, n)
+    # Occupied slots read off the stored inputs (test inputs are never all-zero, free slots are):
+    # exactly slots [0, size) hold a sample, so `size` counts what was really written.
+    occupied = buf.examples.flatten(1).ne(0).any(1)
+    assert occupied.tolist() == [True] * n + [False] * (buf.max_size - n), (n, occupied.tolist())
+    if offered is not None:
+        assert buf.num_seen == offered, (buf.num_seen, offered)
+        assert n == min(buf.max_size, offered), (n, buf.max_size, offered)
     counts = buf.group_counts
     assert int(counts.sum()) == n
     expected_groups = buf._groups_of(buf.labels[:n], buf.features[:n])
@@ -120,7 +127,7 @@ def test_stored_values_sit_in_the_written_slots():
         assert torch.equal(buf.features[slots], feats[src])
         assert torch.equal(buf.logits[slots], logits[src])
         assert (buf.stored_step[slots] == step).all()
-    check_invariants(buf)
+        check_invariants(buf, offered=8 * (step + 1))
 
 
 def test_features_match_recomputed_features_of_stored_inputs():
@@ -161,7 +168,7 @@ def test_invariants_hold_after_any_insertions(capacity, sizes, insertion, groupi
             buf.refresh_prototypes()
             buf.regroup()
         if buf.allocated:
-            check_invariants(buf)
+            check_invariants(buf, offered=total)
     assert buf.size == min(capacity, total) and buf.num_seen == total
     if insertion == "class_balanced" and total > capacity:
         # Water-filling: the classes that lost samples sit at one level L (or L + 1),
@@ -277,7 +284,7 @@ def test_works_as_avalanche_replay_storage_policy():
         seen |= set(exp.classes_in_this_experience)
         assert set(buf.labels[: len(buf)].tolist()) <= seen
     assert len(buf) == 30 and len(set(buf.labels.tolist())) >= 4
-    check_invariants(buf)
+    check_invariants(buf, offered=sum(len(exp.dataset) for exp in bm.train_stream))
 
 
 def test_state_dict_round_trip_continues_identically():

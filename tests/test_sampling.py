@@ -38,8 +38,22 @@ def test_single_group_gives_pure_similarity_term():
 
 
 def test_zero_similarity_is_finite():
+    """Guards the eps term: zero similarity gives exactly (1 / eps) * balance factor, never inf."""
+    # 4 singleton groups: balance factor 4 / 1 for everyone, similarity term 1 / 1e-6 (default eps).
     got = balanced_importance(torch.zeros(4), torch.tensor([0, 1, 2, 3]))
-    assert torch.isfinite(got).all() and (got > 0).all()
+    torch.testing.assert_close(got, torch.full((4,), 4.0 / 1e-6))
+    # Mixed: groups of 3, 1, 1 (3 groups), balance_weight 0.5, custom eps; sim 0 next to sim 1.
+    sim = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 1, 2])
+    got = balanced_importance(sim, groups, balance_weight=0.5, eps=1e-3)
+    factor = torch.tensor([3 / 3, 3 / 3, 3 / 3, 3 / 1, 3 / 1]) ** 0.5
+    torch.testing.assert_close(got, factor / (sim + 1e-3))
+    assert got[0] / got[1] == pytest.approx((1 + 1e-3) / 1e-3, rel=1e-5)
+    # The draw accepts these weights (finite), and their probabilities are finite and sum to 1.
+    p = got / got.sum()
+    assert torch.isfinite(p).all() and p.sum().item() == pytest.approx(1.0)
+    gen = torch.Generator().manual_seed(0)
+    assert sorted(sample_indices(got, 5, generator=gen).tolist()) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 1.5])

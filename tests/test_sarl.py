@@ -1,4 +1,6 @@
 """SARL-GELU: every loss term, prototypes, the frozen model, the similarity net, determinism."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -112,17 +114,48 @@ def test_prototypes_are_means_of_normalised_eval_features():
     assert set(torch.nonzero(s.prototypes.valid).flatten().tolist()) == seen
 
 
-def test_previous_model_is_a_frozen_copy():
+def mlp_bn():
+    return nn.Sequential(nn.Linear(D, 32), nn.BatchNorm1d(32), nn.GELU(), nn.Linear(32, C))
+
+
+def record_bn_refresh(strategy, monkeypatch):
+    """Wrap the end-of-experience BatchNorm refresh; returns [(state before, state after)] per call."""
+    calls, refresh = [], strategy._refresh_batchnorm_on_buffer
+
+    def snapshot():
+        return {k: v.detach().clone() for k, v in strategy.model.state_dict().items()}
+
+    def recording_refresh():
+        before = snapshot()
+        refresh()
+        calls.append((before, snapshot()))
+
+    monkeypatch.setattr(strategy, "_refresh_batchnorm_on_buffer", recording_refresh)
+    return calls
+
+
+def test_previous_model_is_a_frozen_copy(monkeypatch):
+    """Guards the order in _after_training_exp: frozen copy first, then the BatchNorm refresh."""
     bm = tiny_benchmark()
-    s = make_strategy()
-    s.train(bm.train_stream[0])
-    old = {k: v.clone() for k, v in s.old_model.state_dict().items()}
-    torch.testing.assert_close(old, {k: v for k, v in s.model.state_dict().items()})
-    s.train(bm.train_stream[1])
-    assert all(not p.requires_grad for p in s.old_model.parameters())
-    # the old model is the one saved at the end of experience 1 now; it must equal the model then
-    torch.testing.assert_close(dict(s.old_model.state_dict()), dict(s.model.state_dict()))
-    assert not s.old_model.training
+    s = make_strategy(model=mlp_bn())
+    refreshes = record_bn_refresh(s, monkeypatch)
+    for i in range(2):
+        s.train(bm.train_stream[i])
+        assert len(refreshes) == i + 1
+        trained, refreshed = refreshes[-1]
+        old = dict(s.old_model.state_dict())
+        # The old model is the model as training left it, BatchNorm statistics included ...
+        for stat in ("1.running_mean", "1.running_var"):
+            torch.testing.assert_close(old[stat], trained[stat], rtol=0, atol=0, msg=f"old model {stat}")
+        torch.testing.assert_close(old, trained, rtol=0, atol=0)
+        # ... not the model after the refresh pass over the buffer (which did move the statistics).
+        torch.testing.assert_close(dict(s.model.state_dict()), refreshed, rtol=0, atol=0)
+        assert not torch.equal(refreshed["1.running_mean"], trained["1.running_mean"])
+        assert not torch.equal(old["1.running_mean"], refreshed["1.running_mean"])
+        assert not torch.equal(old["1.running_var"], refreshed["1.running_var"])
+        assert all(not p.requires_grad for p in s.old_model.parameters())
+        assert not s.old_model.training
+        assert all(a is not b for a, b in zip(s.old_model.parameters(), s.model.parameters()))
 
 
 def test_similarity_network_learns_during_training():
@@ -158,8 +191,9 @@ def test_bad_arguments():
         make_strategy(alpha=-1.0)
 
 
-def test_resnet_with_batched_transforms_and_lr_schedule():
-    """The GELU ResNet path: return_features, BatchNorm refresh on the buffer, MultiStepLR."""
+def test_resnet_with_batched_transforms_and_buffer_batchnorm_refresh(monkeypatch):
+    """The GELU ResNet path: return_features, batched transforms, and the end-of-experience
+    BatchNorm refresh, which must equal a train-mode pass over the buffer without updates."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     y = torch.arange(4).repeat_interleave(12)
@@ -168,15 +202,52 @@ def test_resnet_with_batched_transforms_and_lr_schedule():
     bm = nc_benchmark(ds, ds, n_experiences=2, task_labels=False, seed=0)
     model = gelu_resnet18(num_classes=4, nf=4)
     calls = []
-    s = make_strategy(model=model, mem_size=16, batch_size_mem=4, epochs=2, lr_steps=[1],
+    s = make_strategy(model=model, mem_size=16, batch_size_mem=4, epochs=2,
                       transform=lambda t: calls.append(t.shape[0]) or t * 2 - 1,
                       eval_transform=lambda t: t * 2 - 1)
-    s.train(bm.train_stream[0])
-    bn_before = s.model.bn1.running_mean.clone()
-    s.train(bm.train_stream[1])
-    assert not torch.equal(bn_before, s.model.bn1.running_mean)
-    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # reset for the next experience
+    refreshes = record_bn_refresh(s, monkeypatch)
+    for i in range(2):
+        s.train(bm.train_stream[i])
+        before, after = refreshes[i]
+        # Independent reference: the pre-refresh model, one train-mode pass over the stored
+        # inputs (transformed, in train_mb_size chunks), no parameter update.
+        ref = copy.deepcopy(s.model)
+        ref.load_state_dict(before)
+        ref.train()
+        stored = s.buffer.examples[: len(s.buffer)]
+        assert len(stored) == 16
+        with torch.no_grad():
+            for start in range(0, len(stored), s.train_mb_size):
+                ref(stored[start: start + s.train_mb_size] * 2 - 1)
+        torch.testing.assert_close(after, dict(ref.state_dict()))
+        assert not torch.equal(after["bn1.running_mean"], before["bn1.running_mean"])
+        assert int(after["bn1.num_batches_tracked"]) == int(before["bn1.num_batches_tracked"]) + 1
+        for name, p in s.model.named_parameters():  # statistics only: no weight moved
+            torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
     assert 16 + 4 in calls  # current and replayed inputs transformed together
+
+
+class LrRecorder(SupervisedPlugin):
+    """The optimiser's learning rate at the start of every training epoch, per experience."""
+
+    def __init__(self):
+        super().__init__()
+        self.lrs = []
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.lrs.append([])
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.lrs[-1].append(strategy.optimizer.param_groups[0]["lr"])
+
+
+def test_lr_steps_decay_within_and_reset_between_experiences():
+    """Guards lr_steps: MultiStepLR steps per epoch and restarts at 0.05 in every experience."""
+    rec = LrRecorder()
+    s = make_strategy(epochs=2, lr_steps=[1], plugins=[rec])
+    run(s, tiny_benchmark(), n=2)
+    assert rec.lrs == [pytest.approx([0.05, 0.005])] * 2
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
 
 
 def _fake_torchvision_cifar(images, labels):

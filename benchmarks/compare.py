@@ -1,15 +1,29 @@
 """Balanced vs uniform replay, beside Avalanche's own replay strategies, on Split CIFAR-100.
 
+    python benchmarks/compare.py --protocol quick --select_lr     # choose each method's lr (validation)
     python benchmarks/compare.py --protocol quick                 # core table, seeds 0 1 2
-    python benchmarks/compare.py --protocol quick --methods sarl_similarity_only sarl_balance_only \
-        sarl_class_groups sarl_superclass_groups --seeds 0        # ablations, one seed
+    python benchmarks/compare.py --protocol quick --class_order_seed 0 --seeds 0 1 2 \
+        --methods er er_ace sarl_uniform sarl_balanced --out results/quick_fixed_order
     python benchmarks/compare.py --protocol paper --device cuda   # SARL's setting, for a GPU
 
-Every method shares the benchmark (class order from the seed), model (GELU
-ResNet-18), optimiser (SGD, no momentum), epochs, batch (32 current + 32
-replayed), buffer size and batched augmentation. Final accuracy, forgetting
-and BWT are Avalanche's stream metrics; semantic consistency, superclass
-error share and group agreement are ours (see ``avalanche_balanced.metrics``).
+Every method shares the benchmark, model (GELU ResNet-18), optimiser (SGD, no
+momentum), epochs, batch (current + replayed), buffer size and batched
+augmentation. Final accuracy, forgetting and BWT are Avalanche's stream
+metrics; semantic consistency, superclass error share and group agreement are
+ours (see ``avalanche_balanced.metrics``).
+
+Seeds: a run's seed sets its initial weights, data order, augmentation and
+buffer draws; the class-order seed (``--class_order_seed``, else the run's
+seed) sets the class order, the training subset and the evaluation subset,
+and nothing else (the benchmark is built first, the run seeded after).
+
+Learning rates: the methods' losses differ in scale (SARL-GELU and ER-ACE add
+a current-batch and a replay-batch mean, Naive + replay takes one mean over
+the joint batch), so one rate for all favours some. ``--select_lr`` runs every
+method at every rate of ``--lr_grid`` on the first seed, trained on the
+protocol's training subset and scored by final accuracy on ``val_per_class``
+*training* images per class held out from it (never the test set); the
+table's runs then use each method's chosen rate (the ``lr`` column).
 
 Evaluation: after the last experience every method is evaluated on the full
 test set. In the ``quick`` protocol the evaluations after earlier
@@ -44,27 +58,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from methods import CORE, DESCRIPTIONS, METHODS, Setting  # noqa: E402
 
-from avalanche_balanced.data import split_cifar100, with_test_subset  # noqa: E402
+from avalanche_balanced.data import preserved_global_rng, split_cifar100, with_test_subset  # noqa: E402
 from avalanche_balanced.experiment import build_evaluator, final_results, seed_everything  # noqa: E402
 from avalanche_balanced.figures import accuracy_matrix_figure  # noqa: E402
 from avalanche_balanced.metrics import semantic_metrics  # noqa: E402
 
 PROTOCOLS = {
     # CPU: 5 experiences, reduced ResNet-18, 100 images per class, 3 epochs, buffer 500.
-    # Evaluations before the last one use 20 test images per class (eval_per_class).
-    "quick": dict(n_experiences=5, nf=20, per_class=100, epochs=3, lr=0.03, mem_size=500,
-                  warmup_epochs=1, sarl_alpha=0.2, seeds=[0, 1, 2], eval_per_class=20),
-    # SARL's setting (a GPU): full ResNet-18, all images, 50 epochs (no LR steps here).
-    "paper": dict(n_experiences=5, nf=64, per_class=None, epochs=50, lr=0.03, mem_size=500,
-                  warmup_epochs=5, sarl_alpha=0.2, seeds=[1, 3, 5], eval_per_class=None),
+    # Evaluations before the last one use 20 test images per class (eval_per_class);
+    # learning rates are chosen on 50 held-out training images per class (val_per_class).
+    "quick": dict(n_experiences=5, nf=20, per_class=100, epochs=3, lr=0.03, lr_steps=None, mem_size=500,
+                  batch_size=32, batch_size_mem=32, warmup_epochs=1, sarl_alpha=0.2, seeds=[0, 1, 2],
+                  eval_per_class=20, val_per_class=50),
+    # SARL's setting (a GPU): full ResNet-18, all images, 50 epochs, MultiStepLR at 35 and 45.
+    "paper": dict(n_experiences=5, nf=64, per_class=None, epochs=50, lr=0.03, lr_steps=[35, 45], mem_size=500,
+                  batch_size=32, batch_size_mem=32, warmup_epochs=5, sarl_alpha=0.2, seeds=[1, 3, 5],
+                  eval_per_class=None, val_per_class=50),
     # Synthetic smoke setting for tests: 20 classes of 8x8 noise images, seconds per method.
-    "tiny": dict(n_experiences=5, nf=4, per_class=6, epochs=1, lr=0.05, mem_size=20,
-                 warmup_epochs=0, sarl_alpha=0.2, seeds=[0], eval_per_class=1),
+    # nf 8: channels-last convolutions with fewer channels crash single-threaded backward passes
+    # in the pinned torch 2.14.1 CPU build (heap corruption).
+    "tiny": dict(n_experiences=5, nf=8, per_class=6, epochs=1, lr=0.05, lr_steps=None, mem_size=20,
+                 batch_size=8, batch_size_mem=8, warmup_epochs=0, sarl_alpha=0.2, seeds=[0],
+                 eval_per_class=1, val_per_class=3),
 }
+LR_GRID = (0.01, 0.03, 0.1)
 SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
                 "group_agreement", "seconds")
-# Balanced vs uniform replay, compared seed by seed (same class order, data and initialisation).
-PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"))
+# Compared seed by seed (same class order, data and initialisation): balanced vs uniform
+# replay, and our plugin's uniform mode vs Avalanche's ER (the drop-in parity check).
+PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"))
 PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
                ("semantic_consistency", "sem. consistency", 3))
 SEMANTIC_NAMES = {
@@ -74,20 +96,42 @@ SEMANTIC_NAMES = {
 }
 
 
-def tiny_benchmark(seed):
-    """20 classes in 5 superclasses of 4, 8x8 images with a class-dependent colour."""
+def tiny_benchmark(seed, validation=False):
+    """20 classes in 5 superclasses of 4, 8x8 images with a class-dependent colour.
+
+    ``validation``: the test stream is another draw from the training distribution
+    (the stand-in for held-out training images)."""
     from avalanche.benchmarks import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
     g = torch.Generator().manual_seed(seed)
+    colours = torch.rand(20, 3, 1, 1, generator=g)
 
     def split(n):
         y = torch.arange(20).repeat_interleave(n)
-        colour = torch.rand(20, 3, 1, 1, generator=g)[y]
         return _make_taskaware_tensor_classification_dataset(
-            (0.7 * colour + 0.3 * torch.rand(len(y), 3, 8, 8, generator=g)).clamp(0, 1), y)
-    bm = nc_benchmark(split(6), split(3), n_experiences=5, task_labels=False, seed=seed)
+            (0.7 * colours[y] + 0.3 * torch.rand(len(y), 3, 8, 8, generator=g)).clamp(0, 1), y)
+    train, test = split(6), split(3)
+    if validation:
+        test = split(3)
+    with preserved_global_rng():  # nc_benchmark re-seeds torch's global RNG
+        bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=seed)
     bm.fine_to_coarse = torch.arange(20) // 4
     return bm
+
+
+def build_benchmark(protocol, order_seed, args, validation=False):
+    """The benchmark of one run (class order, training subset and evaluation set from ``order_seed``)
+    and the benchmark its intermediate evaluations use."""
+    p = PROTOCOLS[protocol]
+    if protocol == "tiny":
+        bm = tiny_benchmark(order_seed, validation)
+    else:
+        bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed, per_class=p["per_class"],
+                            validation_per_class=p["val_per_class"] if validation else None,
+                            download=True)  # only when no local copy is found
+    if validation or p["eval_per_class"] is None:
+        return bm, bm
+    return bm, with_test_subset(bm, p["eval_per_class"], order_seed)
 
 
 def accuracy_row(metrics, n_experiences):
@@ -110,25 +154,28 @@ def quiet_avalanche_deprecations():
     warnings.filterwarnings("ignore", message="No loggers specified")
 
 
-def run_one(method, seed, protocol, args, threads=None):
-    """One method, one seed: returns its results (the row of ``results.json``)."""
+def run_one(method, seed, protocol, args, threads=None, lr=None, validation=False):
+    """One method, one seed: returns its results (the row of ``results.json``).
+
+    ``seed`` is the run's seed (initial weights, data order, augmentation, buffer
+    draws); the class order, training subset and evaluation subset follow
+    ``args.class_order_seed``, or ``seed`` when that is None. ``validation``
+    evaluates on held-out training images, once, after the last experience
+    (learning-rate selection); otherwise on the test set after every experience.
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     quiet_avalanche_deprecations()
     p = PROTOCOLS[protocol]
-    seed_everything(seed)
     order_seed = seed if args.class_order_seed is None else args.class_order_seed
-    if protocol == "tiny":
-        bm, num_classes = tiny_benchmark(order_seed), 20
-    else:
-        bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed, per_class=p["per_class"],
-                            download=True)  # only when no local copy is found
-        num_classes = 100
-    eval_bm = bm if p["eval_per_class"] is None else with_test_subset(bm, p["eval_per_class"], order_seed)
-    setting = Setting(num_classes=num_classes, nf=p["nf"], epochs=p["epochs"], lr=p["lr"],
-                      mem_size=args.buffer_size or p["mem_size"], batch_size=32, batch_size_mem=32 if
-                      protocol != "tiny" else 8, warmup_epochs=p["warmup_epochs"], sarl_alpha=p["sarl_alpha"],
-                      fine_to_coarse=bm.fine_to_coarse, seed=seed, device=torch.device(args.device))
+    bm, eval_bm = build_benchmark(protocol, order_seed, args, validation)
+    seed_everything(seed)  # after the benchmark: nothing of the class-order seed reaches the run
+    lr = p["lr"] if lr is None else lr
+    setting = Setting(num_classes=len(bm.fine_to_coarse), nf=p["nf"], epochs=p["epochs"], lr=lr,
+                      mem_size=args.buffer_size or p["mem_size"], batch_size=p["batch_size"],
+                      batch_size_mem=p["batch_size_mem"], warmup_epochs=p["warmup_epochs"],
+                      sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse, seed=seed,
+                      device=torch.device(args.device), lr_steps=p["lr_steps"])
     strategy = None
 
     class Source:  # the semantic metrics read the strategy's buffer, resolved at eval time
@@ -145,21 +192,27 @@ def run_one(method, seed, protocol, args, threads=None):
     strategy = METHODS[method](setting, evaluator)
 
     start, matrix = time.time(), []
+    n_exp = len(bm.train_stream)
     if method == "joint":
         strategy.train(bm.train_stream)
         metrics = strategy.eval(bm.test_stream)
-        matrix.append(accuracy_row(metrics, len(bm.train_stream)))
+        matrix.append(accuracy_row(metrics, n_exp))
     else:
-        last = len(bm.train_stream) - 1
         for exp in bm.train_stream:
             strategy.train(exp)
-            metrics = strategy.eval((bm if exp.current_experience == last else eval_bm).test_stream)
-            matrix.append(accuracy_row(metrics, len(bm.train_stream)))
+            if exp.current_experience == n_exp - 1:
+                metrics = strategy.eval(bm.test_stream)
+            elif not validation:
+                metrics = strategy.eval(eval_bm.test_stream)
+            else:
+                continue
+            matrix.append(accuracy_row(metrics, n_exp))
     result = final_results(metrics)
     for key, name in SEMANTIC_NAMES.items():
         result[key] = float(metrics[name]) if name in metrics else None
-    result.update(seconds=time.time() - start, accuracy_matrix=matrix, threads=torch.get_num_threads())
-    if method == "joint":  # one training run on everything: forgetting and BWT are undefined
+    result.update(seconds=time.time() - start, accuracy_matrix=matrix, threads=torch.get_num_threads(),
+                  lr=lr, class_order_seed=order_seed)
+    if method == "joint" or validation:  # forgetting and BWT: undefined, or not measured
         result.update(forgetting=None, bwt=None)
     return result
 
@@ -171,7 +224,7 @@ def summarise(runs):
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
-        row = {"seeds": [r["seed"] for r in mine]}
+        row = {"seeds": [r["seed"] for r in mine], "lr": sorted({r["lr"] for r in mine})}
         for key in SUMMARY_KEYS:
             values = [r[key] for r in mine if r.get(key) is not None]
             if values:
@@ -194,7 +247,7 @@ def paired_differences(runs):
 
 
 def markdown_paired(paired):
-    lines = ["Balanced minus uniform, paired by seed (mean ± std of the differences; "
+    lines = ["Differences paired by seed (first minus second; mean ± std of the differences; "
              "per-seed values in brackets):", "",
              "| difference | seeds | " + " | ".join(f"Δ {label}" for _, label, _ in PAIRED_KEYS) + " |",
              "|" + "---|" * (2 + len(PAIRED_KEYS))]
@@ -210,10 +263,11 @@ def markdown_paired(paired):
 
 
 def markdown_table(table, protocol):
-    head = ("| method | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
+    head = ("| method | lr | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
             "superclass err. share | group agreement (ARI) | seconds |")
-    lines = [f"Protocol `{protocol}`; mean ± std over the listed seeds.", "", head,
-             "|" + "---|" * 9]
+    lines = [f"Protocol `{protocol}`; mean ± std over the listed seeds; lr: each method's SGD rate "
+             "(chosen on held-out training images where `lr_selection.json` exists).", "", head,
+             "|" + "---|" * 10]
 
     def cell(row, key, digits):
         if key not in row:
@@ -221,7 +275,8 @@ def markdown_table(table, protocol):
         mean, std = row[key]
         return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(row["seeds"]) > 1 else f"{mean:.{digits}f}"
     for method, row in table.items():
-        lines.append(f"| {method} | {','.join(map(str, row['seeds']))} | {cell(row, 'accuracy', 2)} | "
+        lines.append(f"| {method} | {', '.join(map(str, row['lr']))} | {','.join(map(str, row['seeds']))} | "
+                     f"{cell(row, 'accuracy', 2)} | "
                      f"{cell(row, 'forgetting', 2)} | {cell(row, 'bwt', 2)} | "
                      f"{cell(row, 'semantic_consistency', 3)} | {cell(row, 'superclass_error_share', 3)} | "
                      f"{cell(row, 'group_agreement', 3)} | {cell(row, 'seconds', 0)} |")
@@ -268,21 +323,80 @@ def _cpu_count() -> int:
 
 
 def run_all(todo, args, jobs, threads):
-    """Yield ``(method, seed, result)`` as runs finish, ``jobs`` at a time in fresh processes."""
+    """Yield ``(key, result)`` as runs finish, ``jobs`` at a time in fresh processes.
+
+    ``todo``: ``(key, method, seed, options)`` with ``options`` the keyword
+    arguments of :func:`run_one` (``lr``, ``validation``)."""
     if jobs == 1:
-        for method, seed in todo:
-            yield method, seed, run_one(method, seed, args.protocol, args, threads)
+        for key, method, seed, options in todo:
+            yield key, run_one(method, seed, args.protocol, args, threads, **options)
         return
     # spawn, one run per process: no state (RNGs, threads, allocator) leaks from one run into the next.
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     try:
-        pending = {pool.submit(run_one, m, s, args.protocol, args, threads): (m, s) for m, s in todo}
+        pending = {pool.submit(run_one, method, seed, args.protocol, args, threads, **options): key
+                   for key, method, seed, options in todo}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield (*pending.pop(future), future.result())
+                yield pending.pop(future), future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a failed run stops the queue, not the running ones
+
+
+def load_lr_choice(path: Path) -> dict:
+    """``{method: lr}`` chosen by ``--select_lr`` and saved at ``path``, or {} if there is none."""
+    return json.loads(path.read_text())["chosen"] if path.is_file() else {}
+
+
+def choose_lr(selection_runs) -> dict:
+    """Per method, the grid rate with the best final validation accuracy (ties: the smaller rate)."""
+    best = {}
+    for r in sorted(selection_runs, key=lambda r: r["lr"]):
+        if r["method"] not in best or r["accuracy"] > best[r["method"]]["accuracy"]:
+            best[r["method"]] = r
+    return {m: r["lr"] for m, r in best.items()}
+
+
+def markdown_lr_selection(saved) -> str:
+    grid = saved["grid"]
+    lines = [f"Learning rates chosen on held-out training images (final validation accuracy %, "
+             f"seed {saved['seed']}, {saved['val_per_class']} images per class):", "",
+             "| method | " + " | ".join(f"lr {lr}" for lr in grid) + " | chosen |",
+             "|" + "---|" * (len(grid) + 2)]
+    for method, lr in saved["chosen"].items():
+        acc = {r["lr"]: r["accuracy"] for r in saved["runs"] if r["method"] == method}
+        lines.append(f"| {method} | " + " | ".join(f"{acc[g]:.2f}" if g in acc else "-" for g in grid)
+                     + f" | {lr} |")
+    return "\n".join(lines) + "\n"
+
+
+def select_lr(args, methods, jobs, threads, path: Path):
+    """Run every method at every rate of ``args.lr_grid`` on one seed, scored on held-out
+    training images; save the runs and the choice at ``path`` (re-runs skip finished pairs)."""
+    p = PROTOCOLS[args.protocol]
+    seed = args.seeds[0] if args.seeds else p["seeds"][0]
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    runs = [r for r in saved.get("runs", []) if r["seed"] == seed]
+    done = {(r["method"], r["lr"]) for r in runs}
+    todo = [((m, lr), m, seed, dict(lr=lr, validation=True))
+            for m in methods for lr in args.lr_grid if (m, lr) not in done]
+
+    def save():
+        chosen = choose_lr(runs)
+        out = dict(protocol=args.protocol, seed=seed, grid=sorted({*args.lr_grid, *saved.get("grid", [])}),
+                   val_per_class=p["val_per_class"], class_order_seed=args.class_order_seed,
+                   runs=runs, chosen={m: chosen[m] for m in METHODS if m in chosen})
+        path.write_text(json.dumps(out, indent=1))
+        return out
+    for (method, lr), result in run_all(todo, args, jobs, threads):
+        runs.append(dict(method=method, seed=seed, jobs=jobs, **result))
+        save()
+        print(f"select lr: {method} lr {lr}: validation acc {result['accuracy']:.2f}% "
+              f"({result['seconds']:.0f} s)", flush=True)
+    out = save()
+    print(markdown_lr_selection(out))
+    return out
 
 
 def main(argv=None):
@@ -292,7 +406,14 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--buffer_size", type=int, default=None)
     parser.add_argument("--class_order_seed", type=int, default=None,
-                        help="seed of the class order (default: the run's seed)")
+                        help="seed of the class order, training and evaluation subsets (default: the run's seed)")
+    parser.add_argument("--select_lr", action="store_true",
+                        help="choose each method's learning rate over --lr_grid on held-out training "
+                             "images (first seed only) and save it to --lr_selection; no test-set runs")
+    parser.add_argument("--lr_grid", nargs="+", type=float, default=list(LR_GRID))
+    parser.add_argument("--lr_selection", default=None,
+                        help="chosen learning rates (default results/<protocol>/lr_selection.json); "
+                             "methods without a choice there use the protocol's lr")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=None,
@@ -304,9 +425,17 @@ def main(argv=None):
     if jobs < 1:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     threads = max(1, _cpu_count() // jobs)
-    seeds = args.seeds if args.seeds is not None else PROTOCOLS[args.protocol]["seeds"]
     out = Path(args.out or f"results/{args.protocol}")
     out.mkdir(parents=True, exist_ok=True)
+    lr_path = Path(args.lr_selection) if args.lr_selection else Path(f"results/{args.protocol}/lr_selection.json")
+    start = time.time()
+    if args.select_lr:
+        lr_path.parent.mkdir(parents=True, exist_ok=True)
+        select_lr(args, args.methods, jobs, threads, lr_path)
+        print(f"learning-rate selection in {time.time() - start:.0f} s wall-clock, {jobs} at a time")
+        return None
+    chosen = load_lr_choice(lr_path)
+    seeds = args.seeds if args.seeds is not None else PROTOCOLS[args.protocol]["seeds"]
     saved = out / "results.json"
     runs = json.loads(saved.read_text())["runs"] if saved.is_file() else []
     todo = []
@@ -315,12 +444,12 @@ def main(argv=None):
             if any((r["method"], r["seed"]) == (method, seed) for r in runs) and not args.overwrite:
                 print(f"{method} seed {seed}: already in {saved}, skipped")
             else:
-                todo.append((method, seed))
+                todo.append(((method, seed), method, seed, dict(lr=chosen.get(method))))
     order = {m: i for i, m in enumerate(METHODS)}
-    start = time.time()
-    for method, seed, result in run_all(todo, args, jobs, threads):
+    for (method, seed), result in run_all(todo, args, jobs, threads):
         runs = [r for r in runs if (r["method"], r["seed"]) != (method, seed)]
-        runs.append(dict(method=method, seed=seed, jobs=jobs, **result))
+        runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source="validation" if method in chosen
+                         else "protocol default", **result))
         runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
         write_outputs(out, runs, args.protocol)  # after every run: an interruption loses only running runs
         forgetting = result["forgetting"]

@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -75,3 +76,171 @@ def test_parallel_runs_match_in_process_runs(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert runs[0]["accuracy_matrix"] != runs[1]["accuracy_matrix"]  # seeds matter
+
+
+def _args(**overrides):
+    return argparse.Namespace(**{**dict(protocol="tiny", class_order_seed=None, buffer_size=None, data_root=None,
+                                        device="cpu"), **overrides})
+
+
+def _instrument(compare, monkeypatch):
+    """Wrap every method's builder: record the network's initial weights, count the samples of
+    gradient-carrying training forward passes and the samples augmented for them."""
+    import methods
+    from avalanche_balanced.data import cifar_augment
+    from avalanche_balanced.models import GeluResNet
+    stats = {}
+    current = []
+
+    def counting_augment(x, generator=None):
+        if torch.is_grad_enabled():
+            stats[current[-1]]["augmented"] += x.shape[0]
+        return cifar_augment(x, generator)
+
+    def count_forward(module, inputs):
+        if module.training and torch.is_grad_enabled():
+            stats[current[-1]]["forwarded"] += inputs[0].shape[0]
+            stats[current[-1]]["calls"] += 1
+
+    monkeypatch.setattr(methods, "cifar_augment", counting_augment)
+    for name, build in list(compare.METHODS.items()):
+        def wrapped(setting, evaluator, build=build, name=name):
+            current.append(name)
+            strategy = build(setting, evaluator)
+            net = getattr(strategy.model, "model", strategy.model)
+            assert isinstance(net, GeluResNet)
+            net.register_forward_pre_hook(count_forward)
+            stats[name] = dict(forwarded=0, calls=0, augmented=0, initial={k: v.clone() for k, v in net.state_dict().items()},
+                               params=sum(p.numel() for p in net.parameters()), setting=setting)
+            return strategy
+        monkeypatch.setitem(compare.METHODS, name, wrapped)
+    return stats
+
+
+def test_run_seed_and_class_order_seed_control_different_things(monkeypatch):
+    compare = load("compare", monkeypatch)
+    stats = _instrument(compare, monkeypatch)
+    fixed_order = _args(class_order_seed=4)
+    runs = {}
+    for seed in (0, 1, 0):
+        result = compare.run_one("er", seed, "tiny", fixed_order, threads=1)
+        runs.setdefault(seed, []).append((result, stats["er"]["initial"]))
+    (a, wa), (again, wagain) = runs[0]
+    (b, wb), = runs[1]
+    assert a["class_order_seed"] == b["class_order_seed"] == 4
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)  # the run seed sets the initial weights...
+    assert a["accuracy_matrix"] != b["accuracy_matrix"]  # ...and the results
+    assert all(torch.equal(wa[k], wagain[k]) for k in wa)  # same seeds: same weights, same numbers
+    assert a["accuracy_matrix"] == again["accuracy_matrix"] and a["forgetting"] == again["forgetting"]
+    # the class-order seed alone does not touch the run's initial weights
+    compare.run_one("er", 0, "tiny", _args(class_order_seed=5), threads=1)
+    assert all(torch.equal(wa[k], stats["er"]["initial"][k]) for k in wa)
+
+
+def _replay_batches(mem_size, m, steps):
+    """Replay batch sizes of ``steps`` steps cycling through ``mem_size`` samples in batches of ``m``."""
+    sizes, left = [], mem_size
+    for _ in range(steps):
+        sizes.append(min(m, left))
+        left = left - sizes[-1] or mem_size
+    return sizes
+
+
+def test_every_method_gets_the_same_model_augmentation_and_sample_budget(monkeypatch):
+    compare = load("compare", monkeypatch)
+    stats = _instrument(compare, monkeypatch)
+    methods = ["naive", "er", "der", "er_ace", "plugin_uniform", "plugin_balanced", "sarl_uniform",
+               "sarl_balanced", "joint"]
+    for method in methods:
+        compare.run_one(method, 0, "tiny", _args(), threads=1)
+    p = compare.PROTOCOLS["tiny"]
+    per_exp = 24  # 20 classes of 6 images in 5 experiences
+    steps = p["epochs"] * per_exp // p["batch_size"]  # per experience
+    stream = 5 * p["epochs"] * per_exp  # every method passes over the stream `epochs` times...
+    m = p["batch_size_mem"]  # ...with this many replayed samples per step once its buffer holds any
+    # Avalanche's ReplayPlugin cycles through its memory in batches of m, the last of each pass
+    # short (drop_last would drop current samples too): 20 stored samples give 8, 8, 4, 8, ...
+    er_replay = sum(_replay_batches(p["mem_size"], m, steps))
+    expected = {
+        "naive": stream,
+        "er": stream + 4 * er_replay,
+        **{k: stream + m * 4 * steps for k in ("der", "er_ace", "plugin_uniform", "plugin_balanced")},
+        **{k: stream + m * (5 * steps - 1) for k in ("sarl_uniform", "sarl_balanced")},  # online reservoir
+        "joint": stream + m * 5 * steps,  # replay methods' minibatch size, as many steps
+    }
+    assert {k: stats[k]["forwarded"] for k in methods} == expected
+    # joint training takes as many optimiser steps as the others (up to one partial batch per epoch)
+    assert stats["naive"]["calls"] == 5 * steps
+    assert 5 * steps <= stats["joint"]["calls"] <= 5 * steps + 2 * p["epochs"]
+    assert all(stats[k]["augmented"] == stats[k]["forwarded"] for k in methods)  # every sample augmented
+    assert len({stats[k]["params"] for k in methods}) == 1
+    assert len({(s["setting"].mem_size, s["setting"].batch_size_mem, s["setting"].lr)
+                for s in map(stats.get, methods)}) == 1
+
+
+def test_paper_protocol_steps_the_rate_at_35_and_45(monkeypatch):
+    """SARL's MultiStepLR, for every kind of method: would fail if a scheduler never stepped."""
+    from avalanche.core import SupervisedPlugin
+    compare = load("compare", monkeypatch)
+    import methods
+    assert compare.PROTOCOLS["paper"]["lr_steps"] == [35, 45]
+
+    class LrRecorder(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.lrs = []
+
+        def before_training_epoch(self, strategy, **kwargs):
+            self.lrs.append(strategy.optimizer.param_groups[0]["lr"])
+
+    bm = compare.tiny_benchmark(0)
+    for name in ("naive", "er", "sarl_uniform", "joint"):
+        s = methods.Setting(num_classes=20, nf=8, epochs=46, lr=0.1, mem_size=20, batch_size=8, batch_size_mem=8,
+                            warmup_epochs=0, sarl_alpha=0.2, fine_to_coarse=bm.fine_to_coarse, seed=0,
+                            device=torch.device("cpu"), lr_steps=compare.PROTOCOLS["paper"]["lr_steps"])
+        strategy = methods.METHODS[name](s, None)
+        rec = LrRecorder()
+        strategy.plugins.append(rec)
+        scale = 2 if name == "joint" else 1  # joint: twice the epochs, milestones stretched alike
+        strategy.train(bm.train_stream[0] if name != "joint" else bm.train_stream[:1])
+        lrs = rec.lrs
+        assert len(lrs) == 46 * scale
+        assert lrs[35 * scale - 1] == pytest.approx(0.1), name
+        assert lrs[35 * scale] == pytest.approx(0.01), name
+        assert lrs[45 * scale] == pytest.approx(0.001), name
+
+
+def test_learning_rates_are_chosen_on_validation_and_used(tmp_path, monkeypatch):
+    compare = load("compare", monkeypatch)
+    built = []
+    real = compare.build_benchmark
+
+    def spy(protocol, order_seed, args, validation=False):
+        built.append(validation)
+        return real(protocol, order_seed, args, validation)
+    monkeypatch.setattr(compare, "build_benchmark", spy)
+    lr_file = tmp_path / "lr.json"
+    compare.main(["--protocol", "tiny", "--select_lr", "--methods", "naive", "er", "--lr_grid", "0.01", "0.3",
+                  "--lr_selection", str(lr_file), "--jobs", "1"])
+    assert built == [True] * 4  # selection never builds the test set
+    saved = json.loads(lr_file.read_text())
+    assert {(r["method"], r["lr"]) for r in saved["runs"]} == {(m, lr) for m in ("naive", "er") for lr in (0.01, 0.3)}
+    for method, lr in saved["chosen"].items():
+        accs = {r["lr"]: r["accuracy"] for r in saved["runs"] if r["method"] == method}
+        assert accs[lr] == max(accs.values())
+    built.clear()
+    runs = compare.main(["--protocol", "tiny", "--methods", "naive", "er", "--out", str(tmp_path / "t"),
+                         "--lr_selection", str(lr_file), "--jobs", "1"])
+    assert built == [False, False]
+    assert {r["method"]: r["lr"] for r in runs} == saved["chosen"]
+    assert all(r["lr_source"] == "validation" for r in runs)
+    table = (tmp_path / "t" / "table.md").read_text()
+    assert f"| er | {saved['chosen']['er']} |" in table
+
+
+def test_choose_lr_prefers_accuracy_then_the_smaller_rate(monkeypatch):
+    compare = load("compare", monkeypatch)
+    runs = [dict(method="a", lr=0.1, accuracy=5.0), dict(method="a", lr=0.01, accuracy=5.0),
+            dict(method="a", lr=0.03, accuracy=4.0), dict(method="b", lr=0.1, accuracy=7.0),
+            dict(method="b", lr=0.01, accuracy=6.0)]
+    assert compare.choose_lr(runs) == {"a": 0.01, "b": 0.1}

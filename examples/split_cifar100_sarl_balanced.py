@@ -7,7 +7,13 @@ lr 0.03, batch 32, MultiStepLR at 35 and 45), meant for a GPU.
 
     python examples/split_cifar100_sarl_balanced.py
     python examples/split_cifar100_sarl_balanced.py --use_balanced_sampling 0
-    python examples/split_cifar100_sarl_balanced.py --protocol paper --device cuda
+    python examples/split_cifar100_sarl_balanced.py --protocol paper --device cuda --amp
+
+``--seed`` is the run's seed (initial weights, data order, augmentation,
+buffer draws); ``--class_order_seed`` (default: ``--seed``) fixes the class
+order and training subset alone. ``--amp`` runs the model and loss in
+bfloat16 mixed precision (on a GPU), ``--max_iterations N`` stops after N
+training iterations and reports the seconds per iteration (for budgeting).
 
 Data: ``--data_root`` (default: ``AVALANCHE_BALANCED_DATA`` or the shared copy),
 either ``cifar100_{train,test}.npz`` or torchvision's ``cifar-100-python/``;
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from avalanche.core import SupervisedPlugin
 
 from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 from avalanche_balanced.data import cifar_augment, cifar_normalize, split_cifar100
@@ -28,6 +35,7 @@ from avalanche_balanced.experiment import build_evaluator, close_loggers, final_
 from avalanche_balanced.figures import FigureLoggerPlugin
 from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.models import gelu_resnet18
+from avalanche_balanced.precision import MixedPrecisionPlugin
 from avalanche_balanced.strategies import SARLGelu
 
 PROTOCOLS = {
@@ -61,7 +69,13 @@ def parse_args(argv=None):
     p.add_argument("--test_per_class", type=int, default=None,
                    help="test images per class (default: the full test set)")
     p.add_argument("--model", choices=("reduced", "full"), default=None)
+    p.add_argument("--lr_steps", type=int, nargs="*", default=None,
+                   help="MultiStepLR milestones in epochs, re-created every experience (paper: 35 45)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class_order_seed", type=int, default=None, help="default: --seed")
+    p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (forward passes and loss)")
+    p.add_argument("--max_iterations", type=int, default=None,
+                   help="stop after this many training iterations and report seconds per iteration")
     p.add_argument("--data_root", default=None)
     p.add_argument("--no_download", action="store_true",
                    help="fail instead of downloading CIFAR-100 through torchvision when no local copy is found")
@@ -80,19 +94,42 @@ def parse_args(argv=None):
 
 
 # Flags that change how a run is watched, not what it computes: a resumed run may differ in them.
-RUN_CONTROL = ("resume", "stop_after", "no_progress", "device")
+RUN_CONTROL = ("resume", "stop_after", "no_progress", "device", "max_iterations")
+
+
+class IterationTimer(SupervisedPlugin):
+    """Times training iterations after ``warmup`` of them and stops training after ``limit``."""
+
+    def __init__(self, limit, device, warmup=5):
+        super().__init__()
+        self.limit, self.device, self.warmup = limit, torch.device(device), warmup
+        self.count, self.start, self.seconds_per_iteration = 0, None, None
+
+    def _now(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.count += 1
+        if self.count == self.warmup:
+            self.start = self._now()
+        elif self.count >= self.limit:
+            self.seconds_per_iteration = (self._now() - self.start) / (self.count - self.warmup)
+            strategy.stop_training()
 
 
 def main(argv=None):
     args = parse_args(argv)
-    seed_everything(args.seed)
     device = torch.device(args.device)
     run_dir = Path("runs") / args.experiment_id
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    benchmark = split_cifar100(args.n_experiences, root=args.data_root, seed=args.seed,
+    order_seed = args.seed if args.class_order_seed is None else args.class_order_seed
+    benchmark = split_cifar100(args.n_experiences, root=args.data_root, seed=order_seed,
                                per_class=args.per_class, test_per_class=args.test_per_class,
                                download=not args.no_download)
+    seed_everything(args.seed)  # after the benchmark, so the run's seed alone sets weights and data order
     model = gelu_resnet18(100, nf=20 if args.model == "reduced" else 64).to(device)
     model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
@@ -110,6 +147,8 @@ def main(argv=None):
         str(run_dir), interactive=not args.no_progress,
         extra_metrics=semantic_metrics(benchmark.fine_to_coarse, buffer_source=Lazy(), replay_source=Lazy()))
     figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse, buffer_source=Lazy())
+    timer = IterationTimer(args.max_iterations, device) if args.max_iterations else None
+    extra_plugins = [p for p in (MixedPrecisionPlugin() if args.amp else None, timer) if p is not None]
     strategy = SARLGelu(
         model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,
         alpha=args.alpha, beta=args.beta, op_weight=args.op_weight, sm_weight=args.sm_weight,
@@ -118,7 +157,12 @@ def main(argv=None):
         grouping=args.grouping, class_to_group=benchmark.fine_to_coarse if args.grouping == "fixed" else None,
         lr_steps=args.lr_steps, transform=cifar_augment, eval_transform=cifar_normalize, seed=args.seed,
         train_mb_size=args.batch_size, train_epochs=args.epochs, eval_mb_size=256, device=device,
-        plugins=[figures], evaluator=evaluator)
+        plugins=[figures, *extra_plugins], evaluator=evaluator)
+    if timer is not None:
+        strategy.train(benchmark.train_stream[0])
+        print(f"seconds per iteration: {timer.seconds_per_iteration:.5f} "
+              f"(iterations {timer.warmup}-{timer.count}, batch {args.batch_size} + {args.minibatch_size})")
+        return {"seconds_per_iteration": timer.seconds_per_iteration}
 
     print(f"Split CIFAR-100: {args.n_experiences} experiences, {args.model} GELU ResNet-18, "
           f"{'balanced' if args.use_balanced_sampling else 'uniform'} replay, buffer {args.buffer_size}")

@@ -1,0 +1,165 @@
+"""SARL-GELU uniform vs balanced replay with the authors' protocol, inside a time budget (a GPU).
+
+    bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS]      # the entry point; see its header
+
+The paper protocol (full ResNet-18, all 50,000 training images, 50 epochs per
+experience, batch 32 + 32 replayed, MultiStepLR at 35 and 45, 5 warm-up
+epochs, buffer 200) runs for uniform and balanced replay side by side, on one
+seed, with bfloat16 mixed precision, channels-last and on-device augmentation.
+
+First both runs are timed for a few iterations, concurrently (as they will
+run). If 50 epochs per experience do not fit the budget, the largest faithful
+reduction that does is run: fewer epochs per experience, with the LR
+milestones and the warm-up scaled in proportion (35/50, 45/50, 5/50 of the
+epochs). The output says which. Results: ``OUT/summary.json`` and
+``OUT/summary.md``, and each run's log.
+"""
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "split_cifar100_sarl_balanced.py"
+PAPER_EPOCHS, PAPER_STEPS, PAPER_WARMUP = 50, (35, 45), 5
+MODES = {"uniform": 0, "balanced": 1}
+
+
+def launch(mode, run_args, out: Path, tag: str):
+    log = open(out / f"{tag}_{mode}.log", "w")
+    cmd = [sys.executable, str(EXAMPLE), "--use_balanced_sampling", str(MODES[mode]),
+           "--experiment_id", f"gpu_paper_{tag}_{mode}", "--no_progress", *run_args]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def run_both(run_args, out, tag, timeout):
+    """Both modes concurrently; returns {mode: returncode}."""
+    procs = {m: launch(m, run_args, out, tag) for m in MODES}
+    deadline, codes = time.time() + timeout, {}
+    for mode, (proc, log) in procs.items():
+        try:
+            codes[mode] = proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes[mode] = "timeout"
+        log.close()
+    return codes
+
+
+def read_log_value(path: Path, prefix: str) -> float:
+    for line in path.read_text().splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):].split()[0].rstrip("%"))
+    raise RuntimeError(f"{path} has no line starting with {prefix!r}:\n{path.read_text()[-2000:]}")
+
+
+def plan_epochs(seconds_left, seconds_per_iteration, iterations_per_epoch, n_experiences,
+                per_experience_overhead, startup):
+    """Largest number of epochs per experience (<= 50) whose training fits ``seconds_left``."""
+    per_epoch = seconds_per_iteration * iterations_per_epoch
+    usable = seconds_left - startup - n_experiences * per_experience_overhead
+    return max(0, min(PAPER_EPOCHS, math.floor(usable / (n_experiences * per_epoch))))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for everything, timing included")
+    p.add_argument("--seed", type=int, default=1, help="SARL's seeds are 1, 3, 5")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--timing_iterations", type=int, default=40)
+    p.add_argument("--per_class", type=int, default=None, help="fewer training images (CPU smoke test only)")
+    p.add_argument("--test_per_class", type=int, default=None, help="(CPU smoke test only)")
+    p.add_argument("--model", choices=("reduced", "full"), default="full", help="(reduced: CPU smoke test only)")
+    args = p.parse_args(argv)
+    start = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = ["--protocol", "paper", "--device", args.device, "--seed", str(args.seed), "--model", args.model,
+              *(["--amp"] if args.device.startswith("cuda") else [])]
+    if args.per_class:
+        common += ["--per_class", str(args.per_class)]
+    if args.test_per_class:
+        common += ["--test_per_class", str(args.test_per_class)]
+
+    # 1. Time both runs together, as they will run.
+    timing_start = time.time()
+    codes = run_both(common + ["--max_iterations", str(args.timing_iterations)], out, "timing",
+                     timeout=args.budget / 3)
+    if any(c != 0 for c in codes.values()):
+        raise SystemExit(f"timing runs failed: {codes}; see {out}/timing_*.log")
+    timing_seconds = time.time() - timing_start
+    spi = max(read_log_value(out / f"timing_{m}.log", "seconds per iteration:") for m in MODES)
+
+    # 2. The largest faithful reduction that fits what is left.
+    per_class = args.per_class or 500
+    n_experiences, classes_per_exp, batch = 5, 20, 32
+    iterations_per_epoch = math.ceil(classes_per_exp * per_class / batch)
+    # Startup (imports, data, model) is what the timing runs took beyond their iterations;
+    # per experience: evaluation, prototypes and BatchNorm passes, checkpoint, about 4% of an epoch
+    # at full size each -- taken as 10 s on a GPU, with a 15% margin on the training time below.
+    startup = max(10.0, timing_seconds - spi * args.timing_iterations)
+    left = args.budget - (time.time() - start)
+    epochs = plan_epochs(left / 1.15, spi, iterations_per_epoch, n_experiences, 10.0, startup)
+    if epochs < 1:
+        raise SystemExit(f"not even one epoch per experience fits: {spi:.4f} s per iteration, "
+                         f"{left:.0f} s left")
+    milestones = [max(1, round(m * epochs / PAPER_EPOCHS)) for m in PAPER_STEPS]
+    warmup = round(PAPER_WARMUP * epochs / PAPER_EPOCHS)
+    faithful = epochs == PAPER_EPOCHS
+    plan = (f"{epochs} of {PAPER_EPOCHS} epochs per experience"
+            + ("" if faithful else f" (reduced to fit {args.budget:.0f} s: LR milestones {milestones}, "
+                                   f"warm-up {warmup} epochs, scaled from 35/45 and 5 of 50)"))
+    print(f"timing: {spi:.4f} s per iteration with both runs on the device; startup {startup:.0f} s", flush=True)
+    print(f"plan: {plan}", flush=True)
+
+    # 3. Both runs, side by side.
+    run_args = common + ["--epochs", str(epochs), "--warmup_epochs", str(warmup), "--lr_steps",
+                         *map(str, milestones)]
+    run_start = time.time()
+    codes = run_both(run_args, out, "run", timeout=args.budget - (time.time() - start))
+    results = {}
+    for mode in MODES:
+        path = Path("runs") / f"gpu_paper_run_{mode}" / "results.json"
+        results[mode] = json.loads(path.read_text()) if codes[mode] == 0 and path.is_file() else None
+    summary = dict(
+        device=_device_name(args.device), seed=args.seed, plan=plan, faithful=faithful, epochs=epochs,
+        lr_steps=milestones, warmup_epochs=warmup, seconds_per_iteration=spi, budget=args.budget,
+        run_seconds=time.time() - run_start, total_seconds=time.time() - start, return_codes=codes,
+        command=" ".join(["python", str(EXAMPLE.relative_to(EXAMPLE.parents[1])), *run_args]),
+        runs={m: None if r is None else {k: r.get(k) for k in ("accuracy", "forgetting", "bwt", "seconds")}
+              for m, r in results.items()})
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text(_markdown(summary))
+    print(_markdown(summary))
+    if any(r is None for r in results.values()):
+        raise SystemExit(f"a run did not finish: {codes}; see {out}/run_*.log")
+
+
+def _device_name(device):
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def _markdown(s):
+    lines = [f"SARL-GELU, paper protocol on {s['device']}, seed {s['seed']}: {s['plan']}.", "",
+             "| replay | final acc. (%) | forgetting (%) | BWT (%) | seconds |", "|---|---|---|---|---|"]
+    for mode, r in s["runs"].items():
+        if r is None:
+            lines.append(f"| {mode} | did not finish | | | |")
+        else:
+            lines.append(f"| {mode} | {r['accuracy']:.2f} | {r['forgetting']:.2f} | {r['bwt']:.2f} | "
+                         f"{r['seconds']:.0f} |")
+    if all(s["runs"].values()):
+        lines += ["", f"balanced - uniform: {s['runs']['balanced']['accuracy'] - s['runs']['uniform']['accuracy']:+.2f} "
+                      "points of final accuracy (one seed)"]
+    lines += ["", f"command (each mode): `{s['command']} --use_balanced_sampling 0|1`"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

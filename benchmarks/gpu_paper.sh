@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# SARL-GELU uniform vs balanced replay, paper protocol, one seed, on a GPU, inside a time budget.
+#
+#   bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS]     # default budget 540 s (9 minutes)
+#
+# Writes OUT/summary.json, OUT/summary.md and the runs' logs (see benchmarks/gpu_paper.py).
+#
+# Data: CIFAR-100 from $AVALANCHE_BALANCED_DATA, else from the staged parts in .stage/cifar100/.
+# A lent GPU machine sees only the repository and at most 64 MiB carried beside it, not ../shared:
+# on the machine with the data, `python benchmarks/stage_data.py` writes the npz files as parts of
+# at most 28 MiB (five for the training set, one for the test set) with a manifest; carry two parts
+# per call to the device, all of them ignored by git (earlier calls' parts stay on a warm machine),
+# and this script joins them and checks their SHA-256 before the runs.
+# Extra arguments after the budget go to gpu_paper.py (e.g. --device cpu --model reduced
+# --per_class 4 --test_per_class 2 for the CPU smoke test).
+set -euo pipefail
+out=${1:?usage: gpu_paper.sh OUT [BUDGET_SECONDS] [gpu_paper.py options]}
+budget=${2:-540}
+shift $(( $# >= 2 ? 2 : 1 ))
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${AVALANCHE_BALANCED_DATA:-}" ] && [ -d "$here/.stage/cifar100" ]; then
+    python3 "$here/benchmarks/stage_data.py" --join "$here/.stage/cifar100"
+    export AVALANCHE_BALANCED_DATA="$here/.stage/cifar100"
+fi
+cd "$here"
+exec "${PYTHON:-python3}" benchmarks/gpu_paper.py "$out" --budget "$budget" "$@"

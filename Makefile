@@ -22,7 +22,8 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-compare: setup
+compare: setup  # choose each method's learning rate on held-out training images, then the table
+	$(PY) benchmarks/compare.py --protocol quick --select_lr
 	$(PY) benchmarks/compare.py --protocol quick
 
 clean:

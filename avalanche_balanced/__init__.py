@@ -5,22 +5,26 @@ The public API:
 * sampling maths: :func:`balanced_importance`, :func:`sample_indices`, :func:`cosine_to_unit`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
 * storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``);
-* wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``) and
-  :class:`BatchTransformPlugin` (batched augmentation on the device);
+* wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``),
+  :class:`BatchTransformPlugin` (batched augmentation on the device) and
+  :class:`MixedPrecisionPlugin` (bfloat16 autocast for any strategy);
 * the method: :class:`SARLGelu` (alias :data:`SARLEnhancedGeluBalanced`);
 * data and model: :func:`split_cifar100`, :func:`with_test_subset`, :func:`load_cifar100`,
   :func:`cifar_augment`, :func:`cifar_normalize`, :func:`gelu_resnet18`;
-* evaluation: :func:`semantic_metrics` and the metrics of :mod:`avalanche_balanced.metrics`.
+* evaluation: :func:`semantic_metrics` and the metrics of :mod:`avalanche_balanced.metrics`;
+* runs: :func:`seed_everything` (seed a run after building its benchmark).
 """
 from .sampling import balanced_importance, cosine_to_unit, normalized_entropy, sample_indices
 from .semantic import GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .buffer import BalancedBuffer, ReplayBatch
 from .plugin import BalancedReplayPlugin
 from .transforms import BatchTransformPlugin
+from .precision import MixedPrecisionPlugin
 from .strategies import SARLEnhancedGeluBalanced, SARLGelu
 from .data import cifar_augment, cifar_normalize, load_cifar100, split_cifar100, with_test_subset
 from .models import gelu_resnet18
 from .metrics import semantic_metrics
+from .experiment import seed_everything
 
 __version__ = "0.1.0"
 
@@ -37,6 +41,7 @@ __all__ = [
     "ReplayBatch",
     "BalancedReplayPlugin",
     "BatchTransformPlugin",
+    "MixedPrecisionPlugin",
     "SARLGelu",
     "SARLEnhancedGeluBalanced",
     "load_cifar100",
@@ -46,4 +51,5 @@ __all__ = [
     "cifar_normalize",
     "gelu_resnet18",
     "semantic_metrics",
+    "seed_everything",
 ]

@@ -7,7 +7,7 @@ from avalanche.evaluation.metric_results import MetricValue
 
 from .buffer import BalancedBuffer, ReplayBatch
 from .features import FeatureHook
-from .sampling import normalized_entropy
+from .sampling import effective_sample_size, normalized_entropy
 
 __all__ = ["BalancedReplayPlugin"]
 
@@ -43,8 +43,13 @@ class BalancedReplayPlugin(SupervisedPlugin):
     class prototypes are recomputed from the buffer's features and the samples
     regrouped. At the end of each experience the plugin publishes to the
     strategy's evaluator (hence to TensorBoard): the number of groups, the
-    group sizes and the importance scores (histograms), and the normalised
-    entropy of the groups of the samples replayed during the experience.
+    group sizes and the importance scores (histograms), the normalised
+    entropy of the groups of the samples replayed during the experience, the
+    share of replayed samples that belong to the current experience's classes
+    (``current_share``; 0 with ``"after_experience"`` timing), and the Kish
+    effective sample size of the replay distribution at the end of the
+    experience as a fraction of the buffer (``effective_sample_size``; 1 for
+    uniform draws).
 
     ``use_balanced_sampling=False`` is plain uniform reservoir replay, the
     baseline balanced replay is measured against.
@@ -118,6 +123,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._current = None  # (inputs, labels, task labels) of the current minibatch, raw
         self._insert = None  # what after_training_iteration inserts
         self._iterations = 0
+        self._current_classes: Optional[torch.Tensor] = None  # bool mask over classes, this experience
+        self._replay_counts: Optional[torch.Tensor] = None  # [replayed, replayed of current classes]
 
     @property
     def storage_policy(self) -> BalancedBuffer:
@@ -151,6 +158,13 @@ class BalancedReplayPlugin(SupervisedPlugin):
         if self._hook is None:
             self._hook = FeatureHook(strategy.model)
         self.replay_group_counts = None
+        classes = torch.as_tensor(list(strategy.experience.classes_in_this_experience), dtype=torch.long,
+                                  device=strategy.device)
+        width = max(self.buffer.num_classes if self.buffer.allocated else 0, int(classes.max()) + 1
+                    if classes.numel() else 0)
+        self._current_classes = torch.zeros(width, dtype=torch.bool, device=strategy.device)
+        self._current_classes[classes] = True
+        self._replay_counts = torch.zeros(2, dtype=torch.long, device=strategy.device)
 
     def before_forward(self, strategy, **kwargs):
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
@@ -158,6 +172,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._replay = self.draw() if len(self.buffer) > 0 else None
         if self._replay is not None:
             self._count_replayed_groups(self._replay.indices)
+            self._count_current_share(self._replay.labels)
             x = torch.cat([x, self._replay.inputs.to(x.dtype)])
             y = torch.cat([y, self._replay.labels])
             t = torch.cat([t, self._replay.task_labels])
@@ -219,6 +234,26 @@ class BalancedReplayPlugin(SupervisedPlugin):
             self.replay_group_counts = torch.zeros_like(counts)
         self.replay_group_counts += counts
 
+    def _count_current_share(self, labels):
+        # Tensor arithmetic on the device: no host sync per step.
+        known = labels < self._current_classes.shape[0]
+        current = self._current_classes[labels.clamp_max(self._current_classes.shape[0] - 1)] & known
+        self._replay_counts += torch.stack([labels.new_tensor(labels.shape[0]), current.sum()])
+
+    def current_share(self) -> float:
+        """Share of this experience's replayed samples whose class belongs to the experience."""
+        if self._replay_counts is None or int(self._replay_counts[0]) == 0:
+            return 0.0
+        return float(self._replay_counts[1]) / float(self._replay_counts[0])
+
+    def effective_sample_size(self) -> float:
+        """Kish effective sample size of the replay distribution now, as a fraction of the buffer."""
+        if len(self.buffer) == 0:
+            return 0.0
+        if not self.use_balanced_sampling:
+            return 1.0
+        return float(effective_sample_size(self.buffer.importance()))
+
     def replay_group_entropy(self) -> float:
         """Normalised entropy of the groups replayed this experience (1 = balanced)."""
         counts = self.buffer.group_counts
@@ -240,6 +275,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
             "BalancedReplay/group_sizes": sizes.float().cpu(),
             "BalancedReplay/importance": self.buffer.importance().float().cpu(),
             "BalancedReplay/replay_group_entropy": self.replay_group_entropy(),
+            "BalancedReplay/current_share": self.current_share(),
+            "BalancedReplay/effective_sample_size": self.effective_sample_size(),
         }
         for name, value in values.items():
             evaluator.publish_metric_value(MetricValue(self, name, value, step))

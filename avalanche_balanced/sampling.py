@@ -25,6 +25,7 @@ __all__ = [
     "draw_proportional",
     "uniform_indices",
     "normalized_entropy",
+    "effective_sample_size",
 ]
 
 
@@ -299,3 +300,22 @@ def normalized_entropy(counts: Tensor, num_bins: Optional[int] = None) -> Tensor
     ent = -(p * torch.log(p.clamp_min(1e-300))).sum()
     return torch.where(nonzero > 1, ent / torch.log(nonzero.clamp_min(2).to(torch.float64)),
                        torch.zeros((), dtype=torch.float64, device=counts.device))
+
+
+def effective_sample_size(weights: Tensor) -> Tensor:
+    """Kish's effective sample size of a weighted draw, as a fraction of the samples.
+
+    ``(sum w)^2 / (n * sum w^2)``: 1 when every sample is equally likely, ``1/n``
+    when one sample takes all the weight. All-zero weights are drawn uniformly
+    by :func:`sample_indices`, so they give 1; no samples give 0. Weights must
+    be finite and non-negative. Returns a 0-d float64 tensor on the weights'
+    device (no host sync).
+    """
+    w = weights.detach().to(torch.float64).flatten()
+    if w.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=weights.device)
+    # Scale by the largest weight first: squares of importances near 1/eps would overflow float32.
+    w = w / w.max().clamp_min(torch.finfo(torch.float64).tiny)
+    total, squares = w.sum(), w.square().sum()
+    return torch.where(squares > 0, total.square() / (w.numel() * squares.clamp_min(1e-300)),
+                       torch.ones((), dtype=torch.float64, device=weights.device))

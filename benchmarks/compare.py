@@ -89,6 +89,11 @@ SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superc
 PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"))
 PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
                ("semantic_consistency", "sem. consistency", 3))
+# Logged by BalancedReplayPlugin at the end of every experience.
+REPLAY_HISTORY = {
+    "current_share": "BalancedReplay/current_share",
+    "effective_sample_size": "BalancedReplay/effective_sample_size",
+}
 SEMANTIC_NAMES = {
     "semantic_consistency": "SemanticConsistency_Stream/eval_phase/test_stream",
     "superclass_error_share": "SuperclassErrorShare_Stream/eval_phase/test_stream",
@@ -212,6 +217,10 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
         result[key] = float(metrics[name]) if name in metrics else None
     result.update(seconds=time.time() - start, accuracy_matrix=matrix, threads=torch.get_num_threads(),
                   lr=lr, class_order_seed=order_seed)
+    history = evaluator.get_all_metrics()
+    for key, name in REPLAY_HISTORY.items():  # per experience, for our replay buffers only
+        if name in history:
+            result[key] = [float(v) for v in history[name][1]]
     if method == "joint" or validation:  # forgetting and BWT: undefined, or not measured
         result.update(forgetting=None, bwt=None)
     return result

@@ -70,6 +70,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1, help="SARL's seeds are 1, 3, 5")
     p.add_argument("--device", default="cuda")
     p.add_argument("--timing_iterations", type=int, default=40)
+    p.add_argument("--max_epochs", type=int, default=PAPER_EPOCHS,
+                   help="cap on the epochs per experience (a CPU smoke test uses 1 or 2)")
     p.add_argument("--per_class", type=int, default=None, help="fewer training images (CPU smoke test only)")
     p.add_argument("--test_per_class", type=int, default=None, help="(CPU smoke test only)")
     p.add_argument("--model", choices=("reduced", "full"), default="full", help="(reduced: CPU smoke test only)")
@@ -102,7 +104,8 @@ def main(argv=None):
     # at full size each -- taken as 10 s on a GPU, with a 15% margin on the training time below.
     startup = max(10.0, timing_seconds - spi * args.timing_iterations)
     left = args.budget - (time.time() - start)
-    epochs = plan_epochs(left / 1.15, spi, iterations_per_epoch, n_experiences, 10.0, startup)
+    epochs = min(args.max_epochs,
+                 plan_epochs(left / 1.15, spi, iterations_per_epoch, n_experiences, 10.0, startup))
     if epochs < 1:
         raise SystemExit(f"not even one epoch per experience fits: {spi:.4f} s per iteration, "
                          f"{left:.0f} s left")
@@ -110,8 +113,10 @@ def main(argv=None):
     warmup = round(PAPER_WARMUP * epochs / PAPER_EPOCHS)
     faithful = epochs == PAPER_EPOCHS
     plan = (f"{epochs} of {PAPER_EPOCHS} epochs per experience"
-            + ("" if faithful else f" (reduced to fit {args.budget:.0f} s: LR milestones {milestones}, "
-                                   f"warm-up {warmup} epochs, scaled from 35/45 and 5 of 50)"))
+            + ("" if faithful else f" (reduced to fit {args.budget:.0f} s"
+                                   f"{'' if args.max_epochs == PAPER_EPOCHS else ' and --max_epochs'}: "
+                                   f"LR milestones {milestones}, warm-up {warmup} epochs, scaled from "
+                                   f"35/45 and 5 of 50)"))
     print(f"timing: {spi:.4f} s per iteration with both runs on the device; startup {startup:.0f} s", flush=True)
     print(f"plan: {plan}", flush=True)
 

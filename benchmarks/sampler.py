@@ -89,8 +89,9 @@ def plugin_iterations(iterations, rounds):
     for balanced in (True, False):
         torch.manual_seed(0)
         model = gelu_resnet18(100, nf=20).to(memory_format=torch.channels_last)
+        # Online insertion: every iteration also writes to the buffer (SARL's timing, the heavier one).
         plugin = BalancedReplayPlugin(mem_size=500, batch_size_mem=32, use_balanced_sampling=balanced,
-                                      transform=cifar_augment)
+                                      transform=cifar_augment, insertion_timing="online")
         # Pre-fill the buffer so every measured iteration replays 32 samples.
         with torch.no_grad():
             xs = torch.rand(500, 3, 32, 32, generator=g)

@@ -36,6 +36,13 @@ def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
             assert len(run["accuracy_matrix"]) == 5 and all(math.isfinite(v) for v in run["accuracy_matrix"][-1])
         if run["method"].startswith(("plugin", "sarl")):
             assert -1.0 <= run["group_agreement"] <= 1.0
+            # per-experience replay diagnostics: the current experience's share, Kish ESS
+            assert len(run["current_share"]) == len(run["effective_sample_size"]) == 5
+            if run["method"].startswith("plugin"):  # ReplayPlugin's timing: past experiences only
+                assert run["current_share"] == [0.0] * 5
+            else:  # SARL's online reservoir replays the current experience too: only it, at first
+                assert run["current_share"][0] == 1.0 and all(0.0 <= v <= 1.0 for v in run["current_share"])
+                assert any(v > 0.0 for v in run["current_share"][1:])
         else:
             assert run["group_agreement"] is None
     # grouping by the true superclasses agrees perfectly with them

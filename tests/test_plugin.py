@@ -205,3 +205,57 @@ def test_batch_transforms_as_plugin_and_inside_the_model():
     x = torch.zeros(2, D)
     torch.testing.assert_close(wrapped.train()(x), wrapped.model(x + 1))
     torch.testing.assert_close(wrapped.eval()(x), wrapped.model(x - 1))
+
+
+class ReplayedLabels(SupervisedPlugin):
+    """Records the labels of the replayed part of every training minibatch."""
+
+    def __init__(self, n_current):
+        super().__init__()
+        self.n_current, self.per_experience = n_current, []
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.per_experience.append([])
+
+    def after_forward(self, strategy, **kwargs):
+        self.per_experience[-1].append(strategy.mb_y[self.n_current:].clone())
+
+
+@pytest.mark.parametrize("timing", ["after_experience", "online"])
+def test_current_share_and_effective_sample_size_are_published(timing):
+    bm = tiny_benchmark()
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, insertion_timing=timing)
+    labels = ReplayedLabels(n_current=10)
+    model = mlp()
+    evaluator = EvaluationPlugin(loggers=[], collect_all=True)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=10,
+                     train_epochs=1, plugins=[plugin, labels], evaluator=evaluator)
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    shares = evaluator.get_all_metrics()["BalancedReplay/current_share"][1]
+    expected = []
+    for exp, replayed in zip(bm.train_stream, labels.per_experience):
+        y = torch.cat(replayed) if replayed else torch.zeros(0, dtype=torch.long)
+        current = torch.isin(y, torch.tensor(exp.classes_in_this_experience))
+        expected.append(current.float().mean().item() if len(y) else 0.0)
+    assert shares == pytest.approx(expected)
+    if timing == "after_experience":
+        assert shares == [0.0] * len(bm.train_stream)  # past experiences only
+    else:
+        assert all(0.0 < v < 1.0 for v in shares[1:])
+    ess = evaluator.get_all_metrics()["BalancedReplay/effective_sample_size"][1]
+    from avalanche_balanced.sampling import effective_sample_size
+    assert ess[-1] == pytest.approx(float(effective_sample_size(plugin.buffer.importance())))
+    assert all(0.0 < v <= 1.0 for v in ess)
+
+
+def test_uniform_replay_has_full_effective_sample_size():
+    bm = tiny_benchmark()
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, use_balanced_sampling=False)
+    evaluator = EvaluationPlugin(loggers=[], collect_all=True)
+    model = mlp()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=10,
+                     train_epochs=1, plugins=[plugin], evaluator=evaluator)
+    for exp in bm.train_stream[:2]:
+        strategy.train(exp)
+    assert evaluator.get_all_metrics()["BalancedReplay/effective_sample_size"][1] == [1.0, 1.0]

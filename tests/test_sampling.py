@@ -196,3 +196,15 @@ def test_uniform_indices_are_distinct_and_uniform():
         counts[idx] += 1
     torch.testing.assert_close(counts / 3000, torch.full((100,), 0.05), atol=0.02, rtol=0)
     assert sorted(uniform_indices(7, 10, generator=gen).tolist()) == list(range(7))
+
+
+def test_effective_sample_size_values_and_fallbacks():
+    from avalanche_balanced.sampling import effective_sample_size
+    assert float(effective_sample_size(torch.ones(10))) == pytest.approx(1.0)
+    one_dominates = torch.tensor([1.0] + [0.0] * 9)
+    assert float(effective_sample_size(one_dominates)) == pytest.approx(0.1)
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert float(effective_sample_size(w)) == pytest.approx(w.sum().item() ** 2 / (4 * (w ** 2).sum().item()))
+    assert float(effective_sample_size(w * 1e30)) == pytest.approx(float(effective_sample_size(w)))  # no overflow
+    assert float(effective_sample_size(torch.zeros(5))) == 1.0  # all-zero weights are drawn uniformly
+    assert float(effective_sample_size(torch.zeros(0))) == 0.0

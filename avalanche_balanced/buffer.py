@@ -1,11 +1,11 @@
 """``BalancedBuffer``: a replay buffer that keeps semantic groups of its samples.
 
 Storage is a set of preallocated tensors of fixed capacity on the training
-device (inputs, labels, task labels, logits, features, group ids, insertion
-step). Everything that touches all stored samples (regrouping, importance,
+device (inputs, labels, task labels, logits, features, group ids, the loss at
+the latest replay). Everything that touches all stored samples (regrouping, importance,
 sampling) is one vectorised pass over those tensors.
 """
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -14,7 +14,10 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 
 from .features import forward_with_features
 from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
-from .sampling import balanced_importance, cosine_to_unit, draw_proportional, uniform_indices
+from .sampling import (
+    auto_balance_weight, balance_factor, balanced_importance, cosine_to_unit, difficulty_factor,
+    draw_proportional, hierarchical_importance, replay_distribution, uniform_indices,
+)
 from .semantic import (
     GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity,
     class_groups_from_similarity,
@@ -24,7 +27,7 @@ __all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS", "SIMILARITIES"]
 
 INSERTIONS = ("reservoir", "class_balanced")
 SIMILARITIES = ("cosine", "learned", "none")
-_STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "stored_step")
+_STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "losses")
 
 
 class ReplayBatch(NamedTuple):
@@ -54,18 +57,32 @@ class BalancedBuffer(ExemplarsBuffer):
     * ``"fixed"``: a user mapping ``class_to_group`` (e.g. CIFAR-100 superclasses).
 
     Similarity of a sample to its class prototype (``similarity``):
-    ``"cosine"`` maps the cosine similarity to [0, 1] with ``(cos + 1) / 2``;
-    ``"learned"`` uses ``similarity_net`` (a :class:`SemanticSimilarity`);
-    ``"none"`` sets every similarity to 1, leaving only the balance factor (an
-    ablation). Classes without a prototype yet get similarity 1 (a neutral term).
+    ``"cosine"`` maps the cosine similarity to [0, 1] with ``(cos + 1) / 2``,
+    measured from the prototypes' common mean when ``centered`` (the same rule
+    compares class prototypes for grouping); ``"learned"`` uses
+    ``similarity_net`` (a :class:`SemanticSimilarity`); ``"none"`` sets every
+    similarity to 1, leaving only the balance factor (an ablation). Classes
+    without a prototype yet get similarity 1 (a neutral term). Groups of fewer
+    than ``min_group_classes`` classes join their nearest group.
+
+    Replay distribution (:meth:`replay_probabilities`): the importance of
+    :func:`balanced_importance` over the samples of *past* experiences (with
+    ``eps`` bounding the similarity term at ``1 / eps``), capped at
+    ``max_ratio`` times the uniform probability; the current experience's
+    samples (:meth:`set_current_classes`) keep their uniform share when
+    ``protect_current``. Options: ``balance_weight="auto"`` picks the largest
+    exponent that keeps the effective sample size at ``target_ess``;
+    ``hierarchical`` balances groups, then classes within a group;
+    ``difficulty_weight`` multiplies by ``(loss / mean loss) ** weight`` of the
+    loss each sample had at its latest replay (:meth:`record_losses`).
 
     Insertion (``insertion``): ``"reservoir"`` per minibatch, as SARL does, or
     ``"class_balanced"``. Tensors are allocated at the first insertion, when the
     input shape, the number of classes (the logits' width) and the feature
     width are known.
 
-    Sampling: :meth:`get_balanced_data` draws with the importance of
-    :func:`balanced_importance`; :meth:`get_data` draws uniformly. Asking for
+    Sampling: :meth:`get_balanced_data` draws from :meth:`replay_probabilities`;
+    :meth:`get_data` draws uniformly. Asking for
     more samples than are stored draws every stored sample once (in random
     order); sampling an empty buffer raises ``ValueError``.
 
@@ -86,10 +103,16 @@ class BalancedBuffer(ExemplarsBuffer):
         threshold: Optional[AdaptiveThreshold] = None,
         prototypes: Optional[ClassPrototypes] = None,
         class_to_group: Optional[Tensor] = None,
-        balance_weight: float = 1.0,
-        eps: float = 1e-6,
+        balance_weight: Union[float, str] = 1.0,
+        eps: float = 0.1,
         uniform_mix: float = 0.0,
-        max_ratio: Optional[float] = None,
+        max_ratio: Optional[float] = 4.0,
+        protect_current: bool = True,
+        centered: bool = True,
+        min_group_classes: int = 2,
+        hierarchical: bool = False,
+        difficulty_weight: float = 0.0,
+        target_ess: float = 0.7,
         feature_dtype: torch.dtype = torch.float32,
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
@@ -106,12 +129,26 @@ class BalancedBuffer(ExemplarsBuffer):
             raise ValueError("similarity='learned' needs a similarity_net (SemanticSimilarity)")
         if grouping == "fixed" and class_to_group is None:
             raise ValueError("grouping='fixed' needs class_to_group, a class -> group tensor")
-        if balance_weight < 0:
-            raise ValueError(f"balance_weight must be >= 0, got {balance_weight}")
+        if balance_weight != "auto" and (isinstance(balance_weight, str) or balance_weight < 0):
+            raise ValueError(f"balance_weight must be >= 0 or 'auto', got {balance_weight!r}")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        if max_ratio is not None and max_ratio < 1:
+            raise ValueError(f"max_ratio must be >= 1 (a cap below the mean is infeasible), got {max_ratio}")
+        if min_group_classes < 1:
+            raise ValueError(f"min_group_classes must be >= 1, got {min_group_classes}")
+        if difficulty_weight < 0:
+            raise ValueError(f"difficulty_weight must be >= 0, got {difficulty_weight}")
+        if not 0 < target_ess <= 1:
+            raise ValueError(f"target_ess must lie in (0, 1], got {target_ess}")
         super().__init__(max_size)
         self.grouping, self.insertion, self.similarity = grouping, insertion, similarity
-        self.balance_weight, self.eps = float(balance_weight), float(eps)
-        self.uniform_mix, self.max_ratio = float(uniform_mix), max_ratio
+        self.balance_weight = balance_weight if balance_weight == "auto" else float(balance_weight)
+        self.eps, self.uniform_mix, self.max_ratio = float(eps), float(uniform_mix), max_ratio
+        self.protect_current, self.centered = protect_current, centered
+        self.min_group_classes, self.hierarchical = int(min_group_classes), hierarchical
+        self.difficulty_weight, self.target_ess = float(difficulty_weight), float(target_ess)
+        self._current_classes: Optional[Tensor] = None  # class ids of the experience being trained
         self.feature_dtype = feature_dtype
         self.device = torch.device(device)
         self.similarity_net = similarity_net
@@ -163,7 +200,7 @@ class BalancedBuffer(ExemplarsBuffer):
         device = torch.device(device)
         if device == self.device:
             return self
-        for name in _STORAGE + ("class_group", "fixed_groups"):
+        for name in _STORAGE + ("class_group", "fixed_groups", "_current_classes"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
@@ -186,7 +223,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.logits = torch.zeros((cap, num_classes), dtype=torch.float32, device=dev)
         self.features = torch.zeros((cap, num_feats), dtype=self.feature_dtype, device=dev)
         self.group_ids = torch.zeros(cap, dtype=torch.long, device=dev)
-        self.stored_step = torch.zeros(cap, dtype=torch.long, device=dev)
+        self.losses = torch.full((cap,), -1.0, device=dev)  # -1: not replayed since insertion
         self.class_group = torch.arange(num_classes, device=dev)
         if self.prototypes is None:
             self.prototypes = ClassPrototypes(num_classes, num_feats).to(dev)
@@ -256,7 +293,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.logits[slots] = logits[source].float()
         self.features[slots] = features[source].to(self.feature_dtype)
         self.group_ids[slots] = self._groups_of(labels[source], features[source])
-        self.stored_step[slots] = self.step
+        self.losses[slots] = -1.0
         self.num_seen += examples.shape[0]
         self.size = min(self.max_size, self.size + examples.shape[0])  # both policies fill free slots first
         self._refresh_cached_similarity(slots, cache_was_fresh)
@@ -277,12 +314,58 @@ class BalancedBuffer(ExemplarsBuffer):
         self.features[indices] = features.to(self.feature_dtype)
         self._refresh_cached_similarity(indices, cache_was_fresh)
 
+    @torch.no_grad()
+    def refresh_features(self, model: torch.nn.Module, preprocess: Optional[Callable] = None,
+                         batch_size: int = 256) -> None:
+        """Recompute every stored sample's features in one no-grad, eval-mode pass of ``model``.
+
+        The same mode and ``preprocess`` as the prototypes' pass, so that
+        similarities compare like with like; the model's mode is restored and
+        BatchNorm statistics are untouched. Stored logits (replay targets) stay.
+        """
+        if self.size == 0:
+            return
+        was_training = model.training
+        model.eval()
+        chunks = []
+        for start in range(0, self.size, batch_size):  # a loop over chunks, not samples
+            x = self.examples[start: min(start + batch_size, self.size)]
+            chunks.append(forward_with_features(model, preprocess(x) if preprocess is not None else x)[1])
+        model.train(was_training)
+        features = torch.cat(chunks).flatten(1)
+        if features.shape[1] != self.num_feats:
+            raise ValueError(f"the model gives {features.shape[1]}-dim features, the buffer stores {self.num_feats}")
+        self.features[: self.size] = features.to(self.feature_dtype)
+
+    @torch.no_grad()
+    def record_losses(self, indices: Tensor, losses: Tensor) -> None:
+        """Keep each replayed sample's loss from the forward pass that replayed it (difficulty)."""
+        self.losses[indices.to(self.device)] = losses.detach().float().to(self.device)
+
+    def set_current_classes(self, classes: Optional[Iterable[int]]) -> None:
+        """Classes of the experience being trained (None: none). Their stored samples keep a
+        uniform share of replay under ``protect_current``."""
+        self._current_classes = (None if classes is None else
+                                 torch.as_tensor(list(classes), dtype=torch.long, device=self.device))
+
+    def current_mask(self) -> Tensor:
+        """Boolean mask of the stored samples whose class belongs to the current experience."""
+        labels = self.labels[: self.size]
+        if self._current_classes is None or self._current_classes.numel() == 0:
+            return torch.zeros_like(labels, dtype=torch.bool)
+        is_current = torch.zeros(self.num_classes + 1, dtype=torch.bool, device=self.device)
+        is_current[self._current_classes.clamp(0, self.num_classes)] = True
+        is_current[self.num_classes] = False  # ids beyond the classifier match no stored label
+        return is_current[labels]
+
     def _cache_key(self) -> tuple:
         # In-place writes bump a tensor's _version: an outside edit of the features,
-        # labels or prototypes invalidates the cache instead of leaving it stale.
+        # labels or prototypes invalidates the cache instead of leaving it stale. A learned
+        # similarity changes with every update of its network (its version).
         protos = self.prototypes
+        net_version = self.similarity_net.version if self.similarity == "learned" else 0
         return (protos.version, protos.prototypes._version, protos.valid._version,
-                self.features._version, self.labels._version, self.size)
+                self.features._version, self.labels._version, self.size, net_version)
 
     def _cache_fresh(self) -> bool:
         return self._similarity_cache is not None and self._cache_version == self._cache_key()
@@ -305,22 +388,21 @@ class BalancedBuffer(ExemplarsBuffer):
     # ----------------------------------------------------------------- grouping
     def _similarity(self, features: Tensor, labels: Tensor, op_prototypes: Optional[Tensor] = None) -> Tensor:
         """Similarity in [0, 1] of each feature row to its class prototype."""
+        protos = self.prototypes
         if op_prototypes is not None:
-            protos = torch.as_tensor(op_prototypes, device=self.device)
-            if protos.shape != (self.num_classes, self.num_feats):
+            op = torch.as_tensor(op_prototypes, device=self.device, dtype=torch.float32)
+            if op.shape != (self.num_classes, self.num_feats):
                 raise ValueError(f"op_prototypes must have shape ({self.num_classes}, {self.num_feats}), "
-                                 f"got {tuple(protos.shape)}")
-            valid = protos.abs().sum(1) > 0  # all-zero rows: no prototype for that class
-        else:
-            protos, valid = self.prototypes.prototypes, self.prototypes.valid
+                                 f"got {tuple(op.shape)}")
+            protos = ClassPrototypes(self.num_classes, self.num_feats).to(self.device)
+            protos.prototypes.copy_(op)
+            protos.valid.copy_(op.abs().sum(1) > 0)  # all-zero rows: no prototype for that class
         if self.similarity == "none":
             return torch.ones(labels.shape[0], device=self.device)
-        own = protos[labels].float()
-        if self.similarity != "learned":
-            sim = cosine_to_unit(torch.nn.functional.cosine_similarity(features.float(), own, dim=1))
-        else:
-            sim = self.similarity_net(features.float(), own).float()  # float32 under autocast too
-        return torch.where(valid[labels], sim, torch.ones_like(sim))
+        if self.similarity == "cosine":
+            return cosine_to_unit(protos.cosine_to_own(features, labels, centered=self.centered))
+        sim = self.similarity_net(features.float(), protos.prototypes[labels].float()).float()
+        return torch.where(protos.valid[labels], sim, torch.ones_like(sim))  # float32 under autocast too
 
     def _groups_of(self, labels: Tensor, features: Tensor) -> Tensor:
         if self.grouping == "prototype_threshold":
@@ -335,7 +417,7 @@ class BalancedBuffer(ExemplarsBuffer):
         """Similarity in [0, 1] between all pairs of class prototypes (C x C)."""
         protos = self.prototypes
         if self.similarity != "learned":
-            return cosine_to_unit(protos.cosine_matrix())
+            return cosine_to_unit(protos.cosine_matrix(centered=self.centered))
         return self.similarity_net.pairwise(protos.prototypes)
 
     @torch.no_grad()
@@ -356,7 +438,8 @@ class BalancedBuffer(ExemplarsBuffer):
                 pairs = seen.unsqueeze(0) & seen.unsqueeze(1)
                 pairs.fill_diagonal_(False)
                 self.threshold.update(scores[pairs])
-            self.class_group = class_groups_from_similarity(scores, seen, self.threshold.value)
+            self.class_group = class_groups_from_similarity(scores, seen, self.threshold.value,
+                                                            min_size=self.min_group_classes)
         elif self.grouping == "prototype_threshold" and update_threshold:
             self.threshold.update(self._similarity(feats, labels))
         self._cache_version = None  # full refresh: the similarity network may have moved
@@ -383,15 +466,48 @@ class BalancedBuffer(ExemplarsBuffer):
     # ----------------------------------------------------------------- sampling
     @torch.no_grad()
     def importance(self, op_prototypes: Optional[Tensor] = None) -> Tensor:
-        """Importance of every stored sample (see :func:`balanced_importance`)."""
+        """Importance of every stored sample, computed over the samples of past experiences.
+
+        The balance factor counts the groups and group sizes of the past
+        samples only (all samples when ``protect_current`` is off); the current
+        experience's samples get 0 here and their uniform share in
+        :meth:`replay_probabilities`.
+        """
+        n = self.size
+        if n == 0:
+            return torch.zeros(0, device=self.device)
+        sim = (self.stored_similarity() if op_prototypes is None
+               else self._similarity(self.features[:n], self.labels[:n], op_prototypes))
+        past = ~self.current_mask() if self.protect_current else torch.ones(n, dtype=torch.bool,
+                                                                              device=self.device)
+        idx = torch.nonzero(past).squeeze(1)
+        if idx.numel() == 0:  # only the current experience is stored: nothing to balance
+            return torch.zeros(n, device=self.device)
+        sim, groups, labels = sim[idx], self.group_ids[:n][idx], self.labels[:n][idx]
+        if self.hierarchical:
+            imp = hierarchical_importance(sim, groups, labels, eps=self.eps)
+        elif self.balance_weight == "auto":
+            term, factor = 1.0 / (sim + self.eps), balance_factor(groups, sim.dtype)
+            imp = term * factor.pow(auto_balance_weight(term, factor, target_ess=self.target_ess).to(term))
+        else:
+            imp = balanced_importance(sim, groups, balance_weight=self.balance_weight, eps=self.eps)
+        if self.difficulty_weight > 0:
+            imp = imp * difficulty_factor(self.losses[:n][idx], self.difficulty_weight)
+        return torch.zeros(n, device=self.device).index_copy_(0, idx, imp.float())
+
+    @torch.no_grad()
+    def replay_probabilities(self, op_prototypes: Optional[Tensor] = None) -> Tensor:
+        """The distribution :meth:`get_balanced_data` draws from (sums to 1 over stored samples).
+
+        See :func:`~avalanche_balanced.sampling.replay_distribution`: the
+        current experience's samples keep their uniform share, the past ones
+        share the rest by importance, each at most ``max_ratio / n``.
+        """
         if self.size == 0:
             return torch.zeros(0, device=self.device)
-        if op_prototypes is None:
-            sim = self.stored_similarity()
-        else:
-            sim = self._similarity(self.features[: self.size], self.labels[: self.size], op_prototypes)
-        return balanced_importance(sim, self.group_ids[: self.size],
-                                   balance_weight=self.balance_weight, eps=self.eps)
+        current = self.current_mask() if self.protect_current else torch.zeros(
+            self.size, dtype=torch.bool, device=self.device)
+        return replay_distribution(self.importance(op_prototypes), current, max_ratio=self.max_ratio)
 
     def _gather(self, indices: Tensor, transform: Optional[Callable]) -> ReplayBatch:
         inputs = self.examples[indices]
@@ -423,8 +539,8 @@ class BalancedBuffer(ExemplarsBuffer):
         for the similarity term; all-zero rows count as missing prototypes.
         """
         k = self._check_sample_size(minibatch_size)
-        idx = draw_proportional(self.importance(op_prototypes), k, generator=self.generator,
-                                uniform_mix=self.uniform_mix, max_ratio=self.max_ratio)
+        idx = draw_proportional(self.replay_probabilities(op_prototypes), k, generator=self.generator,
+                                uniform_mix=self.uniform_mix)
         return self._gather(idx, transform)
 
     def __len__(self) -> int:
@@ -521,7 +637,7 @@ class BalancedBuffer(ExemplarsBuffer):
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: tensors, counters, groups, RNG, components."""
         state = {name: getattr(self, name) for name in _STORAGE}
-        state.update(
+        state.update(current_classes=self._current_classes,
             max_size=self.max_size, size=self.size, num_seen=self.num_seen, step=self.step,
             class_group=self.class_group, config=self._config(), generator=self.generator.get_state(),
             threshold=self.threshold.state_dict(),
@@ -531,7 +647,7 @@ class BalancedBuffer(ExemplarsBuffer):
 
     def _config(self) -> dict:
         return dict(grouping=self.grouping, insertion=self.insertion, similarity=self.similarity,
-                    feature_dtype=str(self.feature_dtype))
+                    feature_dtype=str(self.feature_dtype), centered=self.centered)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; a state from another configuration raises ``ValueError``."""
@@ -547,6 +663,8 @@ class BalancedBuffer(ExemplarsBuffer):
         for name in _STORAGE:
             value = state[name]
             setattr(self, name, None if value is None else value.to(self.device))
+        current = state.get("current_classes")
+        self._current_classes = None if current is None else current.to(self.device)
         self.class_group = None if state["class_group"] is None else state["class_group"].to(self.device)
         self.size, self.num_seen, self.step = state["size"], state["num_seen"], state["step"]
         self.generator.set_state(state["generator"].cpu())  # a generator state is a CPU byte tensor

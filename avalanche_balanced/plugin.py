@@ -2,6 +2,7 @@
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
 
@@ -23,8 +24,9 @@ class BalancedReplayPlugin(SupervisedPlugin):
       ``transform`` (a *batched* augmentation such as
       :func:`~avalanche_balanced.data.cifar_augment`) to the joint batch;
     * ``after_forward``: read the penultimate features of that same forward
-      pass (a hook on the model's last linear layer) and refresh the replayed
-      samples' stored features;
+      pass (a hook on the model's last linear layer) and keep each replayed
+      sample's loss (for ``difficulty_weight``); without ``refresh_features``,
+      also overwrite the replayed samples' stored features with them;
     * ``after_training_iteration`` (``insertion_timing="online"`` only): insert
       the current, non-augmented samples with their logits and features.
 
@@ -40,16 +42,19 @@ class BalancedReplayPlugin(SupervisedPlugin):
       at the end of its iteration, so the current experience is replayed too.
 
     Every ``regroup_every`` iterations and at the end of each experience the
-    class prototypes are recomputed from the buffer's features and the samples
-    regrouped. At the end of each experience the plugin publishes to the
-    strategy's evaluator (hence to TensorBoard): the number of groups, the
-    group sizes and the importance scores (histograms), the normalised
-    entropy of the groups of the samples replayed during the experience, the
-    share of replayed samples that belong to the current experience's classes
-    (``current_share``; 0 with ``"after_experience"`` timing), and the Kish
-    effective sample size of the replay distribution at the end of the
-    experience as a fraction of the buffer (``effective_sample_size``; 1 for
-    uniform draws).
+    whole buffer's features are recomputed in one no-grad eval-mode pass
+    (``refresh_features``, with ``preprocess``), the class prototypes from
+    them, and the samples regrouped. During an experience the buffer knows its
+    classes, so their stored samples keep a uniform share of balanced replay.
+    At the end of each experience the plugin publishes to the strategy's
+    evaluator (hence to TensorBoard): the number of groups, the group sizes and
+    the replay weights (each sample's draw probability times the buffer size,
+    1 = uniform; histograms), the normalised entropy of the groups of the
+    samples replayed during the experience, the share of replayed samples that
+    belong to the current experience's classes (``current_share``; 0 with
+    ``"after_experience"`` timing), and the Kish effective sample size of the
+    replay distribution as a fraction of the buffer, averaged over the
+    experience's regroupings (``effective_sample_size``; 1 for uniform draws).
 
     ``use_balanced_sampling=False`` is plain uniform reservoir replay, the
     baseline balanced replay is measured against.
@@ -73,9 +78,13 @@ class BalancedReplayPlugin(SupervisedPlugin):
         storage_policy: a ready :class:`BalancedBuffer`; otherwise one is built
             from ``mem_size``, ``grouping``, ``balance_weight`` and ``buffer_kwargs``.
         insertion_timing: ``"after_experience"`` or ``"online"`` (see above).
-        preprocess: with ``"after_experience"``, the model-input preprocessing of
-            the end-of-experience pass (e.g. ``cifar_normalize`` when the model
-            does not normalise its inputs itself); the buffer stores raw inputs.
+        preprocess: model-input preprocessing of the eval-mode passes over stored
+            inputs (insertion at the end of an experience, feature refresh),
+            e.g. ``cifar_normalize`` when the model does not normalise its
+            inputs itself; the buffer stores raw inputs.
+        refresh_features: recompute all stored features at every regrouping
+            (True), or overwrite only the replayed samples' features with their
+            train-mode, augmented ones (False, the earlier design).
     """
 
     TIMINGS = ("after_experience", "online")
@@ -94,6 +103,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         seed: int = 0,
         insertion_timing: str = "after_experience",
         preprocess: Optional[Callable] = None,
+        refresh_features: bool = True,
         **buffer_kwargs,
     ):
         super().__init__()
@@ -117,6 +127,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.refresh_prototypes = refresh_prototypes
         self.insertion_timing = insertion_timing
         self.preprocess = preprocess
+        self.refresh_features = refresh_features
+        self._ess_sum: Optional[torch.Tensor] = None  # [sum of ESS, count] over this experience's regroups
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None
         self._replay: Optional[ReplayBatch] = None
@@ -165,6 +177,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._current_classes = torch.zeros(width, dtype=torch.bool, device=strategy.device)
         self._current_classes[classes] = True
         self._replay_counts = torch.zeros(2, dtype=torch.long, device=strategy.device)
+        self._ess_sum = torch.zeros(2, dtype=torch.float64, device=strategy.device)
+        self.buffer.set_current_classes(classes)
 
     def before_forward(self, strategy, **kwargs):
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
@@ -183,7 +197,11 @@ class BalancedReplayPlugin(SupervisedPlugin):
         feats = self._hook.features.detach().flatten(1)
         n = self.num_current
         if self._replay is not None:
-            self.buffer.update_features(self._replay.indices, feats[n:])
+            if not self.refresh_features:
+                self.buffer.update_features(self._replay.indices, feats[n:])
+            losses = F.cross_entropy(strategy.mb_output.detach()[n:].float(), self._replay.labels,
+                                     reduction="none")
+            self.buffer.record_losses(self._replay.indices, losses)
         if self.insertion_timing == "online":
             # Inserted at the end of the iteration (as SARL does): never replayed in their own step.
             self._insert = (*self._current, strategy.mb_output.detach()[:n], feats[:n])
@@ -195,13 +213,17 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._current, self._replay, self._insert = None, None, None
         self._iterations += 1
         if self.regroup_every and self._iterations % self.regroup_every == 0:
-            self._regroup()
+            self._regroup(strategy.model)
+            self._record_ess()
 
     def after_training_exp(self, strategy, **kwargs):
         if self.insertion_timing == "after_experience":
             self.buffer.add_dataset(strategy.model, strategy.experience.dataset, strategy.device,
                                     preprocess=self.preprocess)
-        self._regroup()
+        if self._ess_sum is not None and not bool(self._ess_sum[1] > 0):
+            self._record_ess()  # no regrouping during the experience: its replay distribution now
+        self.buffer.set_current_classes(None)  # the finished experience is past from now on
+        self._regroup(strategy.model)
         self._publish(strategy)
         self.remove_hook()
 
@@ -221,7 +243,9 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._iterations = state["iterations"]
 
     # --------------------------------------------------------------- helpers
-    def _regroup(self):
+    def _regroup(self, model):
+        if self.refresh_features:
+            self.buffer.refresh_features(model, self.preprocess)
         if self.refresh_prototypes:
             self.buffer.refresh_prototypes()
         self.buffer.regroup()
@@ -246,13 +270,22 @@ class BalancedReplayPlugin(SupervisedPlugin):
             return 0.0
         return float(self._replay_counts[1]) / float(self._replay_counts[0])
 
+    def _record_ess(self) -> None:
+        if self._ess_sum is not None and len(self.buffer) > 0:
+            ess = effective_sample_size(self.buffer.replay_probabilities()) if self.use_balanced_sampling else 1.0
+            self._ess_sum += torch.stack([torch.as_tensor(ess, dtype=torch.float64, device=self._ess_sum.device),
+                                          self._ess_sum.new_ones(())])
+
     def effective_sample_size(self) -> float:
-        """Kish effective sample size of the replay distribution now, as a fraction of the buffer."""
+        """Kish effective sample size of the replay distribution as a fraction of the buffer:
+        the mean over this experience's regroupings (the current distribution if none yet)."""
         if len(self.buffer) == 0:
             return 0.0
         if not self.use_balanced_sampling:
             return 1.0
-        return float(effective_sample_size(self.buffer.importance()))
+        if self._ess_sum is not None and bool(self._ess_sum[1] > 0):
+            return float(self._ess_sum[0] / self._ess_sum[1])
+        return float(effective_sample_size(self.buffer.replay_probabilities()))
 
     def replay_group_entropy(self) -> float:
         """Normalised entropy of the groups replayed this experience (1 = balanced)."""
@@ -273,7 +306,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         values = {
             "BalancedReplay/num_groups": int(sizes.numel()),
             "BalancedReplay/group_sizes": sizes.float().cpu(),
-            "BalancedReplay/importance": self.buffer.importance().float().cpu(),
+            "BalancedReplay/replay_weight": (self.buffer.replay_probabilities() * len(self.buffer)).cpu(),
             "BalancedReplay/replay_group_entropy": self.replay_group_entropy(),
             "BalancedReplay/current_share": self.current_share(),
             "BalancedReplay/effective_sample_size": self.effective_sample_size(),

@@ -13,7 +13,7 @@ The design note's importance of a stored sample ``i`` is::
 and ``total_groups`` the number of non-empty groups. Samples far from their
 prototype (hard, atypical) and samples of small groups are drawn more often.
 """
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -21,6 +21,12 @@ from torch import Tensor
 __all__ = [
     "cosine_to_unit",
     "balanced_importance",
+    "balance_factor",
+    "hierarchical_importance",
+    "difficulty_factor",
+    "cap_weights",
+    "replay_distribution",
+    "auto_balance_weight",
     "sample_indices",
     "draw_proportional",
     "uniform_indices",
@@ -98,14 +104,25 @@ def balanced_importance(
         counts = torch.bincount(group_ids)
     except RuntimeError as err:  # bincount's own message does not name the argument
         raise ValueError(f"group_ids must be non-negative integers: {err}") from err
-    # The balance factor per group (a short vector), then one gather per sample.
-    per_group = (counts > 0).sum().to(similarity.dtype) / counts.to(similarity.dtype)
+    per_group = _balance_per_group(counts, similarity.dtype)
     if balance_weight != 1.0:
         per_group = per_group.pow(balance_weight)
     return per_group.index_select(0, group_ids).div_(similarity + eps)
 
 
-def _cap_weights(weights: Tensor, max_ratio: float) -> Tensor:
+def _balance_per_group(counts: Tensor, dtype) -> Tensor:
+    # The balance factor per group (a short vector); callers gather it per sample.
+    return (counts > 0).sum().to(dtype) / counts.to(dtype)
+
+
+def balance_factor(group_ids: Tensor, dtype=torch.float32) -> Tensor:
+    """``total_groups / size of the sample's group`` for every sample (non-negative integer ids)."""
+    if group_ids.numel() == 0:
+        return torch.empty(0, dtype=dtype, device=group_ids.device)
+    return _balance_per_group(torch.bincount(group_ids), dtype).index_select(0, group_ids)
+
+
+def cap_weights(weights: Tensor, max_ratio: float) -> Tensor:
     """Exact water-filling: the largest ``p`` such that ``p = min(c * w, max_ratio / n)`` sums to 1.
 
     A single clip-then-renormalise overshoots the cap again; this finds the
@@ -127,6 +144,112 @@ def _cap_weights(weights: Tensor, max_ratio: float) -> Tensor:
     out = torch.empty_like(weights)
     out[order] = capped_sorted
     return out / out.sum()
+
+
+def hierarchical_importance(
+    similarity: Tensor, group_ids: Tensor, labels: Tensor, *, eps: float = 0.1
+) -> Tensor:
+    """Two-level balanced importance: equal mass per group, then per class within the group.
+
+    ``importance_i = 1 / G * 1 / C_g * s_i / sum_{j in class(i)} s_j`` with
+    ``s_i = 1 / (similarity_i + eps)``, ``G`` the non-empty groups and ``C_g``
+    the classes present in sample ``i``'s group. Within a class the similarity
+    term decides; a group of many classes no longer gives each class a smaller
+    share than a group of one class gives its class (the design note's future
+    work). Sums to 1 over the samples; empty input gives empty output.
+    """
+    if similarity.numel() == 0:
+        return similarity.new_empty(0)
+    term = 1.0 / (similarity + eps)
+    num_classes = int(labels.max()) + 1
+    class_sum = term.new_zeros(num_classes).index_add_(0, labels, term)
+    # Classes per group: count distinct (group, class) pairs once each.
+    num_groups = int(group_ids.max()) + 1
+    pair_present = torch.zeros(num_groups * num_classes, dtype=torch.bool, device=labels.device)
+    pair_present[group_ids * num_classes + labels] = True
+    classes_per_group = pair_present.view(num_groups, num_classes).sum(1).to(term.dtype)
+    total_groups = (classes_per_group > 0).sum().to(term.dtype)
+    return term / class_sum[labels] / classes_per_group[group_ids] / total_groups
+
+
+def difficulty_factor(losses: Tensor, weight: float) -> Tensor:
+    """``(loss_i / mean loss) ** weight``: harder stored samples (higher loss at their last
+    replay) are drawn more often. Unknown losses (negative: never replayed) count as the mean,
+    so they stay neutral; with no known loss, or ``weight == 0``, every factor is 1."""
+    if weight < 0:
+        raise ValueError(f"difficulty weight must be >= 0, got {weight}")
+    known = losses >= 0
+    count = known.sum()
+    mean = torch.where(known, losses, torch.zeros_like(losses)).sum() / count.clamp_min(1)
+    mean = torch.where(count > 0, mean, torch.ones_like(mean)).clamp_min(1e-8)
+    ratio = torch.where(known, losses / mean, torch.ones_like(losses)).clamp_min(1e-3)
+    return ratio.pow(weight) if weight != 1.0 else ratio
+
+
+def replay_distribution(
+    importance: Tensor, is_current: Tensor, *, max_ratio: Optional[float] = None
+) -> Tensor:
+    """Draw probabilities in which balancing only redistributes the *past* experiences' share.
+
+    The samples of the current experience (``is_current``) keep exactly their
+    uniform share, ``1 / n`` each: balancing is meant to even out replay among
+    the old groups, and a class that has no prototype yet would otherwise be a
+    group of its own and take a whole group's share. The past samples split the
+    remaining ``n_past / n`` in proportion to ``importance``, each capped at
+    ``max_ratio`` times the uniform probability (exact water-filling, so no
+    stored sample can take a runaway share). All-zero past importances fall back
+    to uniform. Returns a probability vector (sums to 1) on the same device.
+    """
+    n = importance.shape[0]
+    if n == 0:
+        return importance.new_empty(0)
+    weights = importance.to(torch.float32)
+    past = ~is_current
+    past_count = past.sum()
+    past_w = torch.where(past, weights, torch.zeros_like(weights))
+    total = past_w.sum()
+    uniform_past = past.to(weights.dtype) / past_count.clamp_min(1).to(weights.dtype)
+    p_past = torch.where(total > 0, past_w / total.clamp_min(torch.finfo(weights.dtype).tiny), uniform_past)
+    if max_ratio is not None:
+        # The cap is relative to the uniform probability over the past samples: p * n_past <= max_ratio.
+        p_past = _cap_on_support(p_past, past, max_ratio)
+    return p_past * (past_count.to(weights.dtype) / n) + is_current.to(weights.dtype) / n
+
+
+def _cap_on_support(p: Tensor, support: Tensor, max_ratio: float) -> Tensor:
+    """:func:`cap_weights` over the entries of ``support`` only (others stay 0)."""
+    if bool(support.all()):
+        return cap_weights(p, max_ratio)
+    idx = torch.nonzero(support).squeeze(1)
+    out = torch.zeros_like(p)
+    if idx.numel():
+        out[idx] = cap_weights(p[idx], max_ratio)
+    return out
+
+
+def auto_balance_weight(
+    similarity_term: Tensor, balance_factor: Tensor, *, target_ess: float = 0.7,
+    candidates: Sequence[float] = (1.0, 0.75, 0.5, 0.25, 0.0),
+) -> Tensor:
+    """The largest balance-factor exponent whose importance keeps Kish's ESS >= ``target_ess``.
+
+    ``importance(w) = similarity_term * balance_factor ** w`` for every
+    candidate ``w`` at once (one matrix, no loop over samples); the first
+    candidate, in the given order, meeting the target wins, else the last. A
+    dynamic balance weight: strong balancing while the groups are even enough
+    for it to cost little diversity, weaker as group sizes spread. Returns a
+    0-d tensor (no host sync).
+    """
+    w = torch.tensor(list(candidates), dtype=torch.float64, device=similarity_term.device)
+    if similarity_term.numel() == 0:
+        return w[0]
+    imp = similarity_term.double().unsqueeze(0) * balance_factor.double().unsqueeze(0).pow(w.unsqueeze(1))
+    imp = imp / imp.amax(1, keepdim=True).clamp_min(1e-300)
+    ess = imp.sum(1).square() / (imp.shape[1] * imp.square().sum(1).clamp_min(1e-300))
+    ok = ess >= target_ess
+    first = torch.where(ok.any(), torch.argmax(ok.to(torch.int8)), torch.tensor(len(candidates) - 1,
+                                                                               device=w.device))
+    return w[first]
 
 
 def sample_indices(
@@ -206,7 +329,7 @@ def draw_proportional(
         if uniform_mix > 0:
             p = (1.0 - uniform_mix) * p + uniform_mix / n
         if max_ratio is not None:
-            p = _cap_weights(p, max_ratio)
+            p = cap_weights(p, max_ratio)
         if k > n:
             return torch.multinomial(p, k, replacement=True, generator=generator)
         weights = p

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods import CORE, DESCRIPTIONS, METHODS, Setting  # noqa: E402
+from methods import CORE, DESCRIPTIONS, LR_FROM, METHODS, Setting  # noqa: E402
 
 from avalanche_balanced.data import preserved_global_rng, split_cifar100, with_test_subset  # noqa: E402
 from avalanche_balanced.experiment import build_evaluator, final_results, seed_everything  # noqa: E402
@@ -93,6 +93,7 @@ PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
 REPLAY_HISTORY = {
     "current_share": "BalancedReplay/current_share",
     "effective_sample_size": "BalancedReplay/effective_sample_size",
+    "group_agreement_per_experience": "GroupAgreement_Stream/eval_phase/test_stream",
 }
 SEMANTIC_NAMES = {
     "semantic_consistency": "SemanticConsistency_Stream/eval_phase/test_stream",
@@ -358,6 +359,18 @@ def load_lr_choice(path: Path) -> dict:
     return json.loads(path.read_text())["chosen"] if path.is_file() else {}
 
 
+def lr_for(method: str, chosen: dict):
+    """``(lr, source)`` of a table run: a balanced variant takes its uniform counterpart's
+    validated rate (``methods.LR_FROM``), so that a balanced-uniform pair differs in the
+    sampler only; other methods their own; the protocol's rate (None) when nothing was chosen."""
+    base = LR_FROM.get(method)
+    if base is not None and base in chosen:
+        return chosen[base], f"validation ({base})"
+    if method in chosen:
+        return chosen[method], "validation"
+    return None, "protocol default"
+
+
 def choose_lr(selection_runs) -> dict:
     """Per method, the grid rate with the best final validation accuracy (ties: the smaller rate)."""
     best = {}
@@ -453,12 +466,11 @@ def main(argv=None):
             if any((r["method"], r["seed"]) == (method, seed) for r in runs) and not args.overwrite:
                 print(f"{method} seed {seed}: already in {saved}, skipped")
             else:
-                todo.append(((method, seed), method, seed, dict(lr=chosen.get(method))))
+                todo.append(((method, seed), method, seed, dict(lr=lr_for(method, chosen)[0])))
     order = {m: i for i, m in enumerate(METHODS)}
     for (method, seed), result in run_all(todo, args, jobs, threads):
         runs = [r for r in runs if (r["method"], r["seed"]) != (method, seed)]
-        runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source="validation" if method in chosen
-                         else "protocol default", **result))
+        runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source=lr_for(method, chosen)[1], **result))
         runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
         write_outputs(out, runs, args.protocol)  # after every run: an interruption loses only running runs
         forgetting = result["forgetting"]

@@ -78,7 +78,7 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     stored = sum(getattr(buf, name).element_size() * getattr(buf, name).numel()
                  for name in ("examples", "labels", "task_labels", "logits", "features", "group_ids",
-                              "stored_step"))
+                              "losses"))
     print(f"{args.steps} insertions, {draws} balanced draws of 32, capacity {args.capacity}, "
           f"regroup every {args.regroup_every}: invariants held at every check")
     print(f"groups: {int((buf.group_counts > 0).sum())}, threshold {buf.threshold.value.item():.3f}")

@@ -16,7 +16,7 @@ from avalanche.training import DER, ER_ACE, JointTraining, Naive
 from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
-from avalanche_balanced import BalancedReplayPlugin, SARLGelu
+from avalanche_balanced import AdaptiveThreshold, BalancedReplayPlugin, SARLGelu
 from avalanche_balanced.data import cifar_augment, cifar_normalize
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.transforms import AugmentedModel
@@ -115,11 +115,37 @@ def er_ace(s, evaluator):
                   **_common(s, evaluator, _sgd(model, s)))
 
 
-def _plugin(balanced: bool, timing: str = "after_experience"):
+# The sampler before issue 11, as configuration: every fix off. SARL-GELU's learned
+# similarity (binary targets) drove importance and grouping, features were overwritten
+# by replayed samples' train-mode ones, the threshold moved halfway from 0.8.
+LEGACY_BUFFER = dict(eps=1e-6, max_ratio=None, protect_current=False, centered=False, min_group_classes=1)
+LEGACY_SARL = dict(similarity="learned", sim_target="binary", refresh_features=False)
+# Each fix of issue 11 on its own, as the options it turns back on.
+FIXES = {
+    "share": dict(replay_options=dict(protect_current=True)),
+    "groups": dict(similarity="cosine", sim_target="graded", threshold_first_update="target",
+                   replay_options=dict(centered=True, min_group_classes=2)),
+    "bounded": dict(replay_options=dict(eps=0.1, max_ratio=4.0)),
+    "fresh": dict(refresh_features=True),
+}
+
+
+def _legacy_sarl(fix: Optional[str] = None):
+    options = dict(LEGACY_SARL, threshold_first_update="average", replay_options=dict(LEGACY_BUFFER))
+    for key, value in FIXES.get(fix, {}).items():
+        if key == "replay_options":
+            options["replay_options"] = {**options["replay_options"], **value}
+        else:
+            options[key] = value
+    return _sarl(True, **options)
+
+
+def _plugin(balanced: bool, timing: str = "after_experience", **options):
     def build(s, evaluator):
         model = _model(s, augmented=True)
         replay = BalancedReplayPlugin(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,
-                                      use_balanced_sampling=balanced, seed=s.seed, insertion_timing=timing)
+                                      use_balanced_sampling=balanced, seed=s.seed, insertion_timing=timing,
+                                      **options)
         return Naive(model=model, **_common(s, evaluator, _sgd(model, s), [replay]))
     return build
 
@@ -130,9 +156,13 @@ def _sarl(balanced: bool = True, **overrides):
         kwargs = dict(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, alpha=s.sarl_alpha,
                       warmup_epochs=s.warmup_epochs, use_balanced_sampling=balanced,
                       transform=cifar_augment, eval_transform=cifar_normalize, seed=s.seed)
-        if overrides.get("grouping") == "fixed":
-            overrides["class_to_group"] = s.fine_to_coarse
-        kwargs.update(overrides)
+        options = dict(overrides)
+        if options.get("grouping") == "fixed":
+            options["class_to_group"] = s.fine_to_coarse
+        first_update = options.pop("threshold_first_update", None)
+        if first_update is not None:
+            options["threshold"] = AdaptiveThreshold(0.8, first_update=first_update)
+        kwargs.update(options)
         # SARLGelu builds its own schedule from lr_steps (re-created every experience).
         kwargs.update(_common(replace(s, lr_steps=None), evaluator, _sgd(model, s)),
                       lr_steps=s.lr_steps, lr_gamma=s.lr_gamma)
@@ -152,12 +182,21 @@ CORE: Dict[str, Callable] = {
     "joint": joint,
 }
 ABLATIONS: Dict[str, Callable] = {
+    "sarl_legacy": _legacy_sarl(),
+    **{f"sarl_legacy_{fix}": _legacy_sarl(fix) for fix in FIXES},
+    "sarl_auto_weight": _sarl(True, balance_weight="auto"),
+    "sarl_hierarchical": _sarl(True, replay_options=dict(hierarchical=True)),
+    "sarl_difficulty": _sarl(True, replay_options=dict(difficulty_weight=1.0)),
+    "plugin_legacy": _plugin(True, refresh_features=False, **LEGACY_BUFFER),
     "sarl_similarity_only": _sarl(True, balance_weight=0.0),
     "sarl_balance_only": _sarl(True, similarity="none"),
     "sarl_class_groups": _sarl(True, grouping="class"),
     "sarl_superclass_groups": _sarl(True, grouping="fixed"),
 }
 METHODS = {**CORE, **ABLATIONS}
+LR_FROM = {name: ("plugin_uniform" if name.startswith("plugin") else "sarl_uniform") for name in METHODS
+           if name.endswith(("_balanced",)) or name in ABLATIONS}
+"""Balanced variants train at their uniform counterpart's validated rate: in a pair, only the sampler differs."""
 DESCRIPTIONS = {
     "naive": "Avalanche Naive (fine-tuning, lower bound)",
     "er": "Avalanche Naive + ReplayPlugin, reservoir buffer updated after each experience (ER)",
@@ -170,6 +209,16 @@ DESCRIPTIONS = {
     "sarl_balanced": "SARL-GELU, balanced replay (reservoir filled every step, as SARL)",
     "joint": "Avalanche JointTraining with the replay methods' sample budget (minibatch of current + "
              "replayed size, as many steps)",
+    "sarl_legacy": "SARL-GELU balanced as before issue 11 (every fix off)",
+    "sarl_legacy_share": "legacy + the current experience keeps its uniform share of replay",
+    "sarl_legacy_groups": "legacy + groups from centred prototype cosines (graded similarity targets, "
+                          "threshold lands at its quantile, no lone-class groups)",
+    "sarl_legacy_bounded": "legacy + bounded importance (eps 0.1, cap 4x uniform)",
+    "sarl_legacy_fresh": "legacy + all stored features recomputed in eval mode at every regrouping",
+    "sarl_auto_weight": "SARL-GELU balanced, balance weight chosen for effective sample size >= 0.7",
+    "sarl_hierarchical": "SARL-GELU balanced, two-level balance (group, then class)",
+    "sarl_difficulty": "SARL-GELU balanced, importance x (last replay loss / mean)",
+    "plugin_legacy": "Naive + BalancedReplayPlugin balanced as before issue 11 (every fix off)",
     "sarl_similarity_only": "SARL-GELU balanced, balance_weight=0 (similarity term only)",
     "sarl_balance_only": "SARL-GELU balanced, similarity=none (balance factor only)",
     "sarl_class_groups": "SARL-GELU balanced, grouping=class",

@@ -10,7 +10,9 @@ Prints, in one run on this machine:
    to prototypes of 160-dim features, importance and draw), and the uniform draw;
 2. the per-iteration time of Naive + BalancedReplayPlugin on the reduced GELU
    ResNet-18 at batch 32 + 32 replayed with a 500-sample buffer, balanced vs
-   uniform, measured interleaved so machine noise hits both alike.
+   uniform, measured interleaved so machine noise hits both alike;
+3. the mean iteration time of balanced replay with the whole buffer's features
+   recomputed at every regrouping vs without (the cost of fresh state).
 Ratios are the figures to quote: this machine is shared and noisy.
 """
 import argparse
@@ -112,6 +114,44 @@ def plugin_iterations(iterations, rounds):
     print(f"balanced {1000 * bal:.1f} ms | uniform {1000 * uni:.1f} ms | ratio balanced/uniform {bal / uni:.3f}")
 
 
+def refresh_cost(iterations, rounds):
+    """Balanced replay with the whole buffer's features recomputed at every regrouping (every 50
+    iterations, one eval-mode pass over 500 stored samples) vs replayed samples' features only.
+    Mean iteration time, regroupings included (a median would hide them)."""
+    print("\n3. Feature refresh at every regrouping (every 50 iterations), balanced, same setting as 2")
+    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.supervised import Naive
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(32 * iterations // 10)
+    ds = _make_taskaware_tensor_classification_dataset(torch.rand(len(y), 3, 32, 32, generator=g), y)
+    bm = nc_benchmark(ds, ds, n_experiences=1, task_labels=False, seed=0)
+    runs = {}
+    for refresh in (True, False):
+        torch.manual_seed(0)
+        model = gelu_resnet18(100, nf=20).to(memory_format=torch.channels_last)
+        plugin = BalancedReplayPlugin(mem_size=500, batch_size_mem=32, transform=cifar_augment,
+                                      insertion_timing="online", regroup_every=50, refresh_features=refresh)
+        with torch.no_grad():
+            xs = torch.rand(500, 3, 32, 32, generator=g)
+            logits, feats = model(xs, return_features=True)
+        plugin.buffer.add_data(xs, torch.randint(100, (500,), generator=g), logits, feats)
+        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
+                         train_mb_size=32, train_epochs=1, plugins=[plugin],
+                         evaluator=EvaluationPlugin(loggers=[]))
+        runs[refresh] = [strategy, 0.0]
+    for _ in range(rounds):  # interleaved; each round is `iterations` iterations and one experience end
+        for refresh in (True, False):
+            t0 = time.perf_counter()
+            runs[refresh][0].train(bm.train_stream[0])
+            runs[refresh][1] += time.perf_counter() - t0
+    with_refresh, without = (runs[r][1] / (rounds * iterations) for r in (True, False))
+    print(f"with refresh {1000 * with_refresh:.1f} ms | without {1000 * without:.1f} ms | "
+          f"ratio {with_refresh / without:.3f} (target <= 1.10)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -119,6 +159,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     draw_table(repeats=20 if args.quick else 100)
     plugin_iterations(iterations=20 if args.quick else 40, rounds=2 if args.quick else 3)
+    refresh_cost(iterations=50 if args.quick else 100, rounds=2 if args.quick else 3)
 
 
 if __name__ == "__main__":

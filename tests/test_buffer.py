@@ -126,7 +126,7 @@ def test_stored_values_sit_in_the_written_slots():
         assert torch.equal(buf.labels[slots], y[src])
         assert torch.equal(buf.features[slots], feats[src])
         assert torch.equal(buf.logits[slots], logits[src])
-        assert (buf.stored_step[slots] == step).all()
+        assert (buf.losses[slots] == -1).all()  # not replayed since insertion
         check_invariants(buf, offered=8 * (step + 1))
 
 
@@ -209,7 +209,8 @@ def test_balanced_draw_favours_small_groups_and_atypical_samples():
     # 90 samples of class 0 (group 0), 10 of class 1 (group 1), all on their prototypes.
     y = torch.cat([torch.zeros(90), torch.ones(10)]).long()
     feats = torch.eye(D)[y]
-    buf = BalancedBuffer(100, grouping="class", seed=0)
+    # The design note's formula exactly: no cap, the note's tiny eps.
+    buf = BalancedBuffer(100, grouping="class", seed=0, eps=1e-6, max_ratio=None)
     buf.add_data(torch.rand(100, 1), y, torch.zeros(100, C), feats)
     buf.refresh_prototypes()
     imp = buf.importance()
@@ -223,7 +224,7 @@ def test_balanced_draw_favours_small_groups_and_atypical_samples():
 
 def test_learned_similarity_and_op_prototypes():
     net = SemanticSimilarity(D)
-    buf = BalancedBuffer(20, similarity="learned", similarity_net=net)
+    buf = BalancedBuffer(20, similarity="learned", similarity_net=net, eps=1e-6)
     x, y, logits, feats = batch(20)
     buf.add_data(x, y, logits, feats)
     buf.refresh_prototypes()
@@ -295,7 +296,7 @@ def test_state_dict_round_trip_continues_identically():
     buf.regroup()
     clone = BalancedBuffer(10, seed=123)
     clone.load_state_dict(buf.state_dict())
-    for name in ("examples", "labels", "features", "group_ids", "stored_step"):
+    for name in ("examples", "labels", "features", "group_ids", "losses"):
         assert torch.equal(getattr(clone, name), getattr(buf, name))
     assert torch.equal(buf.get_balanced_data(4).indices, clone.get_balanced_data(4).indices)
     buf.add_data(*batch(6, seed=9))
@@ -346,3 +347,145 @@ def test_outside_edits_of_features_or_prototypes_invalidate_the_cache():
     fresh = buf._similarity(buf.features[:20], buf.labels[:20])
     torch.testing.assert_close(buf.stored_similarity(), fresh)
     assert not torch.equal(buf.importance(), before)
+
+
+# ------------------------------------------------------------ issue 11: replay share, bounds, fresh state
+def _online_stream(buf, balanced, experiences=5, classes_per_exp=4, steps=60, batch=10, draw=32, seed=0):
+    """Insert each experience minibatch by minibatch (as SARL does) and draw after every step;
+    returns the share of drawn samples that belong to the current experience, over experiences 1+.
+
+    Features: class ``c`` sits at a direction of its own plus noise; classes 0-3 share a
+    direction (a group that reservoir sampling over-represents nothing about), others not.
+    """
+    g = torch.Generator().manual_seed(seed)
+    num_classes = experiences * classes_per_exp
+    centres = torch.randn(num_classes, D, generator=g)
+    drawn = torch.zeros(2)
+    for exp in range(experiences):
+        classes = torch.arange(exp * classes_per_exp, (exp + 1) * classes_per_exp)
+        buf.set_current_classes(classes)
+        for step in range(steps):
+            y = classes[torch.randint(classes_per_exp, (batch,), generator=g)]
+            feats = centres[y] + 0.3 * torch.randn(batch, D, generator=g)
+            buf.add_data(torch.rand(batch, 1) + 0.1, y, torch.zeros(batch, num_classes), feats)
+            if exp and step % 5 == 0:
+                labels = (buf.get_balanced_data(draw) if balanced else buf.get_data(draw)).labels
+                drawn += torch.tensor([float(torch.isin(labels, classes).sum()), float(labels.numel())])
+        buf.set_current_classes(None)
+        buf.refresh_prototypes()
+        buf.regroup()
+    return (drawn[0] / drawn[1]).item()
+
+
+def test_current_experience_keeps_no_more_than_its_uniform_share():
+    uniform = _online_stream(BalancedBuffer(100, seed=0), balanced=False)
+    balanced = _online_stream(BalancedBuffer(100, seed=0), balanced=True)
+    assert balanced <= uniform + 0.02, (balanced, uniform)
+    # the earlier design (a class without a prototype is its own group and takes a group's share)
+    legacy = _online_stream(BalancedBuffer(100, seed=0, protect_current=False), balanced=True)
+    assert legacy > uniform + 0.05, (legacy, uniform)
+
+
+def test_replay_probabilities_give_current_samples_exactly_their_uniform_share():
+    buf = BalancedBuffer(40, seed=0)
+    buf.add_data(*batch(40, seed=1))
+    buf.refresh_prototypes()
+    buf.regroup()
+    buf.set_current_classes([4, 5])
+    current = torch.isin(buf.labels[:40], torch.tensor([4, 5]))
+    p = buf.replay_probabilities()
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(p[current], torch.full((int(current.sum()),), 1 / 40))
+    assert (buf.importance()[current] == 0).all()  # balancing happens among past samples only
+    assert p.max().item() <= buf.max_ratio / 40 * (1 + 1e-5)
+    buf.set_current_classes(None)
+    assert buf.current_mask().sum() == 0
+
+
+def test_default_importance_is_bounded_for_an_outlier():
+    """A sample opposite to its prototype (similarity 0) cannot take a runaway share."""
+    y = torch.arange(C).repeat(10)
+    feats = torch.randn(60, D, generator=torch.Generator().manual_seed(0)) * 0.05 + torch.eye(D)[y % D]
+    buf = BalancedBuffer(60, grouping="class", seed=0)
+    buf.add_data(torch.rand(60, 1), y, torch.zeros(60, C), feats)
+    buf.refresh_prototypes()
+    buf.features[0] = -buf.features[0]  # now far from its class prototype
+    p = buf.replay_probabilities()
+    assert p[0].item() == pytest.approx(buf.max_ratio / 60, rel=1e-4)  # at the cap, not near 1
+    legacy = BalancedBuffer(60, grouping="class", seed=0, eps=1e-6, max_ratio=None, centered=False)
+    legacy.add_data(torch.rand(60, 1), y, torch.zeros(60, C), feats)
+    legacy.refresh_prototypes()
+    legacy.features[0] = -legacy.features[0]
+    assert legacy.replay_probabilities()[0].item() > 0.9  # the earlier defaults: one sample, 93% of replay
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(12, D), nn.BatchNorm1d(D), nn.GELU())
+        self.head = nn.Linear(D, C)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_refresh_features_is_one_eval_mode_pass_with_the_preprocessing():
+    from avalanche_balanced.features import forward_with_features
+    torch.manual_seed(0)
+    model = BNNet().train()
+    buf = BalancedBuffer(30, seed=0)
+    x, y, logits, _ = batch(20)
+    buf.add_data(x, y, logits, torch.randn(20, D))
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    preprocess = lambda t: (t - 0.5) * 2  # noqa: E731
+    buf.refresh_features(model, preprocess, batch_size=7)  # several chunks, the last one short
+    assert model.training  # mode restored
+    assert all(torch.equal(stats[k], v) for k, v in model.state_dict().items())  # BatchNorm untouched
+    with torch.no_grad():
+        expected = forward_with_features(model.eval(), preprocess(x[:20]))[1]
+    stored = buf.features[:20]
+    order = torch.stack([torch.nonzero((x == buf.examples[i]).flatten(1).all(1)).squeeze() for i in range(20)])
+    torch.testing.assert_close(stored, expected[order])
+    torch.testing.assert_close(buf.logits[:20], logits[order])  # replay targets stay
+
+
+def test_learned_similarity_cache_follows_the_network():
+    net = SemanticSimilarity(D)
+    buf = BalancedBuffer(20, similarity="learned", similarity_net=net, seed=0)
+    buf.add_data(*batch(20))
+    buf.refresh_prototypes()
+    before = buf.stored_similarity().clone()
+    net.train_step(torch.randn(16, D), torch.arange(16) % C)  # one Adam step changes every score
+    fresh = buf._similarity(buf.features[:20], buf.labels[:20])
+    assert not torch.allclose(before, fresh)
+    torch.testing.assert_close(buf.stored_similarity(), fresh)
+
+
+def test_replay_option_errors():
+    for kwargs, match in ((dict(eps=0.0), "eps"), (dict(max_ratio=0.5), "max_ratio"),
+                          (dict(min_group_classes=0), "min_group_classes"),
+                          (dict(balance_weight="most"), "balance_weight"),
+                          (dict(difficulty_weight=-1.0), "difficulty_weight"), (dict(target_ess=0.0), "target_ess")):
+        with pytest.raises(ValueError, match=match):
+            BalancedBuffer(10, **kwargs)
+
+
+def test_options_change_the_distribution_as_documented():
+    y = torch.cat([torch.zeros(30), torch.ones(5), torch.full((5,), 2)]).long()
+    feats = torch.randn(40, D, generator=torch.Generator().manual_seed(0)) * 0.1 + torch.eye(D)[y]
+    def build(**kwargs):
+        buf = BalancedBuffer(40, grouping="class", seed=0, max_ratio=None, **kwargs)
+        buf.add_data(torch.rand(40, 1), y, torch.zeros(40, C), feats)
+        buf.refresh_prototypes()
+        return buf
+    plain, auto = build(), build(balance_weight="auto", target_ess=0.9)
+    from avalanche_balanced.sampling import effective_sample_size
+    assert effective_sample_size(plain.replay_probabilities()) < 0.9 <= effective_sample_size(
+        auto.replay_probabilities())
+    hier = build(hierarchical=True)
+    share = torch.stack([hier.replay_probabilities()[y == c].sum() for c in range(3)])
+    torch.testing.assert_close(share, torch.full((3,), 1 / 3))  # one class per group: equal class shares
+    hard = build(difficulty_weight=1.0)
+    hard.record_losses(torch.tensor([0, 1]), torch.tensor([4.0, 0.5]))  # the rest: never replayed
+    p = hard.replay_probabilities()
+    assert p[0] > p[2] > p[1]  # harder than the mean, unknown (neutral), easier

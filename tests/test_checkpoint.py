@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_root):
     tags = _tensorboard_tags(run_dir)
     for tag in ("Top1_Acc_Stream/eval_phase/test_stream/Task000", "StreamForgetting/eval_phase/test_stream",
                 "SemanticConsistency_Stream/eval_phase/test_stream", "BalancedReplay/num_groups",
-                "BalancedReplay/importance", "SARL/similarity", "Figures/group_sizes"):
+                "BalancedReplay/replay_weight", "SARL/similarity", "Figures/group_sizes"):
         assert tag in tags, tag
 
     run = example(["--experiment_id", "killed"], tmp_path, cifar_root)

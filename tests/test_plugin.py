@@ -165,7 +165,7 @@ def test_plugin_with_lwf_and_monitoring_metrics():
     assert metrics["BalancedReplay/num_groups"] == len(stored)
     assert metrics["BalancedReplay/group_sizes"].tolist() == [stored[g] for g in sorted(stored)]
     assert sum(stored.values()) == 30
-    assert metrics["BalancedReplay/importance"].shape == (30,)
+    assert metrics["BalancedReplay/replay_weight"].shape == (30,)
     # Replay entropy of the last experience, from our own tally of the drawn groups:
     # H(p) / log(K), K = max(non-empty buffer groups, groups drawn), as the plugin documents.
     drawn = Counter(tally.groups)
@@ -224,8 +224,17 @@ class ReplayedLabels(SupervisedPlugin):
 @pytest.mark.parametrize("timing", ["after_experience", "online"])
 def test_current_share_and_effective_sample_size_are_published(timing):
     bm = tiny_benchmark()
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, insertion_timing=timing)
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, insertion_timing=timing, regroup_every=2)
     labels = ReplayedLabels(n_current=10)
+    # An independent record of the replay distribution's ESS at every point the plugin samples it.
+    from avalanche_balanced.sampling import effective_sample_size
+    seen, record = [], plugin._record_ess
+
+    def spy():
+        seen.append((strategy.clock.train_exp_counter, float(effective_sample_size(
+            plugin.buffer.replay_probabilities())) if len(plugin.buffer) else None))
+        record()
+    plugin._record_ess = spy
     model = mlp()
     evaluator = EvaluationPlugin(loggers=[], collect_all=True)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=10,
@@ -244,8 +253,8 @@ def test_current_share_and_effective_sample_size_are_published(timing):
     else:
         assert all(0.0 < v < 1.0 for v in shares[1:])
     ess = evaluator.get_all_metrics()["BalancedReplay/effective_sample_size"][1]
-    from avalanche_balanced.sampling import effective_sample_size
-    assert ess[-1] == pytest.approx(float(effective_sample_size(plugin.buffer.importance())))
+    last = [v for exp, v in seen if exp == len(bm.train_stream) - 1 and v is not None]
+    assert len(last) >= 2 and ess[-1] == pytest.approx(sum(last) / len(last))  # the experience's mean
     assert all(0.0 < v <= 1.0 for v in ess)
 
 

@@ -132,7 +132,7 @@ def test_uniform_mix_and_cap():
 
 
 def test_cap_weights_is_exact():
-    from avalanche_balanced.sampling import _cap_weights
+    from avalanche_balanced.sampling import cap_weights as _cap_weights
     w = torch.rand(1000) ** 4
     w = w / w.sum()
     capped = _cap_weights(w, 3.0)
@@ -208,3 +208,78 @@ def test_effective_sample_size_values_and_fallbacks():
     assert float(effective_sample_size(w * 1e30)) == pytest.approx(float(effective_sample_size(w)))  # no overflow
     assert float(effective_sample_size(torch.zeros(5))) == 1.0  # all-zero weights are drawn uniformly
     assert float(effective_sample_size(torch.zeros(0))) == 0.0
+
+
+# ------------------------------------------------------------ issue 11: the replay distribution
+from avalanche_balanced.sampling import (  # noqa: E402
+    auto_balance_weight, balance_factor, cap_weights, difficulty_factor, effective_sample_size,
+    hierarchical_importance, replay_distribution,
+)
+
+
+def test_replay_distribution_keeps_the_current_share_uniform_and_caps_the_past():
+    g = torch.Generator().manual_seed(0)
+    n = 50
+    importance = torch.rand(n, generator=g).pow(6) * 100  # a few samples far above the rest
+    current = torch.zeros(n, dtype=torch.bool)
+    current[-12:] = True
+    p = replay_distribution(importance, current, max_ratio=3.0)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(p[current], torch.full((12,), 1 / n))  # exactly their uniform share
+    past = p[~current]
+    assert past.max().item() <= 3.0 / n * (1 + 1e-5)  # capped at 3x the uniform probability
+    # among the past samples the order of importance is kept (ties where the cap binds)
+    order = importance[~current].argsort()
+    assert bool((past[order].diff() >= -1e-9).all())
+    # without a cap the past samples share n_past / n in proportion to importance
+    free = replay_distribution(importance, current)
+    torch.testing.assert_close(free[~current], importance[~current] / importance[~current].sum() * 38 / n)
+
+
+def test_replay_distribution_fallbacks():
+    # no current samples: just the normalised, capped importance
+    w = torch.tensor([1.0, 1.0, 8.0])
+    torch.testing.assert_close(replay_distribution(w, torch.zeros(3, dtype=torch.bool), max_ratio=1.5),
+                               cap_weights(w / w.sum(), 1.5))
+    # all-zero past importance: uniform over the past
+    p = replay_distribution(torch.zeros(4), torch.tensor([False, False, False, True]))
+    torch.testing.assert_close(p, torch.full((4,), 0.25))
+    # only current samples: uniform
+    torch.testing.assert_close(replay_distribution(torch.zeros(2), torch.ones(2, dtype=torch.bool)),
+                               torch.full((2,), 0.5))
+    assert replay_distribution(torch.zeros(0), torch.zeros(0, dtype=torch.bool)).numel() == 0
+
+
+def test_balance_factor_and_hierarchical_importance_by_hand():
+    groups = torch.tensor([0, 0, 0, 2])
+    torch.testing.assert_close(balance_factor(groups), torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0]))
+    # group 0 holds classes 0 (two samples) and 1 (one sample); group 2 holds class 3 alone
+    labels = torch.tensor([0, 0, 1, 3])
+    sim = torch.tensor([0.9, 0.4, 0.5, 1.0])
+    s = 1 / (sim + 0.1)
+    got = hierarchical_importance(sim, groups, labels, eps=0.1)
+    expected = torch.tensor([0.5 * 0.5 * s[0] / (s[0] + s[1]), 0.5 * 0.5 * s[1] / (s[0] + s[1]), 0.25, 0.5])
+    torch.testing.assert_close(got, expected)
+    assert got.sum().item() == pytest.approx(1.0)
+
+
+def test_difficulty_factor_is_relative_and_neutral_for_unknown_losses():
+    losses = torch.tensor([1.0, 3.0, -1.0, 2.0])  # -1: never replayed
+    torch.testing.assert_close(difficulty_factor(losses, 1.0), torch.tensor([0.5, 1.5, 1.0, 1.0]))
+    torch.testing.assert_close(difficulty_factor(losses, 2.0), torch.tensor([0.25, 2.25, 1.0, 1.0]))
+    torch.testing.assert_close(difficulty_factor(torch.full((3,), -1.0), 1.0), torch.ones(3))
+    with pytest.raises(ValueError, match="difficulty weight"):
+        difficulty_factor(losses, -1.0)
+
+
+def test_auto_balance_weight_keeps_the_effective_sample_size():
+    term = torch.ones(100)
+    even = balance_factor(torch.arange(100) % 4)  # equal groups: balancing costs nothing
+    assert auto_balance_weight(term, even).item() == 1.0
+    skewed_groups = torch.cat([torch.zeros(95, dtype=torch.long), torch.arange(1, 6)])  # five lone samples
+    skewed = balance_factor(skewed_groups)
+    assert effective_sample_size(term * skewed).item() < 0.7  # the full factor would cost diversity
+    w = auto_balance_weight(term, skewed, target_ess=0.7)
+    assert 0.0 <= w.item() < 1.0
+    assert effective_sample_size(term * skewed.pow(w)).item() >= 0.7
+    assert auto_balance_weight(term, skewed, target_ess=1.0).item() == 0.0  # only w = 0 reaches ESS 1

@@ -99,9 +99,11 @@ class SARLGelu(SupervisedTemplate):
       :class:`SemanticSimilarity`.
 
     Every iteration the similarity network takes one Adam step (``sim_lr``) on
-    the pairs of the current and replayed features (``similarity`` term, logged),
-    and the non-augmented current inputs go into the buffer by reservoir
-    insertion with their logits and features.
+    the pairs of the current and replayed features (``similarity`` term,
+    logged), toward ``sim_target`` (``"graded"``: the centred cosine of the
+    pair's class prototypes, which is what the semantic term asks of it;
+    ``"binary"``: SARL's same-class rule), and the non-augmented current inputs
+    go into the buffer by reservoir insertion with their logits and features.
 
     At the end of each experience, as SARL: the frozen copy of the model, one
     train-mode pass over the buffer without updates (BatchNorm statistics),
@@ -110,9 +112,14 @@ class SARLGelu(SupervisedTemplate):
     state is reset at the start of every experience, and with ``lr_steps`` a
     ``MultiStepLR`` (``lr_gamma``) is re-created per experience.
 
-    The buffer's importance uses the learned similarity of each stored sample to
-    its class prototype (``similarity="learned"``; ``"cosine"`` or ``"none"`` for
-    ablations) and groups classes with ``grouping`` (see :class:`BalancedBuffer`).
+    The buffer's importance uses the centred cosine similarity of each stored
+    sample to its class prototype (``similarity="cosine"``; ``"learned"`` asks
+    the similarity network, ``"none"`` drops the term) and groups classes with
+    ``grouping`` (see :class:`BalancedBuffer`); ``replay_options`` go to the
+    buffer (e.g. ``max_ratio``, ``protect_current``, ``hierarchical``) and
+    ``refresh_features`` to the replay plugin. All stored features are
+    recomputed in eval mode with ``eval_transform`` at every regrouping, the
+    way the prototypes are computed.
 
     ``transform`` is the *batched* training augmentation applied to current
     and replayed inputs together (e.g. ``cifar_augment``), ``eval_transform`` the
@@ -140,7 +147,11 @@ class SARLGelu(SupervisedTemplate):
         use_balanced_sampling: bool = True,
         balance_weight: float = 1.0,
         grouping: str = "class_similarity",
-        similarity: str = "learned",
+        similarity: str = "cosine",
+        sim_target: str = "graded",
+        refresh_features: bool = True,
+        replay_options: Optional[dict] = None,
+        threshold: Optional[AdaptiveThreshold] = None,
         class_to_group: Optional[Tensor] = None,
         lr_steps: Optional[Sequence[int]] = None,
         lr_gamma: float = 0.1,
@@ -173,16 +184,17 @@ class SARLGelu(SupervisedTemplate):
         self.eval_transform = eval_transform
 
         self.prototypes = ClassPrototypes(self.num_classes, self.num_feats).to(device)
-        self.similarity_net = SemanticSimilarity(self.num_feats, sim_lr=sim_lr).to(device)
-        self.threshold = AdaptiveThreshold(init=sim_thresh)
+        self.similarity_net = SemanticSimilarity(self.num_feats, sim_lr=sim_lr, target=sim_target).to(device)
+        self.threshold = threshold if threshold is not None else AdaptiveThreshold(init=sim_thresh)
         self.buffer = BalancedBuffer(
             mem_size, grouping=grouping, similarity=similarity, similarity_net=self.similarity_net,
             threshold=self.threshold, prototypes=self.prototypes, class_to_group=class_to_group,
-            balance_weight=balance_weight, device=device, seed=seed)
+            balance_weight=balance_weight, device=device, seed=seed, **(replay_options or {}))
         self.replay = BalancedReplayPlugin(
             batch_size_mem=batch_size_mem, use_balanced_sampling=use_balanced_sampling,
             transform=transform, regroup_every=regroup_every, refresh_prototypes=False,
-            storage_policy=self.buffer, insertion_timing="online")  # SARL's reservoir fills per step
+            storage_policy=self.buffer, insertion_timing="online",  # SARL's reservoir fills per step
+            preprocess=eval_transform, refresh_features=refresh_features)
         self.old_model: Optional[nn.Module] = None
         self.loss_terms: Dict[str, Tensor] = {}
         self._epoch_terms: Dict[str, float] = {}
@@ -248,7 +260,7 @@ class SARLGelu(SupervisedTemplate):
 
     def _after_training_iteration(self, **kwargs):
         # The similarity network learns from this step's current and replayed features.
-        sim_loss = self.similarity_net.train_step(self._features.detach(), self.mb_y)
+        sim_loss = self.similarity_net.train_step(self._features.detach(), self.mb_y, self.prototypes)
         self.loss_terms["similarity"] = sim_loss
         for name, value in self.loss_terms.items():
             self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value

@@ -478,12 +478,13 @@ class BalancedBuffer(ExemplarsBuffer):
             return torch.zeros(0, device=self.device)
         sim = (self.stored_similarity() if op_prototypes is None
                else self._similarity(self.features[:n], self.labels[:n], op_prototypes))
-        past = ~self.current_mask() if self.protect_current else torch.ones(n, dtype=torch.bool,
-                                                                              device=self.device)
-        idx = torch.nonzero(past).squeeze(1)
-        if idx.numel() == 0:  # only the current experience is stored: nothing to balance
-            return torch.zeros(n, device=self.device)
-        sim, groups, labels = sim[idx], self.group_ids[:n][idx], self.labels[:n][idx]
+        groups, labels, losses = self.group_ids[:n], self.labels[:n], self.losses[:n]
+        idx = None
+        if self.protect_current and self._current_classes is not None:
+            idx = torch.nonzero(~self.current_mask()).squeeze(1)  # the past samples only
+            if idx.numel() == 0:  # only the current experience is stored: nothing to balance
+                return torch.zeros(n, device=self.device)
+            sim, groups, labels, losses = sim[idx], groups[idx], labels[idx], losses[idx]
         if self.hierarchical:
             imp = hierarchical_importance(sim, groups, labels, eps=self.eps)
         elif self.balance_weight == "auto":
@@ -492,7 +493,9 @@ class BalancedBuffer(ExemplarsBuffer):
         else:
             imp = balanced_importance(sim, groups, balance_weight=self.balance_weight, eps=self.eps)
         if self.difficulty_weight > 0:
-            imp = imp * difficulty_factor(self.losses[:n][idx], self.difficulty_weight)
+            imp = imp * difficulty_factor(losses, self.difficulty_weight)
+        if idx is None:
+            return imp.float()
         return torch.zeros(n, device=self.device).index_copy_(0, idx, imp.float())
 
     @torch.no_grad()
@@ -505,9 +508,9 @@ class BalancedBuffer(ExemplarsBuffer):
         """
         if self.size == 0:
             return torch.zeros(0, device=self.device)
-        current = self.current_mask() if self.protect_current else torch.zeros(
-            self.size, dtype=torch.bool, device=self.device)
-        return replay_distribution(self.importance(op_prototypes), current, max_ratio=self.max_ratio)
+        protected = self.protect_current and self._current_classes is not None
+        return replay_distribution(self.importance(op_prototypes), self.current_mask() if protected else None,
+                                   max_ratio=self.max_ratio)
 
     def _gather(self, indices: Tensor, transform: Optional[Callable]) -> ReplayBatch:
         inputs = self.examples[indices]

@@ -125,11 +125,46 @@ def balance_factor(group_ids: Tensor, dtype=torch.float32) -> Tensor:
 def cap_weights(weights: Tensor, max_ratio: float) -> Tensor:
     """Exact water-filling: the largest ``p`` such that ``p = min(c * w, max_ratio / n)`` sums to 1.
 
-    A single clip-then-renormalise overshoots the cap again; this finds the
-    scale ``c`` in one sort, so no weight ends above ``max_ratio`` times the mean.
+    A single clip-then-renormalise overshoots the cap again. Here the clipped
+    set grows to its fixed point: clip what exceeds the cap, rescale the rest
+    to the remaining mass, repeat until nothing new exceeds it (a few passes
+    over the weights in practice: the set only grows, and each pass is one
+    vectorised step). Pathological weights that need many rounds fall back to
+    one sort, which finds the scale directly. No weight ends above
+    ``max_ratio`` times the mean; when the positive weights cannot take all the
+    mass under the cap, the zero weights share what is left equally.
     """
     n = weights.shape[0]
     cap = max_ratio / n
+    total = weights.sum()
+    if not bool(weights.max() > cap * total * (1 + 1e-6)):  # nothing to clip: one pass, one sync
+        return weights / total
+    clipped = weights > cap * total
+    for _ in range(16):
+        free = torch.where(clipped, torch.zeros_like(weights), weights)
+        scale = (1.0 - cap * clipped.sum()) / free.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+        grown = clipped | (weights * scale > cap * (1 + 1e-6))
+        if torch.equal(grown, clipped):
+            return _spread_leftover(torch.where(clipped, weights.new_tensor(cap), weights * scale), weights)
+        clipped = grown
+    return _spread_leftover(_cap_weights_by_sort(weights, cap), weights)
+
+
+def _spread_leftover(p: Tensor, weights: Tensor) -> Tensor:
+    # With few positive weights the cap can leave mass over (every positive weight at the cap):
+    # the zero-weight entries share it equally, so the result stays a capped distribution.
+    leftover = 1.0 - p.sum()
+    if bool(leftover > 1e-6):
+        zeros = weights <= 0
+        p = p + torch.where(zeros, leftover / zeros.sum().clamp_min(1), torch.zeros_like(p))
+    return p
+
+
+def _cap_weights_by_sort(weights: Tensor, cap: float) -> Tensor:
+    """:func:`cap_weights` in one sort: the scale for every possible number of clipped weights."""
+    n = weights.shape[0]
+    if cap * n <= 1.0 + 1e-6:  # a cap at the mean itself: only the uniform distribution fits
+        return torch.full_like(weights, 1.0 / n)
     w_sorted, order = torch.sort(weights, descending=True)
     # If the j largest weights are capped, the rest scale by (1 - j * cap) / tail_j.
     tail = w_sorted.flip(0).cumsum(0).flip(0)  # tail[j] = sum of w_sorted[j:]
@@ -143,7 +178,7 @@ def cap_weights(weights: Tensor, max_ratio: float) -> Tensor:
     capped_sorted = torch.minimum(w_sorted * scale[first], w_sorted.new_tensor(cap))
     out = torch.empty_like(weights)
     out[order] = capped_sorted
-    return out / out.sum()
+    return out
 
 
 def hierarchical_importance(
@@ -187,7 +222,7 @@ def difficulty_factor(losses: Tensor, weight: float) -> Tensor:
 
 
 def replay_distribution(
-    importance: Tensor, is_current: Tensor, *, max_ratio: Optional[float] = None
+    importance: Tensor, is_current: Optional[Tensor], *, max_ratio: Optional[float] = None
 ) -> Tensor:
     """Draw probabilities in which balancing only redistributes the *past* experiences' share.
 
@@ -198,12 +233,18 @@ def replay_distribution(
     remaining ``n_past / n`` in proportion to ``importance``, each capped at
     ``max_ratio`` times the uniform probability (exact water-filling, so no
     stored sample can take a runaway share). All-zero past importances fall back
-    to uniform. Returns a probability vector (sums to 1) on the same device.
+    to uniform; ``is_current=None`` means no current samples. Returns a
+    probability vector (sums to 1) on the same device.
     """
     n = importance.shape[0]
     if n == 0:
         return importance.new_empty(0)
     weights = importance.to(torch.float32)
+    if is_current is None:  # every sample is past: normalise (uniform if all zero) and cap
+        total = weights.sum()
+        if not bool(total > 0):
+            return torch.full_like(weights, 1.0 / n)
+        return cap_weights(weights, max_ratio) if max_ratio is not None else weights / total
     past = ~is_current
     past_count = past.sum()
     past_w = torch.where(past, weights, torch.zeros_like(weights))

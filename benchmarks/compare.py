@@ -243,10 +243,10 @@ def summarise(runs):
     return table
 
 
-def paired_differences(runs):
-    """Per pair of ``PAIRS`` with common seeds: the seeds and, per key, first minus second by seed."""
+def paired_differences(runs, pairs=PAIRS):
+    """Per pair (default ``PAIRS``) with common seeds: the seeds and, per key, first minus second by seed."""
     out = {}
-    for first, second in PAIRS:
+    for first, second in pairs:
         by_seed = {m: {r["seed"]: r for r in runs if r["method"] == m} for m in (first, second)}
         seeds = sorted(set(by_seed[first]) & set(by_seed[second]))
         if seeds:

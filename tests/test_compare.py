@@ -251,3 +251,27 @@ def test_choose_lr_prefers_accuracy_then_the_smaller_rate(monkeypatch):
             dict(method="a", lr=0.03, accuracy=4.0), dict(method="b", lr=0.1, accuracy=7.0),
             dict(method="b", lr=0.01, accuracy=6.0)]
     assert compare.choose_lr(runs) == {"a": 0.01, "b": 0.1}
+
+
+def test_balanced_variants_train_at_their_uniform_counterparts_rate(monkeypatch):
+    """In a balanced-uniform pair only the sampler differs: the balanced run takes the uniform
+    run's validated rate even where a rate of its own was chosen."""
+    compare = load("compare", monkeypatch)
+    chosen = {"sarl_uniform": 0.1, "sarl_balanced": 0.03, "plugin_uniform": 0.03, "plugin_balanced": 0.1, "er": 0.03}
+    assert compare.lr_for("sarl_balanced", chosen) == (0.1, "validation (sarl_uniform)")
+    assert compare.lr_for("plugin_balanced", chosen) == (0.03, "validation (plugin_uniform)")
+    assert compare.lr_for("sarl_legacy_share", chosen) == (0.1, "validation (sarl_uniform)")
+    assert compare.lr_for("plugin_legacy", chosen) == (0.03, "validation (plugin_uniform)")
+    assert compare.lr_for("er", chosen) == (0.03, "validation")
+    assert compare.lr_for("der", chosen) == (None, "protocol default")
+    assert compare.lr_for("sarl_balanced", {}) == (None, "protocol default")
+
+
+def test_replay_history_includes_group_agreement_per_experience(monkeypatch):
+    compare = load("compare", monkeypatch)
+    result = compare.run_one("sarl_balanced", 0, "tiny", _args(), threads=1)
+    n_exp = compare.PROTOCOLS["tiny"]["n_experiences"]
+    for key in ("current_share", "effective_sample_size", "group_agreement_per_experience"):
+        assert len(result[key]) == n_exp, key
+    assert result["group_agreement_per_experience"][-1] == pytest.approx(result["group_agreement"])
+    assert all(0.0 < v <= 1.0 for v in result["effective_sample_size"])

@@ -283,3 +283,19 @@ def test_auto_balance_weight_keeps_the_effective_sample_size():
     assert 0.0 <= w.item() < 1.0
     assert effective_sample_size(term * skewed.pow(w)).item() >= 0.7
     assert auto_balance_weight(term, skewed, target_ess=1.0).item() == 0.0  # only w = 0 reaches ESS 1
+
+
+def test_cap_fixed_point_equals_the_sort_solution():
+    from avalanche_balanced.sampling import _cap_weights_by_sort
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.rand(1000, generator=g).pow(8), torch.rand(50, generator=g),
+             0.5 ** torch.arange(60.0)]  # geometric: many rounds, the sort fallback
+    for w in cases:
+        for ratio in (1.0, 1.5, 4.0):
+            got = cap_weights(w, ratio)
+            torch.testing.assert_close(got, _cap_weights_by_sort(w, ratio / w.shape[0]), atol=1e-6, rtol=1e-5)
+            assert got.sum().item() == pytest.approx(1.0, abs=1e-5)
+            assert got.max().item() <= ratio / w.shape[0] * (1 + 1e-5)
+    # one positive weight cannot take the mass under a cap: the zero weights share what is left
+    torch.testing.assert_close(cap_weights(torch.tensor([0.0, 0.0, 1.0, 0.0]), 1.5),
+                               torch.tensor([0.625 / 3, 0.625 / 3, 0.375, 0.625 / 3]))

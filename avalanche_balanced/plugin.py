@@ -129,6 +129,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.preprocess = preprocess
         self.refresh_features = refresh_features
         self._ess_sum: Optional[torch.Tensor] = None  # [sum of ESS, count] over this experience's regroups
+        self._refreshed_at: Optional[int] = None  # iteration count of the latest feature refresh
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None
         self._replay: Optional[ReplayBatch] = None
@@ -223,7 +224,9 @@ class BalancedReplayPlugin(SupervisedPlugin):
         if self._ess_sum is not None and not bool(self._ess_sum[1] > 0):
             self._record_ess()  # no regrouping during the experience: its replay distribution now
         self.buffer.set_current_classes(None)  # the finished experience is past from now on
-        self._regroup(strategy.model)
+        # Refreshed at this very iteration (a regrouping on the last step)? The model has not
+        # changed since, and samples inserted just now got eval-mode features already.
+        self._regroup(strategy.model, refresh=self._refreshed_at != self._iterations)
         self._publish(strategy)
         self.remove_hook()
 
@@ -243,9 +246,10 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._iterations = state["iterations"]
 
     # --------------------------------------------------------------- helpers
-    def _regroup(self, model):
-        if self.refresh_features:
+    def _regroup(self, model, refresh: bool = True):
+        if self.refresh_features and refresh:
             self.buffer.refresh_features(model, self.preprocess)
+            self._refreshed_at = self._iterations
         if self.refresh_prototypes:
             self.buffer.refresh_prototypes()
         self.buffer.regroup()

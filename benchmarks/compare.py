@@ -359,11 +359,12 @@ def load_lr_choice(path: Path) -> dict:
     return json.loads(path.read_text())["chosen"] if path.is_file() else {}
 
 
-def lr_for(method: str, chosen: dict):
-    """``(lr, source)`` of a table run: a balanced variant takes its uniform counterpart's
-    validated rate (``methods.LR_FROM``), so that a balanced-uniform pair differs in the
-    sampler only; other methods their own; the protocol's rate (None) when nothing was chosen."""
-    base = LR_FROM.get(method)
+def lr_for(method: str, chosen: dict, pairing: str = "counterpart"):
+    """``(lr, source)`` of a table run: with ``pairing="counterpart"`` a balanced variant takes
+    its uniform counterpart's validated rate (``methods.LR_FROM``), so that a balanced-uniform
+    pair differs in the sampler only; otherwise (and for other methods) its own; the
+    protocol's rate (None) when nothing was chosen."""
+    base = LR_FROM.get(method) if pairing == "counterpart" else None
     if base is not None and base in chosen:
         return chosen[base], f"validation ({base})"
     if method in chosen:
@@ -436,6 +437,9 @@ def main(argv=None):
     parser.add_argument("--lr_selection", default=None,
                         help="chosen learning rates (default results/<protocol>/lr_selection.json); "
                              "methods without a choice there use the protocol's lr")
+    parser.add_argument("--lr_pairing", choices=("counterpart", "own"), default="counterpart",
+                        help="balanced variants train at their uniform counterpart's chosen rate (default) "
+                             "or at their own")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=None,
@@ -466,11 +470,12 @@ def main(argv=None):
             if any((r["method"], r["seed"]) == (method, seed) for r in runs) and not args.overwrite:
                 print(f"{method} seed {seed}: already in {saved}, skipped")
             else:
-                todo.append(((method, seed), method, seed, dict(lr=lr_for(method, chosen)[0])))
+                todo.append(((method, seed), method, seed, dict(lr=lr_for(method, chosen, args.lr_pairing)[0])))
     order = {m: i for i, m in enumerate(METHODS)}
     for (method, seed), result in run_all(todo, args, jobs, threads):
         runs = [r for r in runs if (r["method"], r["seed"]) != (method, seed)]
-        runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source=lr_for(method, chosen)[1], **result))
+        runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source=lr_for(method, chosen, args.lr_pairing)[1],
+                         **result))
         runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
         write_outputs(out, runs, args.protocol)  # after every run: an interruption loses only running runs
         forgetting = result["forgetting"]

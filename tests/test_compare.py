@@ -265,6 +265,7 @@ def test_balanced_variants_train_at_their_uniform_counterparts_rate(monkeypatch)
     assert compare.lr_for("er", chosen) == (0.03, "validation")
     assert compare.lr_for("der", chosen) == (None, "protocol default")
     assert compare.lr_for("sarl_balanced", {}) == (None, "protocol default")
+    assert compare.lr_for("sarl_balanced", chosen, "own") == (0.03, "validation")
 
 
 def test_replay_history_includes_group_agreement_per_experience(monkeypatch):

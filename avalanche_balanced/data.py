@@ -26,6 +26,7 @@ from torch import Tensor
 from avalanche.benchmarks import NCScenario, nc_benchmark
 from avalanche.benchmarks.datasets.dataset_utils import default_dataset_location
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from .long_tail import long_tail_counts
 
 __all__ = [
     "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR100Arrays", "CorruptDataError", "cifar_augment",
@@ -204,9 +205,10 @@ def fine_to_coarse_table(fine: Tensor, coarse: Tensor) -> Tensor:
     return table
 
 
-def _balanced_subset(labels: Tensor, per_class: int,
+def _balanced_subset(labels: Tensor, per_class: Union[int, Tensor],
                      generator: Optional[torch.Generator]) -> Tensor:
-    """Sorted indices of a uniform random subset with exactly ``per_class`` items per label."""
+    """Sorted indices of a uniform random subset with exactly ``per_class`` items per label
+    (an int, or a tensor of per-label quotas indexed by label)."""
     # Shuffle with random keys, then a stable sort by label: each class becomes one
     # contiguous run in random order, and the first per_class of every run are kept.
     order = torch.rand(labels.numel(), generator=generator).argsort()
@@ -214,11 +216,16 @@ def _balanced_subset(labels: Tensor, per_class: int,
     grouped = labels[order]
     counts = torch.bincount(grouped)
     present = counts[counts > 0]
-    if present.numel() and per_class > int(present.min()):
-        raise ValueError(f"per_class={per_class} but the smallest class has only "
-                         f"{int(present.min())} images")
+    quota = torch.as_tensor(per_class)
+    if quota.dim() == 0:
+        if present.numel() and int(quota) > int(present.min()):
+            raise ValueError(f"per_class={int(quota)} but the smallest class has only "
+                             f"{int(present.min())} images")
+    elif bool((quota[: counts.numel()] > counts[: quota.numel()]).any()):
+        raise ValueError("a class has fewer images than its quota")
     rank = torch.arange(labels.numel()) - (counts.cumsum(0) - counts)[grouped]
-    return order[rank < per_class].sort().values
+    limit = quota if quota.dim() == 0 else quota[grouped]
+    return order[rank < limit].sort().values
 
 
 def _label_names(root: Path) -> dict:
@@ -252,7 +259,8 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
                    seed: Optional[int] = 0, class_order: Optional[Sequence[int]] = None,
                    per_class: Optional[int] = None, return_task_id: bool = False,
                    download: bool = False, test_per_class: Optional[int] = None,
-                   validation_per_class: Optional[int] = None) -> NCScenario:
+                   validation_per_class: Optional[int] = None,
+                   imbalance_ratio: Optional[float] = None, imbalance_order: str = "shuffled") -> NCScenario:
     """Class-incremental Split CIFAR-100, built with Avalanche's ``nc_benchmark``.
 
     The class order follows Avalanche's ``SplitCIFAR100``: ``class_order`` (a permutation of
@@ -272,6 +280,15 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     training images per class; the test stream covers the full test set unless
     ``test_per_class`` asks for a seeded subset of that many test images per class
     (for fast smoke runs; report results on the full test set).
+
+    ``imbalance_ratio`` makes the training stream long-tailed (CIFAR-100-LT): the class of
+    frequency rank ``r`` keeps ``n_max * imbalance_ratio ** (r / 99)`` images, ``n_max`` being
+    ``per_class`` when given, else 500; ``imbalance_order="ordered"`` gives the most frequent
+    classes to the first experiences, ``"shuffled"`` assigns frequencies at random (the two
+    orders of Liu et al., ECCV 2022). Counts and images follow ``seed``; the test stream
+    stays balanced. The counts are ``class_counts`` (LongTensor[100]) on the result, with
+    ``imbalance_ratio``, ``imbalance_order`` and ``n_max``; without imbalance
+    ``class_counts`` holds the balanced counts and ``imbalance_ratio`` is None.
 
     Extra attributes on the result: ``fine_to_coarse`` (LongTensor[100]), ``train_indices``
     (the training-set indices used), ``validation_indices`` (None without validation), and ``fine_label_names`` / ``coarse_label_names`` when
@@ -297,6 +314,8 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
         if (per_class or 0) + validation_per_class > TRAIN_PER_CLASS:
             raise ValueError(f"per_class ({per_class}) + validation_per_class ({validation_per_class}) "
                              f"exceeds the {TRAIN_PER_CLASS} training images per class")
+    if imbalance_ratio is not None:
+        long_tail_counts(range(N_FINE), 1, imbalance_ratio, imbalance_order)  # argument checks
     if class_order is not None:
         order = torch.as_tensor(list(class_order))
         if order.dtype.is_floating_point or order.ndim != 1 or order.numel() != N_FINE \
@@ -319,7 +338,16 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     if validation_per_class is not None:
         validation = _balanced_subset(train.fine, validation_per_class, gen)
         pool = pool[~torch.isin(pool, validation)]
-    indices = pool if per_class is None else pool[_balanced_subset(train.fine[pool], per_class, gen)]
+    n_max = per_class if per_class is not None else TRAIN_PER_CLASS
+    counts = None
+    if imbalance_ratio is not None:
+        # The class order must be known before frequencies can follow it: draw it here.
+        if class_order is None:
+            class_order = torch.randperm(N_FINE, generator=gen).tolist()
+        counts = long_tail_counts(class_order, n_max, imbalance_ratio, imbalance_order, gen)
+        indices = pool[_balanced_subset(train.fine[pool], counts, gen)]
+    else:
+        indices = pool if per_class is None else pool[_balanced_subset(train.fine[pool], per_class, gen)]
     # Convert only the kept images: the full training set is ~600 MB as float32.
     train_ds = _make_taskaware_tensor_classification_dataset(
         train.images[indices].float().div_(255), train.fine[indices])
@@ -339,6 +367,8 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     benchmark.fine_to_coarse = table
     benchmark.train_indices = indices
     benchmark.validation_indices = validation
+    benchmark.class_counts = torch.bincount(train.fine[indices], minlength=N_FINE)
+    benchmark.imbalance_ratio, benchmark.imbalance_order, benchmark.n_max = imbalance_ratio, imbalance_order, n_max
     for key, names in _label_names(root).items():
         setattr(benchmark, key, names)
     return benchmark

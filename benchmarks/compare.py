@@ -61,6 +61,7 @@ from methods import CORE, DESCRIPTIONS, LR_FROM, METHODS, Setting  # noqa: E402
 from avalanche_balanced.data import preserved_global_rng, split_cifar100, with_test_subset  # noqa: E402
 from avalanche_balanced.experiment import build_evaluator, final_results, seed_everything  # noqa: E402
 from avalanche_balanced.figures import accuracy_matrix_figure  # noqa: E402
+from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_tail_counts  # noqa: E402
 from avalanche_balanced.metrics import semantic_metrics  # noqa: E402
 
 PROTOCOLS = {
@@ -83,7 +84,9 @@ PROTOCOLS = {
 }
 LR_GRID = (0.01, 0.03, 0.1)
 SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
-                "group_agreement", "seconds")
+                "group_agreement", "seconds", "head_accuracy", "medium_accuracy", "tail_accuracy")
+# Long-tailed streams (--scenario lt): accuracy on the test images of head, medium and tail classes.
+BUCKET_NAMES = {f"{b}_accuracy": f"{b.capitalize()}Accuracy_Stream/eval_phase/test_stream" for b in BUCKETS}
 # Compared seed by seed (same class order, data and initialisation): balanced vs uniform
 # replay, and our plugin's uniform mode vs Avalanche's ER (the drop-in parity check).
 PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"))
@@ -102,11 +105,12 @@ SEMANTIC_NAMES = {
 }
 
 
-def tiny_benchmark(seed, validation=False):
+def tiny_benchmark(seed, validation=False, imbalance_ratio=None, imbalance_order="shuffled"):
     """20 classes in 5 superclasses of 4, 8x8 images with a class-dependent colour.
 
     ``validation``: the test stream is another draw from the training distribution
-    (the stand-in for held-out training images)."""
+    (the stand-in for held-out training images). ``imbalance_ratio``: long-tailed training
+    counts under a cap of 6 per class (see :func:`avalanche_balanced.long_tail.long_tail_counts`)."""
     from avalanche.benchmarks import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
     g = torch.Generator().manual_seed(seed)
@@ -119,9 +123,17 @@ def tiny_benchmark(seed, validation=False):
     train, test = split(6), split(3)
     if validation:
         test = split(3)
+    order, counts = None, torch.full((20,), 6)
+    if imbalance_ratio is not None:
+        order = torch.randperm(20, generator=g).tolist()
+        counts = long_tail_counts(order, 6, imbalance_ratio, imbalance_order, g)
+        rank = torch.arange(120) % 6  # split(6) repeats each class 6 times in a row
+        train = train.subset(torch.nonzero(rank < counts[torch.arange(20).repeat_interleave(6)]).squeeze(1).tolist())
     with preserved_global_rng():  # nc_benchmark re-seeds torch's global RNG
-        bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=seed)
+        bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=seed, fixed_class_order=order)
     bm.fine_to_coarse = torch.arange(20) // 4
+    bm.class_counts, bm.n_max = counts, 6
+    bm.imbalance_ratio, bm.imbalance_order = imbalance_ratio, imbalance_order
     return bm
 
 
@@ -129,11 +141,17 @@ def build_benchmark(protocol, order_seed, args, validation=False):
     """The benchmark of one run (class order, training subset and evaluation set from ``order_seed``)
     and the benchmark its intermediate evaluations use."""
     p = PROTOCOLS[protocol]
+    lt = getattr(args, "scenario", "split") == "lt"
     if protocol == "tiny":
-        bm = tiny_benchmark(order_seed, validation)
+        bm = tiny_benchmark(order_seed, validation, imbalance_ratio=args.imbalance_ratio if lt else None,
+                            imbalance_order=args.imbalance_order if lt else "shuffled")
     else:
-        bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed, per_class=p["per_class"],
+        # Long-tailed (--scenario lt): CIFAR-100-LT counts under the standard cap of 500 per class.
+        bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed,
+                            per_class=None if lt else p["per_class"],
                             validation_per_class=p["val_per_class"] if validation else None,
+                            imbalance_ratio=args.imbalance_ratio if lt else None,
+                            imbalance_order=args.imbalance_order if lt else "shuffled",
                             download=True)  # only when no local copy is found
     if validation or p["eval_per_class"] is None:
         return bm, bm
@@ -194,6 +212,8 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
 
     has_balanced_buffer = method.startswith(("plugin", "sarl"))
     extra = semantic_metrics(bm.fine_to_coarse, buffer_source=Source() if has_balanced_buffer else None)
+    if getattr(bm, "imbalance_ratio", None) is not None:
+        extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))
     evaluator, _ = build_evaluator(None, extra_metrics=extra, interactive=False)
     strategy = METHODS[method](setting, evaluator)
 
@@ -216,6 +236,8 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     result = final_results(metrics)
     for key, name in SEMANTIC_NAMES.items():
         result[key] = float(metrics[name]) if name in metrics else None
+    for key, name in BUCKET_NAMES.items():  # in %, like the accuracy
+        result[key] = 100.0 * float(metrics[name]) if name in metrics else None
     result.update(seconds=time.time() - start, accuracy_matrix=matrix, threads=torch.get_num_threads(),
                   lr=lr, class_order_seed=order_seed)
     history = evaluator.get_all_metrics()
@@ -273,11 +295,14 @@ def markdown_paired(paired):
 
 
 def markdown_table(table, protocol):
+    buckets = any("head_accuracy" in row for row in table.values())
     head = ("| method | lr | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
             "superclass err. share | group agreement (ARI) | seconds |")
+    if buckets:
+        head += " head acc. (%) | medium acc. (%) | tail acc. (%) |"
     lines = [f"Protocol `{protocol}`; mean ± std over the listed seeds; lr: each method's SGD rate "
              "(chosen on held-out training images where `lr_selection.json` exists).", "", head,
-             "|" + "---|" * 10]
+             "|" + "---|" * (13 if buckets else 10)]
 
     def cell(row, key, digits):
         if key not in row:
@@ -289,7 +314,9 @@ def markdown_table(table, protocol):
                      f"{cell(row, 'accuracy', 2)} | "
                      f"{cell(row, 'forgetting', 2)} | {cell(row, 'bwt', 2)} | "
                      f"{cell(row, 'semantic_consistency', 3)} | {cell(row, 'superclass_error_share', 3)} | "
-                     f"{cell(row, 'group_agreement', 3)} | {cell(row, 'seconds', 0)} |")
+                     f"{cell(row, 'group_agreement', 3)} | {cell(row, 'seconds', 0)} |"
+                     + (f" {cell(row, 'head_accuracy', 2)} | {cell(row, 'medium_accuracy', 2)} | "
+                        f"{cell(row, 'tail_accuracy', 2)} |" if buckets else ""))
     lines += ["", "Methods:"] + [f"- `{m}`: {DESCRIPTIONS[m]}" for m in table]
     return "\n".join(lines) + "\n"
 
@@ -440,6 +467,10 @@ def main(argv=None):
     parser.add_argument("--lr_pairing", choices=("counterpart", "own"), default="counterpart",
                         help="balanced variants train at their uniform counterpart's chosen rate (default) "
                              "or at their own")
+    parser.add_argument("--scenario", choices=("split", "lt"), default="split",
+                        help="lt: long-tailed Split CIFAR-100 (CIFAR-100-LT counts, cap 500 per class)")
+    parser.add_argument("--imbalance_ratio", type=float, default=0.01)
+    parser.add_argument("--imbalance_order", choices=("shuffled", "ordered"), default="shuffled")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=None,
@@ -451,7 +482,9 @@ def main(argv=None):
     if jobs < 1:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     threads = max(1, _cpu_count() // jobs)
-    out = Path(args.out or f"results/{args.protocol}")
+    default_out = (f"results/{args.protocol}" if args.scenario == "split"
+                   else f"results/{args.protocol}_lt_{args.imbalance_order}")
+    out = Path(args.out or default_out)
     out.mkdir(parents=True, exist_ok=True)
     lr_path = Path(args.lr_selection) if args.lr_selection else Path(f"results/{args.protocol}/lr_selection.json")
     start = time.time()

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from avalanche.training import DER, ER_ACE, JointTraining, Naive
 from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
-from avalanche.training.storage_policy import ReservoirSamplingBuffer
+from avalanche.training.storage_policy import ClassBalancedBuffer, ReservoirSamplingBuffer
 
 from avalanche_balanced import AdaptiveThreshold, BalancedReplayPlugin, SARLGelu
 from avalanche_balanced.data import cifar_augment, cifar_normalize
@@ -103,6 +103,14 @@ def er(s, evaluator):
     return Naive(model=model, **_common(s, evaluator, _sgd(model, s), [replay]))
 
 
+def er_class_balanced(s, evaluator):
+    """ER with Avalanche's ``ClassBalancedBuffer``: the balancing a user would try first."""
+    model = _model(s, augmented=True)
+    replay = ReplayPlugin(mem_size=s.mem_size, batch_size=s.batch_size, batch_size_mem=s.batch_size_mem,
+                          storage_policy=ClassBalancedBuffer(s.mem_size, adaptive_size=True))
+    return Naive(model=model, **_common(s, evaluator, _sgd(model, s), [replay]))
+
+
 def der(s, evaluator):
     model = _model(s, augmented=True)
     return DER(model=model, mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,
@@ -188,14 +196,17 @@ ABLATIONS: Dict[str, Callable] = {
     "sarl_hierarchical": _sarl(True, replay_options=dict(hierarchical=True)),
     "sarl_difficulty": _sarl(True, replay_options=dict(difficulty_weight=1.0)),
     "plugin_legacy": _plugin(True, refresh_features=False, **LEGACY_BUFFER),
+    "er_class_balanced": er_class_balanced,
+    "plugin_class_balanced": _plugin(True, grouping="class"),
     "sarl_similarity_only": _sarl(True, balance_weight=0.0),
     "sarl_balance_only": _sarl(True, similarity="none"),
     "sarl_class_groups": _sarl(True, grouping="class"),
     "sarl_superclass_groups": _sarl(True, grouping="fixed"),
 }
 METHODS = {**CORE, **ABLATIONS}
-LR_FROM = {name: ("plugin_uniform" if name.startswith("plugin") else "sarl_uniform") for name in METHODS
-           if name.endswith(("_balanced",)) or name in ABLATIONS}
+_UNIFORM_COUNTERPART = {"plugin": "plugin_uniform", "sarl": "sarl_uniform", "er": "er"}
+LR_FROM = {name: _UNIFORM_COUNTERPART[name.split("_")[0]] for name in METHODS
+           if name.endswith("_balanced") or name in ABLATIONS}
 """Balanced variants train at their uniform counterpart's validated rate: in a pair, only the sampler differs."""
 DESCRIPTIONS = {
     "naive": "Avalanche Naive (fine-tuning, lower bound)",
@@ -219,6 +230,8 @@ DESCRIPTIONS = {
     "sarl_hierarchical": "SARL-GELU balanced, two-level balance (group, then class)",
     "sarl_difficulty": "SARL-GELU balanced, importance x (last replay loss / mean)",
     "plugin_legacy": "Naive + BalancedReplayPlugin balanced as before issue 11 (every fix off)",
+    "er_class_balanced": "Avalanche Naive + ReplayPlugin with ClassBalancedBuffer (class-balanced ER)",
+    "plugin_class_balanced": "Naive + BalancedReplayPlugin, balanced draws with one group per class",
     "sarl_similarity_only": "SARL-GELU balanced, balance_weight=0 (similarity term only)",
     "sarl_balance_only": "SARL-GELU balanced, similarity=none (balance factor only)",
     "sarl_class_groups": "SARL-GELU balanced, grouping=class",

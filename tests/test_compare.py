@@ -276,3 +276,18 @@ def test_replay_history_includes_group_agreement_per_experience(monkeypatch):
         assert len(result[key]) == n_exp, key
     assert result["group_agreement_per_experience"][-1] == pytest.approx(result["group_agreement"])
     assert all(0.0 < v <= 1.0 for v in result["effective_sample_size"])
+
+
+def test_long_tailed_scenario_reports_buckets(monkeypatch):
+    compare = load("compare", monkeypatch)
+    args = _args(scenario="lt", imbalance_ratio=0.2, imbalance_order="ordered")
+    bm, _ = compare.build_benchmark("tiny", 0, args)
+    from avalanche_balanced.long_tail import long_tail_counts
+    assert torch.equal(bm.class_counts, long_tail_counts(list(bm.classes_order), 6, 0.2, "ordered"))
+    sizes = [len(exp.dataset) for exp in bm.train_stream]
+    assert sizes == sorted(sizes, reverse=True) and sum(sizes) == int(bm.class_counts.sum())  # head first
+    result = compare.run_one("er_class_balanced", 0, "tiny", args, threads=1)
+    assert 0.0 <= result["head_accuracy"] <= 100.0 and 0.0 <= result["medium_accuracy"] <= 100.0
+    assert result["tail_accuracy"] is None  # a cap of 6: no class has fewer than 6 / 25 images
+    balanced = compare.run_one("er", 0, "tiny", _args(), threads=1)
+    assert balanced["head_accuracy"] is None  # balanced streams report no buckets

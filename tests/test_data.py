@@ -464,3 +464,38 @@ def test_normalize_centres_real_data(real_train):
 def test_augment_rejects_bad_input(fn, bad):
     with pytest.raises(ValueError, match="expects"):
         fn(bad)
+
+
+# ------------------------------------------------------------ long-tailed streams (issue 12)
+def test_long_tailed_split_on_synthetic_data(npz_cifar_dir):
+    from avalanche_balanced.long_tail import long_tail_counts
+    bench = split_cifar100(5, root=npz_cifar_dir, seed=4, per_class=3, imbalance_ratio=0.34,
+                           imbalance_order="ordered")
+    order = list(bench.classes_order)
+    assert torch.equal(bench.class_counts, long_tail_counts(order, 3, 0.34, "ordered"))
+    seen = torch.cat([torch.as_tensor(list(exp.dataset.targets)) for exp in bench.train_stream])
+    assert torch.equal(torch.bincount(seen, minlength=100), bench.class_counts)  # the kept images
+    first, last = bench.train_stream[0].classes_in_this_experience, bench.train_stream[4].classes_in_this_experience
+    assert bench.class_counts[first].min() >= bench.class_counts[last].max()  # head first
+    assert sum(len(e.dataset) for e in bench.test_stream) == 100  # the test set stays balanced (1 per class)
+    assert (bench.imbalance_ratio, bench.imbalance_order, bench.n_max) == (0.34, "ordered", 3)
+    again = split_cifar100(5, root=npz_cifar_dir, seed=4, per_class=3, imbalance_ratio=0.34,
+                           imbalance_order="ordered")
+    assert torch.equal(again.train_indices, bench.train_indices)  # the seed decides the images
+    shuffled = split_cifar100(5, root=npz_cifar_dir, seed=4, per_class=3, imbalance_ratio=0.34)
+    assert sorted(shuffled.class_counts.tolist()) == sorted(bench.class_counts.tolist())
+    assert not torch.equal(shuffled.class_counts, bench.class_counts)
+    with pytest.raises(ValueError, match="imbalance_ratio"):
+        split_cifar100(5, root=npz_cifar_dir, imbalance_ratio=2.0)
+    with pytest.raises(ValueError, match="imbalance_order"):
+        split_cifar100(5, root=npz_cifar_dir, imbalance_ratio=0.1, imbalance_order="reversed")
+
+
+def test_long_tailed_split_on_cifar100(cifar_root):
+    for order in ("shuffled", "ordered"):
+        bench = split_cifar100(5, root=cifar_root, seed=0, imbalance_ratio=0.01, imbalance_order=order,
+                               test_per_class=2)
+        counts = bench.class_counts
+        assert int(counts.max()) == 500 and int(counts.min()) == 5
+        assert 10_500 < int(counts.sum()) < 11_000 and sum(len(e.dataset) for e in bench.train_stream) == counts.sum()
+        assert sum(len(e.dataset) for e in bench.test_stream) == 200  # balanced: 2 per class

@@ -2,7 +2,8 @@
 
 The public API:
 
-* sampling maths: :func:`balanced_importance`, :func:`sample_indices`, :func:`cosine_to_unit`;
+* sampling maths: :func:`balanced_importance`, :func:`replay_distribution`, :func:`sample_indices`,
+  :func:`cosine_to_unit`, :func:`effective_sample_size`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
 * storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``);
 * wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``),
@@ -12,9 +13,13 @@ The public API:
 * data and model: :func:`split_cifar100`, :func:`with_test_subset`, :func:`load_cifar100`,
   :func:`cifar_augment`, :func:`cifar_normalize`, :func:`gelu_resnet18`;
 * evaluation: :func:`semantic_metrics` and the metrics of :mod:`avalanche_balanced.metrics`;
+  long-tailed streams: :func:`long_tail_counts`, :class:`FrequencyBucketAccuracy`;
 * runs: :func:`seed_everything` (seed a run after building its benchmark).
 """
-from .sampling import balanced_importance, cosine_to_unit, normalized_entropy, sample_indices
+from .sampling import (
+    balanced_importance, cosine_to_unit, effective_sample_size, normalized_entropy, replay_distribution,
+    sample_indices,
+)
 from .semantic import GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .buffer import BalancedBuffer, ReplayBatch
 from .plugin import BalancedReplayPlugin
@@ -24,6 +29,7 @@ from .strategies import SARLEnhancedGeluBalanced, SARLGelu
 from .data import cifar_augment, cifar_normalize, load_cifar100, split_cifar100, with_test_subset
 from .models import gelu_resnet18
 from .metrics import semantic_metrics
+from .long_tail import FrequencyBucketAccuracy, long_tail_counts
 from .experiment import seed_everything
 
 __version__ = "0.1.0"
@@ -33,6 +39,8 @@ __all__ = [
     "sample_indices",
     "cosine_to_unit",
     "normalized_entropy",
+    "replay_distribution",
+    "effective_sample_size",
     "GROUPINGS",
     "ClassPrototypes",
     "SemanticSimilarity",
@@ -51,5 +59,7 @@ __all__ = [
     "cifar_normalize",
     "gelu_resnet18",
     "semantic_metrics",
+    "long_tail_counts",
+    "FrequencyBucketAccuracy",
     "seed_everything",
 ]

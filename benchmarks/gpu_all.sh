@@ -14,9 +14,7 @@ total=${2:-570}; quick=${3:-320}; jobs=${4:-16}; device=${5:-cuda}
 protocol=${PROTOCOL:-quick}; paper_args=${PAPER_ARGS:-}
 start=$(date +%s)
 here=$(cd "$(dirname "$0")/.." && pwd); cd "$here"; mkdir -p "$out"
-if [ -z "${AVALANCHE_BALANCED_DATA:-}" ] && [ -d .stage/cifar100 ]; then
-    python3 benchmarks/stage_data.py --join .stage/cifar100 && export AVALANCHE_BALANCED_DATA=$here/.stage/cifar100
-fi
+source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 res=results/${protocol}_gpu; fixed=results/${protocol}_gpu_fixed_order
 compare() { "$py" benchmarks/compare.py --protocol "$protocol" --device "$device" --lr_selection "$res/lr_selection.json" "$@"; }

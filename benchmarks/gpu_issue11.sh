@@ -12,9 +12,7 @@
 set -uo pipefail
 out=${1:?usage: gpu_issue11.sh OUT [BUDGET] [DEVICE]}; budget=${2:-540}; device=${3:-cuda}
 here=$(cd "$(dirname "$0")/.." && pwd); cd "$here"; mkdir -p "$out"
-if [ -z "${AVALANCHE_BALANCED_DATA:-}" ] && [ -d .stage/cifar100 ]; then
-    python3 benchmarks/stage_data.py --join .stage/cifar100 && export AVALANCHE_BALANCED_DATA=$here/.stage/cifar100
-fi
+source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 start=$(date +%s)
 compare() { timeout "$budget" "$py" benchmarks/compare.py --protocol quick --device "$device" "$@"; }

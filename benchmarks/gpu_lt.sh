@@ -9,9 +9,7 @@
 set -uo pipefail
 out=${1:?usage: gpu_lt.sh OUT [BUDGET] [DEVICE]}; budget=${2:-550}; device=${3:-cuda}
 here=$(cd "$(dirname "$0")/.." && pwd); cd "$here"; mkdir -p "$out"
-if [ -z "${AVALANCHE_BALANCED_DATA:-}" ] && [ -d .stage/cifar100 ]; then
-    python3 benchmarks/stage_data.py --join .stage/cifar100 && export AVALANCHE_BALANCED_DATA=$here/.stage/cifar100
-fi
+source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 methods="er er_class_balanced er_ace plugin_uniform plugin_class_balanced plugin_balanced sarl_uniform sarl_balanced"
 for order in shuffled ordered; do

@@ -63,13 +63,35 @@ def draw_table(repeats):
         print(f"{n:>9} | {sampler:>8.3f} | {full:>17.3f} | {uniform:>16.3f} | {full / uniform:.2f}")
 
 
-def plugin_iterations(iterations, rounds):
-    print("\n2. Training iteration, Naive + plugin, reduced GELU ResNet-18, batch 32 + 32, buffer 500")
+def _random_stream(per_class, g):
+    """One experience of 10 classes of random 32x32 images, ``per_class`` each."""
     from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-    from avalanche.core import SupervisedPlugin
+    y = torch.arange(10).repeat_interleave(per_class)
+    ds = _make_taskaware_tensor_classification_dataset(torch.rand(len(y), 3, 32, 32, generator=g), y)
+    return nc_benchmark(ds, ds, n_experiences=1, task_labels=False, seed=0)
+
+
+def _prefilled_naive(plugin, g, extra_plugins=()):
+    """Naive on the reduced GELU ResNet-18 (same initial weights every call) with ``plugin``,
+    whose buffer is pre-filled with 500 samples so every measured iteration replays."""
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import Naive
+    torch.manual_seed(0)
+    model = gelu_resnet18(100, nf=20).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        xs = torch.rand(500, 3, 32, 32, generator=g)
+        logits, feats = model(xs, return_features=True)
+    plugin.buffer.add_data(xs, torch.randint(100, (500,), generator=g), logits, feats)
+    plugin.buffer.refresh_prototypes()
+    plugin.buffer.regroup()
+    return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.03), train_mb_size=32,
+                 train_epochs=1, plugins=[plugin, *extra_plugins], evaluator=EvaluationPlugin(loggers=[]))
+
+
+def plugin_iterations(iterations, rounds):
+    print("\n2. Training iteration, Naive + plugin, reduced GELU ResNet-18, batch 32 + 32, buffer 500")
+    from avalanche.core import SupervisedPlugin
 
     class IterationTimer(SupervisedPlugin):
         def __init__(self):
@@ -83,29 +105,14 @@ def plugin_iterations(iterations, rounds):
             self.times.append(time.perf_counter() - self._t0)
 
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(10).repeat_interleave(32 * iterations // 10 + 1)
-    x = torch.rand(len(y), 3, 32, 32, generator=g)
-    ds = _make_taskaware_tensor_classification_dataset(x, y)
-    bm = nc_benchmark(ds, ds, n_experiences=1, task_labels=False, seed=0)
+    bm = _random_stream(32 * iterations // 10 + 1, g)
     runs = {}
     for balanced in (True, False):
-        torch.manual_seed(0)
-        model = gelu_resnet18(100, nf=20).to(memory_format=torch.channels_last)
         # Online insertion: every iteration also writes to the buffer (SARL's timing, the heavier one).
         plugin = BalancedReplayPlugin(mem_size=500, batch_size_mem=32, use_balanced_sampling=balanced,
                                       transform=cifar_augment, insertion_timing="online")
-        # Pre-fill the buffer so every measured iteration replays 32 samples.
-        with torch.no_grad():
-            xs = torch.rand(500, 3, 32, 32, generator=g)
-            logits, feats = model(xs, return_features=True)
-        plugin.buffer.add_data(xs, torch.randint(100, (500,), generator=g), logits, feats)
-        plugin.buffer.refresh_prototypes()
-        plugin.buffer.regroup()
         timer = IterationTimer()
-        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
-                         train_mb_size=32, train_epochs=1, plugins=[plugin, timer],
-                         evaluator=EvaluationPlugin(loggers=[]))
-        runs[balanced] = (strategy, timer)
+        runs[balanced] = (_prefilled_naive(plugin, g, [timer]), timer)
     for _ in range(rounds):  # interleave the two so drifts in machine load cancel
         for balanced in (True, False):
             runs[balanced][0].train(bm.train_stream[0])
@@ -119,29 +126,13 @@ def refresh_cost(iterations, rounds):
     iterations, one eval-mode pass over 500 stored samples) vs replayed samples' features only.
     Mean iteration time, regroupings included (a median would hide them)."""
     print("\n3. Feature refresh at every regrouping (every 50 iterations), balanced, same setting as 2")
-    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
-    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-    from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.supervised import Naive
-
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(10).repeat_interleave(32 * iterations // 10)
-    ds = _make_taskaware_tensor_classification_dataset(torch.rand(len(y), 3, 32, 32, generator=g), y)
-    bm = nc_benchmark(ds, ds, n_experiences=1, task_labels=False, seed=0)
+    bm = _random_stream(32 * iterations // 10, g)
     runs = {}
     for refresh in (True, False):
-        torch.manual_seed(0)
-        model = gelu_resnet18(100, nf=20).to(memory_format=torch.channels_last)
         plugin = BalancedReplayPlugin(mem_size=500, batch_size_mem=32, transform=cifar_augment,
                                       insertion_timing="online", regroup_every=50, refresh_features=refresh)
-        with torch.no_grad():
-            xs = torch.rand(500, 3, 32, 32, generator=g)
-            logits, feats = model(xs, return_features=True)
-        plugin.buffer.add_data(xs, torch.randint(100, (500,), generator=g), logits, feats)
-        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.03),
-                         train_mb_size=32, train_epochs=1, plugins=[plugin],
-                         evaluator=EvaluationPlugin(loggers=[]))
-        runs[refresh] = [strategy, 0.0]
+        runs[refresh] = [_prefilled_naive(plugin, g), 0.0]
     for _ in range(rounds):  # interleaved; each round is `iterations` iterations and one experience end
         for refresh in (True, False):
             t0 = time.perf_counter()

@@ -3,7 +3,9 @@
 Storage is a set of preallocated tensors of fixed capacity on the training
 device (inputs, labels, task labels, logits, features, group ids, the loss at
 the latest replay). Everything that touches all stored samples (regrouping, importance,
-sampling) is one vectorised pass over those tensors.
+sampling) is one vectorised pass over those tensors. Which similarity and which
+groups are used is decided by two policy objects (``similarity_rules``,
+``grouping_rules``); the buffer only stores, caches and draws.
 """
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
@@ -13,20 +15,16 @@ from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dat
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 from .features import forward_with_features
+from .grouping_rules import GroupingRule, make_grouping
 from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
-from .sampling import (
-    auto_balance_weight, balance_factor, balanced_importance, cosine_to_unit, difficulty_factor,
-    draw_proportional, hierarchical_importance, replay_distribution, uniform_indices,
-)
-from .semantic import (
-    GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity,
-    class_groups_from_similarity,
-)
+from .sampling import combined_importance, draw_proportional, replay_distribution, uniform_indices
+from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
+from .similarity_rules import SimilarityRule, make_similarity
+from .validation import as_labels, check_finite, check_labels_in_range, check_positive_int, check_rows
 
-__all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS", "SIMILARITIES"]
+__all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS"]
 
 INSERTIONS = ("reservoir", "class_balanced")
-SIMILARITIES = ("cosine", "learned", "none")
 _STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "losses")
 
 
@@ -44,26 +42,19 @@ class ReplayBatch(NamedTuple):
 class BalancedBuffer(ExemplarsBuffer):
     """Replay buffer with semantic groups and importance-weighted sampling.
 
-    Grouping modes (``grouping``):
+    Groups (``grouping``, a name of ``GROUPINGS`` or a
+    :class:`~avalanche_balanced.grouping_rules.GroupingRule`):
+    ``"class_similarity"`` (default) clusters classes whose prototypes are
+    alike, ``"prototype_threshold"`` buckets each sample by its own similarity
+    to its prototype (the design note's literal rule), ``"class"`` makes one
+    group per class, ``"fixed"`` follows ``class_to_group``. ``threshold`` and
+    ``min_group_classes`` go to the named rule.
 
-    * ``"class_similarity"`` (default): classes whose prototype similarity
-      exceeds the adaptive threshold share a group (average-linkage clusters,
-      which do not chain dissimilar classes together);
-      a sample's group is its class's group.
-    * ``"prototype_threshold"``: the design note's literal rule, a sample's
-      group is the threshold bucket (0 below, 1 above) of its own similarity to
-      its class prototype.
-    * ``"class"``: one group per class (class-balanced replay).
-    * ``"fixed"``: a user mapping ``class_to_group`` (e.g. CIFAR-100 superclasses).
-
-    Similarity of a sample to its class prototype (``similarity``):
-    ``"cosine"`` maps the cosine similarity to [0, 1] with ``(cos + 1) / 2``,
-    measured from the prototypes' common mean when ``centered`` (the same rule
-    compares class prototypes for grouping); ``"learned"`` uses
-    ``similarity_net`` (a :class:`SemanticSimilarity`); ``"none"`` sets every
-    similarity to 1, leaving only the balance factor (an ablation). Classes
-    without a prototype yet get similarity 1 (a neutral term). Groups of fewer
-    than ``min_group_classes`` classes join their nearest group.
+    Similarity of a sample to its class prototype (``similarity``, a name of
+    ``SIMILARITIES`` or a :class:`~avalanche_balanced.similarity_rules.SimilarityRule`):
+    ``"cosine"`` (``(cos + 1) / 2``, from the prototypes' common mean when
+    ``centered``), ``"learned"`` (``similarity_net``), ``"none"`` (1 for every
+    sample, an ablation).
 
     Replay distribution (:meth:`replay_probabilities`): the importance of
     :func:`balanced_importance` over the samples of *past* experiences (with
@@ -96,9 +87,9 @@ class BalancedBuffer(ExemplarsBuffer):
         self,
         max_size: int,
         *,
-        grouping: str = "class_similarity",
+        grouping: Union[str, GroupingRule] = "class_similarity",
         insertion: str = "reservoir",
-        similarity: str = "cosine",
+        similarity: Union[str, SimilarityRule] = "cosine",
         similarity_net: Optional[SemanticSimilarity] = None,
         threshold: Optional[AdaptiveThreshold] = None,
         prototypes: Optional[ClassPrototypes] = None,
@@ -117,67 +108,66 @@ class BalancedBuffer(ExemplarsBuffer):
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
     ):
-        if not isinstance(max_size, int) or max_size <= 0:
-            raise ValueError(f"max_size (mem_size) must be a positive integer, got {max_size!r}")
-        if grouping not in GROUPINGS:
-            raise ValueError(f"unknown grouping {grouping!r}; choose one of {GROUPINGS}")
+        check_positive_int(max_size, "max_size (mem_size)")
         if insertion not in INSERTIONS:
             raise ValueError(f"unknown insertion {insertion!r}; choose one of {INSERTIONS}")
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {similarity!r}; choose one of {SIMILARITIES}")
-        if similarity == "learned" and similarity_net is None:
-            raise ValueError("similarity='learned' needs a similarity_net (SemanticSimilarity)")
-        if grouping == "fixed" and class_to_group is None:
-            raise ValueError("grouping='fixed' needs class_to_group, a class -> group tensor")
         if balance_weight != "auto" and (isinstance(balance_weight, str) or balance_weight < 0):
             raise ValueError(f"balance_weight must be >= 0 or 'auto', got {balance_weight!r}")
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}")
         if max_ratio is not None and max_ratio < 1:
             raise ValueError(f"max_ratio must be >= 1 (a cap below the mean is infeasible), got {max_ratio}")
-        if min_group_classes < 1:
-            raise ValueError(f"min_group_classes must be >= 1, got {min_group_classes}")
         if difficulty_weight < 0:
             raise ValueError(f"difficulty_weight must be >= 0, got {difficulty_weight}")
         if not 0 < target_ess <= 1:
             raise ValueError(f"target_ess must lie in (0, 1], got {target_ess}")
         super().__init__(max_size)
-        self.grouping, self.insertion, self.similarity = grouping, insertion, similarity
+        self.device = torch.device(device)
+        self.similarity_rule = make_similarity(similarity, similarity_net=similarity_net, centered=centered)
+        self.grouping_rule = make_grouping(grouping, threshold=threshold, class_to_group=class_to_group,
+                                           min_group_classes=min_group_classes).to(self.device)
+        self.similarity_rule.to(self.device)
+        self.insertion = insertion
         self.balance_weight = balance_weight if balance_weight == "auto" else float(balance_weight)
         self.eps, self.uniform_mix, self.max_ratio = float(eps), float(uniform_mix), max_ratio
-        self.protect_current, self.centered = protect_current, centered
-        self.min_group_classes, self.hierarchical = int(min_group_classes), hierarchical
+        self.protect_current, self.hierarchical = protect_current, hierarchical
         self.difficulty_weight, self.target_ess = float(difficulty_weight), float(target_ess)
         self._current_classes: Optional[Tensor] = None  # class ids of the experience being trained
         self.feature_dtype = feature_dtype
-        self.device = torch.device(device)
-        self.similarity_net = similarity_net
-        if threshold is None:
-            # Sample-to-prototype scores are split at their median; class-pair
-            # scores at a high quantile so only close classes share a group.
-            threshold = AdaptiveThreshold(0.8, quantile=0.5 if grouping == "prototype_threshold" else 0.96)
-        self.threshold = threshold.to(self.device)
         self.prototypes = prototypes.to(self.device) if prototypes is not None else None
-        self.fixed_groups = (
-            torch.as_tensor(class_to_group, dtype=torch.long, device=self.device)
-            if class_to_group is not None else None
-        )
-        if self.fixed_groups is not None and bool((self.fixed_groups < 0).any()):
-            raise ValueError("class_to_group must hold non-negative group ids")
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.num_seen = 0  # samples offered to the buffer so far (reservoir counter)
         self.size = 0  # slots filled
         self.step = 0  # insertion calls so far
-        self.class_group: Optional[Tensor] = None
         # Similarity of each stored sample to its prototype, cached per slot: refreshed
-        # for the slots written or replayed, and in full on regroup() (the learned
-        # similarity network drifts in between) or when anything it depends on was
+        # for the slots written or replayed, and in full on regroup() (a learned
+        # similarity drifts in between) or when anything it depends on was
         # changed behind the buffer's back (tensor version counters, see _cache_key).
         self._similarity_cache: Optional[Tensor] = None
         self._cache_version: Optional[tuple] = None
         for name in _STORAGE:
             setattr(self, name, None)
+
+    @property
+    def grouping(self) -> str:
+        """Name of the grouping rule."""
+        return self.grouping_rule.name
+
+    @property
+    def similarity(self) -> str:
+        """Name of the similarity rule."""
+        return self.similarity_rule.name
+
+    @property
+    def threshold(self) -> Optional[AdaptiveThreshold]:
+        """The grouping rule's adaptive threshold (None for rules without one)."""
+        return self.grouping_rule.threshold
+
+    @property
+    def class_group(self) -> Optional[Tensor]:
+        """Class -> group table of a class-level rule with one (``"class_similarity"``), else None."""
+        return getattr(self.grouping_rule, "class_group", None)
 
     # ------------------------------------------------------------------ storage
     @property
@@ -200,13 +190,14 @@ class BalancedBuffer(ExemplarsBuffer):
         device = torch.device(device)
         if device == self.device:
             return self
-        for name in _STORAGE + ("class_group", "fixed_groups", "_current_classes"):
+        for name in _STORAGE + ("_current_classes",):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
-        for module in (self.threshold, self.prototypes, self.similarity_net):
-            if module is not None:
-                module.to(device)
+        if self.prototypes is not None:
+            self.prototypes.to(device)
+        self.grouping_rule.to(device)
+        self.similarity_rule.to(device)
         seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.device))
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -224,7 +215,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.features = torch.zeros((cap, num_feats), dtype=self.feature_dtype, device=dev)
         self.group_ids = torch.zeros(cap, dtype=torch.long, device=dev)
         self.losses = torch.full((cap,), -1.0, device=dev)  # -1: not replayed since insertion
-        self.class_group = torch.arange(num_classes, device=dev)
+        self.grouping_rule.allocate(num_classes, dev)
         if self.prototypes is None:
             self.prototypes = ClassPrototypes(num_classes, num_feats).to(dev)
         elif (self.prototypes.num_classes, self.prototypes.num_feats) != (num_classes, num_feats):
@@ -232,35 +223,18 @@ class BalancedBuffer(ExemplarsBuffer):
                 f"prototypes are {self.prototypes.num_classes} x {self.prototypes.num_feats} but the "
                 f"data has {num_classes} classes (logits) and {num_feats}-dim features"
             )
-        if self.fixed_groups is not None and self.fixed_groups.shape[0] < num_classes:
-            raise ValueError(
-                f"class_to_group maps {self.fixed_groups.shape[0]} classes but logits have {num_classes}"
-            )
 
     def _validate_batch(self, examples, labels, logits, features, task_labels) -> None:
         n = examples.shape[0]
-        if labels.dim() != 1 or labels.shape[0] != n:
-            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-        if logits.dim() != 2 or logits.shape[0] != n:
-            raise ValueError(f"logits must have shape ({n}, num_classes), got {tuple(logits.shape)}")
-        if features.dim() != 2 or features.shape[0] != n:
-            raise ValueError(f"features must have shape ({n}, num_feats), got {tuple(features.shape)}")
-        if task_labels.shape != labels.shape:
-            raise ValueError(f"task_labels must have shape ({n},), got {tuple(task_labels.shape)}")
-        if self.allocated:
-            if examples.shape[1:] != self.examples.shape[1:]:
-                raise ValueError(f"examples have shape {tuple(examples.shape[1:])} per sample, "
-                                 f"the buffer stores {tuple(self.examples.shape[1:])}")
-            if logits.shape[1] != self.num_classes:
-                raise ValueError(f"logits have {logits.shape[1]} classes, the buffer stores {self.num_classes}")
-            if features.shape[1] != self.num_feats:
-                raise ValueError(f"features have {features.shape[1]} dims, the buffer stores {self.num_feats}")
-        num_classes = logits.shape[1]
-        if n and bool(((labels < 0) | (labels >= num_classes)).any()):
-            raise ValueError(f"labels must lie in [0, {num_classes}) (the classifier's range), "
-                             f"got min={int(labels.min())}, max={int(labels.max())}")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("features contain NaN or inf")
+        as_labels(labels, "labels", n=n)
+        as_labels(task_labels, "task_labels", n=n)
+        check_rows(logits, "logits", n, self.num_classes if self.allocated else None, "num_classes")
+        check_rows(features, "features", n, self.num_feats if self.allocated else None, "num_feats")
+        if self.allocated and examples.shape[1:] != self.examples.shape[1:]:
+            raise ValueError(f"examples have shape {tuple(examples.shape[1:])} per sample, "
+                             f"the buffer stores {tuple(self.examples.shape[1:])}")
+        check_labels_in_range(labels, logits.shape[1], what="the classifier's range")
+        check_finite(features, "features")
 
     @torch.no_grad()
     def add_data(self, examples: Tensor, labels: Tensor, logits: Tensor, features: Tensor,
@@ -292,7 +266,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.task_labels[slots] = task_labels[source]
         self.logits[slots] = logits[source].float()
         self.features[slots] = features[source].to(self.feature_dtype)
-        self.group_ids[slots] = self._groups_of(labels[source], features[source])
+        self.group_ids[slots] = self.grouping_rule(self, labels[source], features[source])
         self.losses[slots] = -1.0
         self.num_seen += examples.shape[0]
         self.size = min(self.max_size, self.size + examples.shape[0])  # both policies fill free slots first
@@ -304,11 +278,8 @@ class BalancedBuffer(ExemplarsBuffer):
     def update_features(self, indices: Tensor, features: Tensor) -> None:
         """Refresh stored features of replayed samples from the forward pass that replayed them."""
         features = features.detach().to(self.device).flatten(1)
-        if features.shape != (indices.shape[0], self.num_feats):
-            raise ValueError(f"features must have shape ({indices.shape[0]}, {self.num_feats}), "
-                             f"got {tuple(features.shape)}")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("features contain NaN or inf")
+        check_rows(features, "features", indices.shape[0], self.num_feats)
+        check_finite(features, "features")
         indices = indices.to(self.device)
         cache_was_fresh = self._cache_fresh()
         self.features[indices] = features.to(self.feature_dtype)
@@ -363,9 +334,8 @@ class BalancedBuffer(ExemplarsBuffer):
         # labels or prototypes invalidates the cache instead of leaving it stale. A learned
         # similarity changes with every update of its network (its version).
         protos = self.prototypes
-        net_version = self.similarity_net.version if self.similarity == "learned" else 0
         return (protos.version, protos.prototypes._version, protos.valid._version,
-                self.features._version, self.labels._version, self.size, net_version)
+                self.features._version, self.labels._version, self.size, self.similarity_rule.version)
 
     def _cache_fresh(self) -> bool:
         return self._similarity_cache is not None and self._cache_version == self._cache_key()
@@ -373,77 +343,43 @@ class BalancedBuffer(ExemplarsBuffer):
     def _refresh_cached_similarity(self, slots: Tensor, was_fresh: bool) -> None:
         """After our own write of ``slots``: refresh just those if the cache was fresh before it."""
         if was_fresh:
-            self._similarity_cache[slots] = self._similarity(self.features[slots], self.labels[slots])
+            self._similarity_cache[slots] = self.similarity_of(self.features[slots], self.labels[slots])
             self._cache_version = self._cache_key()
 
     def stored_similarity(self) -> Tensor:
         """Similarity in [0, 1] of every stored sample to its class prototype (cached)."""
         if not self._cache_fresh():
             self._similarity_cache = torch.ones(self.max_size, device=self.device)
-            self._similarity_cache[: self.size] = self._similarity(self.features[: self.size],
-                                                                  self.labels[: self.size])
+            self._similarity_cache[: self.size] = self.similarity_of(self.stored_features, self.stored_labels)
             self._cache_version = self._cache_key()
         return self._similarity_cache[: self.size]
 
-    # ----------------------------------------------------------------- grouping
-    def _similarity(self, features: Tensor, labels: Tensor, op_prototypes: Optional[Tensor] = None) -> Tensor:
-        """Similarity in [0, 1] of each feature row to its class prototype."""
-        protos = self.prototypes
-        if op_prototypes is not None:
-            op = torch.as_tensor(op_prototypes, device=self.device, dtype=torch.float32)
-            if op.shape != (self.num_classes, self.num_feats):
-                raise ValueError(f"op_prototypes must have shape ({self.num_classes}, {self.num_feats}), "
-                                 f"got {tuple(op.shape)}")
-            protos = ClassPrototypes(self.num_classes, self.num_feats).to(self.device)
-            protos.prototypes.copy_(op)
-            protos.valid.copy_(op.abs().sum(1) > 0)  # all-zero rows: no prototype for that class
-        if self.similarity == "none":
-            return torch.ones(labels.shape[0], device=self.device)
-        if self.similarity == "cosine":
-            return cosine_to_unit(protos.cosine_to_own(features, labels, centered=self.centered))
-        sim = self.similarity_net(features.float(), protos.prototypes[labels].float()).float()
-        return torch.where(protos.valid[labels], sim, torch.ones_like(sim))  # float32 under autocast too
+    @property
+    def stored_features(self) -> Tensor:
+        return self.features[: self.size]
 
-    def _groups_of(self, labels: Tensor, features: Tensor) -> Tensor:
-        if self.grouping == "prototype_threshold":
-            return self.threshold(self._similarity(features, labels)).long()
-        if self.grouping == "fixed":
-            return self.fixed_groups[labels]
-        if self.grouping == "class":
-            return labels
-        return self.class_group[labels]
+    @property
+    def stored_labels(self) -> Tensor:
+        return self.labels[: self.size]
+
+    # ----------------------------------------------------------------- grouping
+    def similarity_of(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Similarity in [0, 1] of each feature row to its class prototype (the similarity rule, uncached)."""
+        return self.similarity_rule(features, labels, self.prototypes)
 
     def class_similarity(self) -> Tensor:
         """Similarity in [0, 1] between all pairs of class prototypes (C x C)."""
-        protos = self.prototypes
-        if self.similarity != "learned":
-            return cosine_to_unit(protos.cosine_matrix(centered=self.centered))
-        return self.similarity_net.pairwise(protos.prototypes)
+        return self.similarity_rule.between_classes(self.prototypes)
 
     @torch.no_grad()
     def regroup(self, update_threshold: bool = True) -> None:
-        """Recompute every stored sample's group (after prototypes or threshold changed).
-
-        In ``"class_similarity"`` mode the threshold first adapts to the
-        similarities between the prototypes of seen classes, then classes are
-        grouped; in ``"prototype_threshold"`` mode it adapts to the stored
-        samples' similarities to their prototypes.
-        """
+        """Recompute every stored sample's group (after prototypes or features changed):
+        the grouping rule adapts to the stored samples (``update_threshold``), then assigns."""
         if not self.allocated or self.size == 0:
             return
-        labels, feats = self.labels[: self.size], self.features[: self.size]
-        if self.grouping == "class_similarity":
-            scores, seen = self.class_similarity(), self.prototypes.valid
-            if update_threshold:
-                pairs = seen.unsqueeze(0) & seen.unsqueeze(1)
-                pairs.fill_diagonal_(False)
-                self.threshold.update(scores[pairs])
-            self.class_group = class_groups_from_similarity(scores, seen, self.threshold.value,
-                                                            min_size=self.min_group_classes)
-        elif self.grouping == "prototype_threshold" and update_threshold:
-            self.threshold.update(self._similarity(feats, labels))
-        self._cache_version = None  # full refresh: the similarity network may have moved
-        self.group_ids[: self.size] = self._groups_of(labels, feats)
+        self.grouping_rule.update(self, update_threshold)
+        self._cache_version = None  # full refresh: a learned similarity may have moved
+        self.group_ids[: self.size] = self.grouping_rule(self, self.stored_labels, self.stored_features)
 
     @property
     def group_counts(self) -> Tensor:
@@ -465,7 +401,7 @@ class BalancedBuffer(ExemplarsBuffer):
 
     # ----------------------------------------------------------------- sampling
     @torch.no_grad()
-    def importance(self, op_prototypes: Optional[Tensor] = None) -> Tensor:
+    def importance(self) -> Tensor:
         """Importance of every stored sample, computed over the samples of past experiences.
 
         The balance factor counts the groups and group sizes of the past
@@ -476,8 +412,7 @@ class BalancedBuffer(ExemplarsBuffer):
         n = self.size
         if n == 0:
             return torch.zeros(0, device=self.device)
-        sim = (self.stored_similarity() if op_prototypes is None
-               else self._similarity(self.features[:n], self.labels[:n], op_prototypes))
+        sim = self.stored_similarity()
         groups, labels, losses = self.group_ids[:n], self.labels[:n], self.losses[:n]
         idx = None
         if self.protect_current and self._current_classes is not None:
@@ -485,21 +420,15 @@ class BalancedBuffer(ExemplarsBuffer):
             if idx.numel() == 0:  # only the current experience is stored: nothing to balance
                 return torch.zeros(n, device=self.device)
             sim, groups, labels, losses = sim[idx], groups[idx], labels[idx], losses[idx]
-        if self.hierarchical:
-            imp = hierarchical_importance(sim, groups, labels, eps=self.eps)
-        elif self.balance_weight == "auto":
-            term, factor = 1.0 / (sim + self.eps), balance_factor(groups, sim.dtype)
-            imp = term * factor.pow(auto_balance_weight(term, factor, target_ess=self.target_ess).to(term))
-        else:
-            imp = balanced_importance(sim, groups, balance_weight=self.balance_weight, eps=self.eps)
-        if self.difficulty_weight > 0:
-            imp = imp * difficulty_factor(losses, self.difficulty_weight)
+        imp = combined_importance(sim, groups, labels, losses, eps=self.eps, balance_weight=self.balance_weight,
+                                  hierarchical=self.hierarchical, difficulty_weight=self.difficulty_weight,
+                                  target_ess=self.target_ess)
         if idx is None:
             return imp.float()
         return torch.zeros(n, device=self.device).index_copy_(0, idx, imp.float())
 
     @torch.no_grad()
-    def replay_probabilities(self, op_prototypes: Optional[Tensor] = None) -> Tensor:
+    def replay_probabilities(self) -> Tensor:
         """The distribution :meth:`get_balanced_data` draws from (sums to 1 over stored samples).
 
         See :func:`~avalanche_balanced.sampling.replay_distribution`: the
@@ -509,7 +438,7 @@ class BalancedBuffer(ExemplarsBuffer):
         if self.size == 0:
             return torch.zeros(0, device=self.device)
         protected = self.protect_current and self._current_classes is not None
-        return replay_distribution(self.importance(op_prototypes), self.current_mask() if protected else None,
+        return replay_distribution(self.importance(), self.current_mask() if protected else None,
                                    max_ratio=self.max_ratio)
 
     def _gather(self, indices: Tensor, transform: Optional[Callable]) -> ReplayBatch:
@@ -534,15 +463,11 @@ class BalancedBuffer(ExemplarsBuffer):
         return self._gather(idx, transform)
 
     @torch.no_grad()
-    def get_balanced_data(self, minibatch_size: int, transform: Optional[Callable] = None,
-                          op_prototypes: Optional[Tensor] = None) -> ReplayBatch:
-        """Importance-weighted replay minibatch (the design note's name and signature).
-
-        ``op_prototypes`` (C x D), when given, replaces the buffer's prototypes
-        for the similarity term; all-zero rows count as missing prototypes.
-        """
+    def get_balanced_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:
+        """Importance-weighted replay minibatch (the design note's name), drawn from
+        :meth:`replay_probabilities`."""
         k = self._check_sample_size(minibatch_size)
-        idx = draw_proportional(self.replay_probabilities(op_prototypes), k, generator=self.generator,
+        idx = draw_proportional(self.replay_probabilities(), k, generator=self.generator,
                                 uniform_mix=self.uniform_mix)
         return self._gather(idx, transform)
 
@@ -642,15 +567,14 @@ class BalancedBuffer(ExemplarsBuffer):
         state = {name: getattr(self, name) for name in _STORAGE}
         state.update(current_classes=self._current_classes,
             max_size=self.max_size, size=self.size, num_seen=self.num_seen, step=self.step,
-            class_group=self.class_group, config=self._config(), generator=self.generator.get_state(),
-            threshold=self.threshold.state_dict(),
+            config=self._config(), generator=self.generator.get_state(), grouping=self.grouping_rule.state_dict(),
             prototypes=self.prototypes.state_dict() if self.prototypes is not None else None,
         )
         return state
 
     def _config(self) -> dict:
         return dict(grouping=self.grouping, insertion=self.insertion, similarity=self.similarity,
-                    feature_dtype=str(self.feature_dtype), centered=self.centered)
+                    feature_dtype=str(self.feature_dtype), centered=getattr(self.similarity_rule, "centered", None))
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; a state from another configuration raises ``ValueError``."""
@@ -668,8 +592,7 @@ class BalancedBuffer(ExemplarsBuffer):
             setattr(self, name, None if value is None else value.to(self.device))
         current = state.get("current_classes")
         self._current_classes = None if current is None else current.to(self.device)
-        self.class_group = None if state["class_group"] is None else state["class_group"].to(self.device)
         self.size, self.num_seen, self.step = state["size"], state["num_seen"], state["step"]
         self.generator.set_state(state["generator"].cpu())  # a generator state is a CPU byte tensor
-        self.threshold.load_state_dict(state["threshold"])
+        self.grouping_rule.load_state_dict(state["grouping"])
         self._similarity_cache = None

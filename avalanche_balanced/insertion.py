@@ -5,7 +5,7 @@ buffer slots they are written to (equal lengths, no slot twice), so the caller
 writes inputs, labels, logits and features with the same indices and they can
 never drift apart.
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -69,23 +69,32 @@ def _water_level_targets(counts: Tensor, capacity: int, generator: Optional[torc
     return quota
 
 
-def balanced_keep_mask(
-    labels: Tensor, capacity: int, num_classes: int, *, generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """Boolean mask keeping ``min(capacity, len(labels))`` items with per-class counts balanced.
+def keep_per_class(labels: Tensor, quota: Union[int, Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
+    """Boolean mask keeping a uniform random subset of ``quota`` items of each label (an int, or
+    per-label quotas indexed by label; a label with fewer items keeps them all).
 
-    Inside a class, the kept items are a uniform random subset.
+    The one subset rule of the library: balanced training subsets, class-balanced insertion
+    and shrinking all go through it.
     """
-    counts = torch.bincount(labels, minlength=num_classes)
-    quota = _water_level_targets(counts, capacity, generator)
-    keys = torch.rand(labels.shape, device=labels.device, generator=generator)
-    # Sort by random key, then stably by class: each class's items in random order.
-    order = torch.argsort(keys)
+    # Random keys, then a stable sort by label: each class becomes one contiguous run in
+    # random order, and the first `quota` of every run are kept.
+    order = torch.argsort(torch.rand(labels.shape, device=labels.device, generator=generator))
     order = order[torch.argsort(labels[order], stable=True)]
+    counts = torch.bincount(labels)
     class_start = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(labels)
     rank[order] = torch.arange(labels.shape[0], device=labels.device) - class_start[labels[order]]
-    return rank < quota[labels]
+    quota = torch.as_tensor(quota, device=labels.device)
+    return rank < (quota if quota.dim() == 0 else quota[labels])
+
+
+def balanced_keep_mask(
+    labels: Tensor, capacity: int, num_classes: int, *, generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Boolean mask keeping ``min(capacity, len(labels))`` items with per-class counts balanced
+    (water-level quotas, :func:`keep_per_class` inside each class)."""
+    quota = _water_level_targets(torch.bincount(labels, minlength=num_classes), capacity, generator)
+    return keep_per_class(labels, quota, generator)
 
 
 def class_balanced_slots(

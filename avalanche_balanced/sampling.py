@@ -13,7 +13,7 @@ The design note's importance of a stored sample ``i`` is::
 and ``total_groups`` the number of non-empty groups. Samples far from their
 prototype (hard, atypical) and samples of small groups are drawn more often.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ __all__ = [
     "cap_weights",
     "replay_distribution",
     "auto_balance_weight",
+    "combined_importance",
     "sample_indices",
     "draw_proportional",
     "uniform_indices",
@@ -291,6 +292,28 @@ def auto_balance_weight(
     first = torch.where(ok.any(), torch.argmax(ok.to(torch.int8)), torch.tensor(len(candidates) - 1,
                                                                                device=w.device))
     return w[first]
+
+
+def combined_importance(
+    similarity: Tensor, group_ids: Tensor, labels: Tensor, losses: Tensor, *, eps: float,
+    balance_weight: Union[float, str] = 1.0, hierarchical: bool = False, difficulty_weight: float = 0.0,
+    target_ess: float = 0.7,
+) -> Tensor:
+    """The buffer's importance of each sample, every option applied:
+    :func:`hierarchical_importance` when ``hierarchical``, else
+    :func:`balanced_importance` with ``balance_weight`` (``"auto"``: the
+    exponent of :func:`auto_balance_weight` for ``target_ess``), times
+    :func:`difficulty_factor` of ``losses`` when ``difficulty_weight > 0``."""
+    if hierarchical:
+        imp = hierarchical_importance(similarity, group_ids, labels, eps=eps)
+    elif balance_weight == "auto":
+        term, factor = 1.0 / (similarity + eps), balance_factor(group_ids, similarity.dtype)
+        imp = term * factor.pow(auto_balance_weight(term, factor, target_ess=target_ess).to(term))
+    else:
+        imp = balanced_importance(similarity, group_ids, balance_weight=balance_weight, eps=eps)
+    if difficulty_weight > 0:
+        imp = imp * difficulty_factor(losses, difficulty_weight)
+    return imp
 
 
 def sample_indices(

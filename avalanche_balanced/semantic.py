@@ -11,36 +11,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sampling import cosine_to_unit
+from .validation import as_labels, check_finite, check_labels_in_range, check_rows
 
 __all__ = [
     "ClassPrototypes",
     "SemanticSimilarity",
     "AdaptiveThreshold",
-    "GROUPINGS",
     "average_linkage",
     "class_groups_from_similarity",
 ]
 
-GROUPINGS = ("class_similarity", "prototype_threshold", "class", "fixed")
-"""Names of the grouping modes understood by :class:`BalancedBuffer`."""
-
-
 def _check_features(features: Tensor, labels: Tensor, num_feats: int, num_classes: int) -> None:
-    if features.dim() != 2 or features.shape[1] != num_feats:
-        raise ValueError(
-            f"features must have shape (N, {num_feats}), got {tuple(features.shape)}"
-        )
-    if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}"
-        )
-    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got min={int(labels.min())}, "
-            f"max={int(labels.max())}"
-        )
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError("features contain NaN or inf")
+    check_rows(features, "features", width=num_feats)
+    as_labels(labels, "labels", n=features.shape[0])
+    check_labels_in_range(labels, num_classes)
+    check_finite(features, "features")
 
 
 class ClassPrototypes(nn.Module):

@@ -5,6 +5,8 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from avalanche_balanced import AdaptiveThreshold, BalancedBuffer, SemanticSimilarity
+from avalanche_balanced.grouping_rules import GroupingRule
+from avalanche_balanced.similarity_rules import SimilarityRule
 from avalanche_balanced.insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
 
 C, D = 6, 4
@@ -30,7 +32,7 @@ def check_invariants(buf, offered=None):
         assert n == min(buf.max_size, offered), (n, buf.max_size, offered)
     counts = buf.group_counts
     assert int(counts.sum()) == n
-    expected_groups = buf._groups_of(buf.labels[:n], buf.features[:n])
+    expected_groups = buf.grouping_rule(buf, buf.labels[:n], buf.features[:n])
     if buf.grouping != "prototype_threshold":  # class-level groups follow the labels exactly
         assert torch.equal(buf.group_ids[:n], expected_groups)
     assert torch.isfinite(buf.features[:n]).all() and torch.isfinite(buf.logits[:n]).all()
@@ -93,7 +95,7 @@ def test_bad_batches_raise_clear_errors():
     buf = BalancedBuffer(10)
     x, y, logits, feats = batch(4)
     buf.add_data(x, y, logits, feats)
-    with pytest.raises(ValueError, match="features have 5 dims"):
+    with pytest.raises(ValueError, match=r"features must have shape \(4, 4\)"):
         buf.add_data(x, y, logits, torch.randn(4, 5))
     with pytest.raises(ValueError, match="NaN or inf"):
         buf.add_data(x, y, logits, feats.clone().fill_(float("nan")))
@@ -222,7 +224,7 @@ def test_balanced_draw_favours_small_groups_and_atypical_samples():
     assert abs(uniform.float().mean().item() - 0.1) < 0.03
 
 
-def test_learned_similarity_and_op_prototypes():
+def test_learned_similarity_is_neutral_for_classes_without_a_prototype():
     net = SemanticSimilarity(D)
     buf = BalancedBuffer(20, similarity="learned", similarity_net=net, eps=1e-6)
     x, y, logits, feats = batch(20)
@@ -230,15 +232,38 @@ def test_learned_similarity_and_op_prototypes():
     buf.refresh_prototypes()
     imp = buf.importance()
     assert imp.shape == (20,) and torch.isfinite(imp).all()
-    ops = torch.zeros(C, D)
-    ops[0] = 1.0  # only class 0 has an op prototype: the rest get a neutral similarity of 1
-    out = buf.importance(op_prototypes=ops)
+    buf.prototypes.valid[1:] = False  # only class 0 keeps a prototype: the rest score a neutral 1
+    out = buf.importance()
     others = y != 0
     counts = buf.group_counts
     expected = (len(counts[counts > 0]) / counts[buf.group_ids[:20]].float()) / (1 + 1e-6)
     torch.testing.assert_close(out[others], expected[others])
-    with pytest.raises(ValueError, match="op_prototypes"):
-        buf.importance(op_prototypes=torch.zeros(C, D + 1))
+
+
+def test_rules_can_be_passed_as_objects():
+    """A new similarity or grouping rule is one class: the buffer calls it without knowing it."""
+    class ParityGrouping(GroupingRule):
+        name = "parity"
+
+        def __call__(self, buffer, labels, features):
+            return labels % 2
+
+    class FeatureNormSimilarity(SimilarityRule):
+        name = "norm"
+
+        def __call__(self, features, labels, prototypes):
+            return torch.sigmoid(features.norm(dim=1))
+
+    buf = BalancedBuffer(20, grouping=ParityGrouping(), similarity=FeatureNormSimilarity(), eps=1e-6,
+                         max_ratio=None, protect_current=False)
+    x, y, logits, feats = batch(20)
+    buf.add_data(x, y, logits, feats)
+    buf.regroup()
+    assert torch.equal(buf.group_ids[:20], y % 2) and buf.grouping == "parity"
+    balance = 2 / torch.bincount(y % 2)[y % 2].float()
+    torch.testing.assert_close(buf.importance(), balance / (torch.sigmoid(feats.norm(dim=1)) + 1e-6))
+    with pytest.raises(ValueError, match="beside it"):
+        BalancedBuffer(10, grouping=ParityGrouping(), threshold=AdaptiveThreshold())
 
 
 def test_avalanche_dataset_view_and_resize():
@@ -317,10 +342,10 @@ def test_cached_similarity_tracks_writes_and_prototype_changes():
         buf.add_data(*batch(8, seed=s))
         idx = buf.get_balanced_data(5).indices
         buf.update_features(idx, torch.randn(len(idx), D))
-        fresh = buf._similarity(buf.features[: buf.size], buf.labels[: buf.size])
+        fresh = buf.similarity_of(buf.features[: buf.size], buf.labels[: buf.size])
         torch.testing.assert_close(buf.stored_similarity(), fresh)
     buf.refresh_prototypes()  # new prototype version: the cache must follow
-    fresh = buf._similarity(buf.features[: buf.size], buf.labels[: buf.size])
+    fresh = buf.similarity_of(buf.features[: buf.size], buf.labels[: buf.size])
     torch.testing.assert_close(buf.stored_similarity(), fresh)
 
 
@@ -344,7 +369,7 @@ def test_outside_edits_of_features_or_prototypes_invalidate_the_cache():
     buf.features[:20] = buf.prototypes.prototypes[buf.labels[:20]]  # every sample on its prototype
     torch.testing.assert_close(buf.stored_similarity(), torch.ones(20))
     buf.prototypes.prototypes[buf.labels[0]] *= -1  # flip one class's prototype in place
-    fresh = buf._similarity(buf.features[:20], buf.labels[:20])
+    fresh = buf.similarity_of(buf.features[:20], buf.labels[:20])
     torch.testing.assert_close(buf.stored_similarity(), fresh)
     assert not torch.equal(buf.importance(), before)
 
@@ -456,7 +481,7 @@ def test_learned_similarity_cache_follows_the_network():
     buf.refresh_prototypes()
     before = buf.stored_similarity().clone()
     net.train_step(torch.randn(16, D), torch.arange(16) % C)  # one Adam step changes every score
-    fresh = buf._similarity(buf.features[:20], buf.labels[:20])
+    fresh = buf.similarity_of(buf.features[:20], buf.labels[:20])
     assert not torch.allclose(before, fresh)
     torch.testing.assert_close(buf.stored_similarity(), fresh)
 

@@ -1,0 +1,61 @@
+"""Input checks shared by the buffer, the prototypes, the metrics and the strategy.
+
+Each check raises ``ValueError`` naming the argument and what was expected; a
+check over a tensor costs at most one host synchronisation.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["as_labels", "check_labels_in_range", "check_rows", "check_finite", "check_positive_int",
+           "check_replay_sizes"]
+
+
+def as_labels(values, name: str, device=None, n: Optional[int] = None) -> Tensor:
+    """``values`` as a 1-D integer tensor (lists and numpy arrays accepted), of length ``n`` if given."""
+    t = torch.as_tensor(values, device=device)
+    if t.dim() != 1 or (n is not None and t.shape[0] != n):
+        raise ValueError(f"{name} must have shape ({'N' if n is None else n},) (1-D), got {tuple(t.shape)}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer labels, got dtype {t.dtype}")
+    return t
+
+
+def check_labels_in_range(labels: Tensor, num_classes: int, name: str = "labels", what: str = "") -> None:
+    """Every label in ``[0, num_classes)``; ``what`` names where that range comes from."""
+    if labels.numel() == 0:
+        return
+    lo, hi = torch.aminmax(labels)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name} must lie in [0, {num_classes}){f' ({what})' if what else ''}, "
+                         f"got min={lo}, max={hi}")
+
+
+def check_rows(x: Tensor, name: str, n: Optional[int] = None, width: Optional[int] = None,
+               width_name: str = "D") -> None:
+    """``x`` is 2-D with ``n`` rows and ``width`` columns (each where given; ``width_name``
+    stands for an unchecked width in the message)."""
+    if x.dim() != 2 or (n is not None and x.shape[0] != n) or (width is not None and x.shape[1] != width):
+        raise ValueError(f"{name} must have shape ({'N' if n is None else n}, "
+                         f"{width_name if width is None else width}), got {tuple(x.shape)}")
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contain NaN or inf")
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_replay_sizes(mem_size: int, batch_size_mem: int) -> None:
+    """The one check of a replay configuration: a positive buffer and a replay batch that fits it."""
+    check_positive_int(mem_size, "mem_size")
+    check_positive_int(batch_size_mem, "batch_size_mem")
+    if batch_size_mem > mem_size:
+        raise ValueError(f"batch_size_mem ({batch_size_mem}) is larger than mem_size ({mem_size})")

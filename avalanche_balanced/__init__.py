@@ -5,7 +5,9 @@ The public API:
 * sampling maths: :func:`balanced_importance`, :func:`replay_distribution`, :func:`sample_indices`,
   :func:`cosine_to_unit`, :func:`effective_sample_size`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
-* storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``);
+* storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``), with its policies:
+  similarity rules (:class:`SimilarityRule`, ``SIMILARITIES``) and grouping rules
+  (:class:`GroupingRule`, ``GROUPINGS``);
 * wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``),
   :class:`BatchTransformPlugin` (batched augmentation on the device) and
   :class:`MixedPrecisionPlugin` (bfloat16 autocast for any strategy);
@@ -20,13 +22,15 @@ from .sampling import (
     balanced_importance, cosine_to_unit, effective_sample_size, normalized_entropy, replay_distribution,
     sample_indices,
 )
-from .semantic import GROUPINGS, AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
+from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
+from .similarity_rules import SIMILARITIES, SimilarityRule
+from .grouping_rules import GROUPINGS, GroupingRule
 from .buffer import BalancedBuffer, ReplayBatch
-from .plugin import BalancedReplayPlugin
-from .transforms import BatchTransformPlugin
+from .plugin import BalancedReplayPlugin, ReplayStep
+from .transforms import BatchTransformPlugin, cifar_augment, cifar_normalize
 from .precision import MixedPrecisionPlugin
 from .strategies import SARLEnhancedGeluBalanced, SARLGelu
-from .data import cifar_augment, cifar_normalize, load_cifar100, split_cifar100, with_test_subset
+from .data import load_cifar100, split_cifar100, with_test_subset
 from .models import gelu_resnet18
 from .metrics import semantic_metrics
 from .long_tail import FrequencyBucketAccuracy, long_tail_counts
@@ -42,12 +46,16 @@ __all__ = [
     "replay_distribution",
     "effective_sample_size",
     "GROUPINGS",
+    "GroupingRule",
+    "SIMILARITIES",
+    "SimilarityRule",
     "ClassPrototypes",
     "SemanticSimilarity",
     "AdaptiveThreshold",
     "BalancedBuffer",
     "ReplayBatch",
     "BalancedReplayPlugin",
+    "ReplayStep",
     "BatchTransformPlugin",
     "MixedPrecisionPlugin",
     "SARLGelu",

@@ -6,19 +6,19 @@ model, optimiser, LR scheduler, the strategy's own state (prototypes, frozen
 previous model, similarity network and its optimiser, threshold), the whole
 buffer (tensors, groups, reservoir counters, its generator), the training
 clock, the evaluator's metric states (forgetting needs earlier accuracies) and
-every RNG state. The file is written to a temporary name and renamed, so a
+scalar history (the accuracy matrix), and every RNG state (Avalanche's ``RNGManager``). The file is written to a temporary name and renamed, so a
 crash while writing leaves the previous checkpoint intact.
 """
-import copy
 import os
 import pickle
-import random
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
+from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import LRSchedulerPlugin
+
+from .features import frozen_copy
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -26,22 +26,30 @@ FORMAT_VERSION = 1
 
 
 def rng_state() -> Dict[str, Any]:
-    """States of Python's, NumPy's and torch's (CPU and CUDA) global generators."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
+    """States of the global generators Avalanche's ``RNGManager`` manages (Python, NumPy, torch CPU
+    and CUDA)."""
+    return RNGManager.__getstate__()
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
     # Generator states must be CPU byte tensors, whatever map_location moved them to.
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    def to_cpu(value):
+        if isinstance(value, torch.Tensor):
+            return value.cpu()
+        if isinstance(value, (list, tuple)):
+            return type(value)(to_cpu(v) for v in value)
+        if isinstance(value, dict):
+            return {k: to_cpu(v) for k, v in value.items()}
+        return value
+    RNGManager.__setstate__(to_cpu(state))
+
+
+def _scalar_history(evaluator) -> Dict[str, tuple]:
+    """The evaluator's history of scalar metrics (what :func:`accuracy_matrix` and the
+    comparison read back); figures and histograms are left out."""
+    history = getattr(evaluator, "all_metric_results", {})
+    return {name: (list(steps), list(values)) for name, (steps, values) in history.items()
+            if all(isinstance(v, (int, float)) for v in values)}
 
 
 def _metric_states(evaluator) -> Dict[int, bytes]:
@@ -80,6 +88,7 @@ def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Opt
         "schedulers": [p.scheduler.state_dict() for p in _schedulers(strategy)],
         "clock": dict(vars(strategy.clock)),
         "metrics": _metric_states(strategy.evaluator),
+        "metric_history": _scalar_history(strategy.evaluator),
         "rng": rng_state(),
     }
     # Plugins with state of their own (the replay plugin: its buffer and counters).
@@ -135,12 +144,15 @@ def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
         if name in state:
             getattr(strategy, name).load_state_dict(state[name])
     if state.get("old_model") is not None:
-        strategy.old_model = copy.deepcopy(strategy.model)
+        strategy.old_model = frozen_copy(strategy.model)
         strategy.old_model.load_state_dict(state["old_model"])
-        strategy.old_model.eval().requires_grad_(False)
     vars(strategy.clock).update(state["clock"])
     metrics = getattr(strategy.evaluator, "metrics", [])
     for i, blob in state["metrics"].items():
         metrics[i].__dict__.update(pickle.loads(blob))
+    history = getattr(strategy.evaluator, "all_metric_results", None)
+    if history is not None:
+        for name, (steps, values) in state.get("metric_history", {}).items():
+            history[name] = (list(steps), list(values))
     set_rng_state(state["rng"])
     return state["extra"]

@@ -1,8 +1,7 @@
-"""Shared plumbing for runs: seeding, the standard evaluator, and reading final results."""
-import random
+"""Shared plumbing for runs: seeding, the standard evaluator, and reading results back from it."""
+import math
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 from avalanche.evaluation.metrics import (
     accuracy_metrics, bwt_metrics, forgetting_metrics, loss_metrics,
@@ -11,7 +10,7 @@ from avalanche.logging import InteractiveLogger, TensorboardLogger
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 
-__all__ = ["seed_everything", "build_evaluator", "final_results", "ACC", "FORGETTING", "BWT"]
+__all__ = ["seed_everything", "build_evaluator", "final_results", "accuracy_matrix", "ACC", "FORGETTING", "BWT"]
 
 ACC = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
 FORGETTING = "StreamForgetting/eval_phase/test_stream"
@@ -29,10 +28,7 @@ def seed_everything(seed: int) -> None:
     The library's own samplers hold their own ``torch.Generator`` seeded from
     the ``seed`` arguments of the buffer and strategy.
     """
-    random.seed(seed)
-    np.random.seed(seed)
-    RNGManager.set_random_seeds(seed)
-    torch.manual_seed(seed)
+    RNGManager.set_random_seeds(seed)  # Python, NumPy, torch CPU and CUDA
     # cuDNN's autotuner picks convolution algorithms by timing, so results could differ run to run.
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
@@ -72,3 +68,28 @@ def close_loggers(loggers) -> None:
         writer = getattr(logger, "writer", None)
         if writer is not None:
             writer.close()
+
+
+def accuracy_matrix(evaluator, stream: str = "test_stream") -> torch.Tensor:
+    """The accuracy matrix, read from the evaluator's history of Avalanche's experience accuracy
+    (``accuracy_metrics(experience=True)``, in :func:`build_evaluator`).
+
+    Row ``i`` is the ``i``-th training step count at which ``stream`` was
+    evaluated (one row per evaluation after each experience, as the example and
+    the comparison evaluate), column ``j`` experience ``j``; accuracies in
+    [0, 1], float64, NaN where an experience was not evaluated. Empty (0 x 0)
+    before any evaluation.
+    """
+    prefix = f"Top1_Acc_Exp/eval_phase/{stream}/"
+    cells = {}
+    for name, (steps, values) in evaluator.get_all_metrics().items():
+        if name.startswith(prefix):
+            exp = int(name.rsplit("/Exp", 1)[1])
+            cells.update({(step, exp): float(v) for step, v in zip(steps, values)})
+    if not cells:
+        return torch.empty(0, 0, dtype=torch.float64)
+    rows = {step: i for i, step in enumerate(sorted({step for step, _ in cells}))}
+    matrix = torch.full((len(rows), 1 + max(j for _, j in cells)), math.nan, dtype=torch.float64)
+    for (step, j), value in cells.items():
+        matrix[rows[step], j] = value
+    return matrix

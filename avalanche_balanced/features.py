@@ -5,14 +5,15 @@ for features as a return value; instead a forward hook on the final linear
 layer records its *input*, which is exactly the feature vector the logits are
 computed from (``linear(features) == logits``).
 """
+import copy
 import inspect
+from collections import OrderedDict
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 from avalanche.training.utils import get_last_fc_layer
 
-__all__ = ["FeatureHook", "forward_with_features"]
+__all__ = ["FeatureHook", "forward_with_features", "frozen_copy"]
 
 
 class FeatureHook:
@@ -53,3 +54,25 @@ def forward_with_features(model: nn.Module, x: Tensor):
     with FeatureHook(model) as hook:
         logits = model(x)
     return logits, hook.features
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with gradients off and **no hooks**.
+
+    The copy is made as if every module had no hooks (the hook tables are
+    swapped for empty ones in the copy's memo), so whatever hooks plugins hold
+    on ``model`` at that moment (a :class:`FeatureHook` keeps the graph of the
+    latest forward pass, which cannot be deep-copied) neither break the copy nor
+    follow it: a frozen teacher is independent of the order in which hooks
+    are removed.
+    """
+    memo = {id(getattr(m, name)): OrderedDict()
+            for m in model.modules() for name in _HOOK_DICTS if getattr(m, name, None) is not None}
+    frozen = copy.deepcopy(model, memo).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen

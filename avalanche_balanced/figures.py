@@ -7,16 +7,16 @@ strategy's ``EvaluationPlugin``, whose ``TensorboardLogger`` writes a
 """
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import LoggingType, MetricValue
-from avalanche.evaluation.metric_utils import stream_type
 
-from .metrics import group_agreement, resolve_buffer
+from .experiment import accuracy_matrix
+from .metrics import find_balanced_buffer, group_agreement
 
 __all__ = ["group_sizes_figure", "accuracy_matrix_figure", "FigureLoggerPlugin"]
 
@@ -81,40 +81,25 @@ class FigureLoggerPlugin(SupervisedPlugin):
     """Per training experience, a group-size bar chart and the accuracy matrix,
     as PNG files in ``log_dir`` and as figures for the strategy's loggers.
 
-    Used as a strategy plugin, it measures top-1 accuracy on each experience of
-    the ``stream_name`` stream during evaluation (on the strategy's device, one
-    host transfer per evaluation) and, at the first evaluation after training
-    experience ``k`` finished, fills row ``k`` of the accuracy matrix and calls
-    :meth:`log` with ``step=k`` and the buffer's group counts (when
-    ``buffer_source`` is given; see :func:`~avalanche_balanced.metrics.resolve_buffer`).
-    With ``fine_to_coarse`` the group chart's title shows the groups' ARI
+    Used as a strategy plugin: at the first evaluation after training
+    experience ``k`` finished, it calls :meth:`log` with ``step=k``, the
+    accuracy matrix read from the evaluator's history of the ``stream_name``
+    stream (:func:`~avalanche_balanced.experiment.accuracy_matrix`; needs
+    Avalanche's experience accuracy in the evaluator) and the group counts of
+    the buffer the strategy replays from
+    (:func:`~avalanche_balanced.metrics.find_balanced_buffer`; no chart without
+    one). With ``fine_to_coarse`` the group chart's title shows the groups' ARI
     against the superclasses.
 
     :meth:`log` may also be called directly.
     """
 
-    def __init__(self, log_dir: Union[str, Path], fine_to_coarse=None, buffer_source=None,
-                 stream_name: Optional[str] = "test"):
+    def __init__(self, log_dir: Union[str, Path], fine_to_coarse=None, stream_name: str = "test"):
         super().__init__()
         self.log_dir = Path(log_dir)
         self.fine_to_coarse = None if fine_to_coarse is None else torch.as_tensor(fine_to_coarse).long()
-        self.buffer_source = buffer_source
         self.stream_name = stream_name
-        self.accuracy: Dict[tuple, float] = {}  # (trained exp, evaluated exp) -> accuracy
         self._pending: Optional[int] = None  # experience trained and not yet logged
-        self._hits: Dict[int, list] = {}  # evaluated exp -> [correct (0-d tensor), seen]
-
-    # ------------------------------------------------------------------- API
-    def accuracy_matrix(self) -> torch.Tensor:
-        """The accuracy matrix recorded so far (NaN where not evaluated)."""
-        if not self.accuracy:
-            return torch.empty(0, 0, dtype=torch.float64)
-        rows = 1 + max(i for i, _ in self.accuracy)
-        cols = 1 + max(j for _, j in self.accuracy)
-        m = torch.full((rows, cols), float("nan"), dtype=torch.float64)
-        for (i, j), acc in self.accuracy.items():
-            m[i, j] = acc
-        return m
 
     def log(self, target, step: int, group_counts=None, acc_matrix=None,
             group_title: Optional[str] = None, flush: bool = False) -> List[Path]:
@@ -159,45 +144,21 @@ class FigureLoggerPlugin(SupervisedPlugin):
                 evaluator._metric_values = [v for v in queue if all(v is not w for w in values)]
         return paths
 
-    def state_dict(self) -> dict:
-        """The accuracies recorded so far (for checkpoints)."""
-        return {"accuracy": dict(self.accuracy)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.accuracy = dict(state["accuracy"])
-
     # ----------------------------------------------------------------- hooks
     def after_training_exp(self, strategy, **kwargs):
         self._pending = _experience_id(strategy)
 
-    def before_eval(self, strategy, **kwargs):
-        self._hits = {}
-
-    @torch.no_grad()
-    def after_eval_iteration(self, strategy, **kwargs):
-        if self._pending is None:
-            return
-        if self.stream_name is not None and stream_type(strategy.experience) != self.stream_name:
-            return
-        correct = (strategy.mb_output.argmax(1) == strategy.mb_y).sum()
-        entry = self._hits.setdefault(_experience_id(strategy), [0, 0])
-        entry[0] = entry[0] + correct
-        entry[1] += strategy.mb_y.shape[0]
-
     def after_eval(self, strategy, **kwargs):
-        if self._pending is None or not self._hits:
+        matrix = accuracy_matrix(strategy.evaluator, f"{self.stream_name}_stream")
+        if self._pending is None or matrix.numel() == 0:
             return
-        row, exps = self._pending, sorted(self._hits)
-        correct = torch.stack([torch.as_tensor(self._hits[j][0]) for j in exps]).tolist()
-        for j, c in zip(exps, correct):
-            self.accuracy[(row, j)] = c / max(self._hits[j][1], 1)
         counts, title = None, None
-        if self.buffer_source is not None:
-            buffer = resolve_buffer(self.buffer_source)
+        buffer = find_balanced_buffer(strategy)
+        if buffer is not None:
             counts = buffer.group_counts
             if self.fine_to_coarse is not None and len(buffer):
                 classes, groups = buffer.class_groups()
                 ari = float(group_agreement(classes, groups, self.fine_to_coarse.to(classes.device)))
                 title = f"{int((counts > 0).sum())} groups, {len(buffer)} samples, ARI vs superclasses {ari:.2f}"
-        self.log(strategy, row, counts, self.accuracy_matrix(), group_title=title)
-        self._pending, self._hits = None, {}
+        self.log(strategy, self._pending, counts, matrix, group_title=title)
+        self._pending = None

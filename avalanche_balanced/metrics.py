@@ -13,9 +13,13 @@ Definitions (``f = fine_to_coarse``, a class -> superclass lookup table;
 * **superclass error share**: ``sum_i [p_i != y_i and f(p_i) == f(y_i)] /
   sum_i [p_i != y_i]``, the share of *wrong* predictions that stay inside the
   true superclass (0.0 when nothing is wrong);
-* **group agreement**: the adjusted Rand index between the buffer's
-  class -> group assignment and the class -> superclass assignment, over the
-  classes present in the buffer.
+* **group agreement**: the adjusted Rand index (torchmetrics'
+  ``adjusted_rand_score``) between the buffer's class -> group assignment and
+  the class -> superclass assignment, over the classes present in the buffer.
+
+The metrics that read the replay buffer find it through the strategy they
+are given (:func:`find_balanced_buffer`), so they can be built before the
+strategy and need no reference to it.
 
 Note ``consistency = accuracy + (1 - accuracy) * error_share``.
 
@@ -25,22 +29,26 @@ carry no task label (like Avalanche's ``MeanScores``), e.g.
 experience-level replay entropy does:
 ``ReplayGroupEntropy_Exp/train_phase/train_stream/Task000/Exp000``.
 """
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torchmetrics.functional.clustering import adjusted_rand_score
 from avalanche.evaluation.metric_definitions import GenericPluginMetric, PluginMetric
 from avalanche.evaluation.metric_results import MetricResult, MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 
 from .buffer import BalancedBuffer
+from .validation import as_labels, check_labels_in_range
 
 __all__ = [
     "semantic_consistency",
     "superclass_error_share",
     "adjusted_rand_index",
     "group_agreement",
-    "resolve_buffer",
+    "find_balanced_buffer",
+    "find_replay_plugin",
     "SemanticConsistency",
     "SuperclassErrorShare",
     "SemanticConsistencyMetric",
@@ -52,40 +60,23 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- validation
-def _as_labels(values, name: str, device=None) -> Tensor:
-    """A 1-D integer tensor (lists and numpy arrays accepted)."""
-    t = torch.as_tensor(values, device=device)
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer labels, got dtype {t.dtype}")
-    return t
-
-
 def _as_map(fine_to_coarse, device=None) -> Tensor:
-    f2c = _as_labels(fine_to_coarse, "fine_to_coarse", device).long()
+    f2c = as_labels(fine_to_coarse, "fine_to_coarse", device).long()
     if f2c.numel() == 0:
         raise ValueError("fine_to_coarse must map at least one class")
     return f2c
 
 
-def _check_in_range(name: str, labels: Tensor, num_classes: int) -> None:
-    lo, hi = torch.stack([labels.min(), labels.max()]).tolist()  # one transfer
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"{name} must lie in [0, {num_classes}) (fine_to_coarse's range), "
-                         f"got min={lo}, max={hi}")
-
-
 def _pred_target(pred, target, fine_to_coarse) -> Tuple[Tensor, Tensor, Tensor]:
-    pred = _as_labels(pred, "pred").long()
-    target = _as_labels(target, "target", pred.device).long()
+    pred = as_labels(pred, "pred").long()
+    target = as_labels(target, "target", pred.device).long()
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}")
     if pred.numel() == 0:
         raise ValueError("pred and target are empty; the metric is undefined on no items")
     f2c = _as_map(fine_to_coarse, pred.device)
-    _check_in_range("labels (pred and target)", torch.cat([pred, target]), f2c.numel())
+    check_labels_in_range(torch.cat([pred, target]), f2c.numel(), "labels (pred and target)", "fine_to_coarse's range")
     return pred, target, f2c
 
 
@@ -131,64 +122,31 @@ def superclass_error_share(pred, target, fine_to_coarse) -> Tensor:
     return torch.where(num_wrong > 0, near / num_wrong.clamp_min(1), torch.zeros_like(near))
 
 
-def _pairs(x: Tensor) -> Tensor:
-    """``x choose 2``, elementwise, in float64."""
-    x = x.double()
-    return x * (x - 1) / 2
-
-
 def adjusted_rand_index(labels_a, labels_b) -> Tensor:
-    """Adjusted Rand index (Hubert & Arabie, 1985) of two flat clusterings of the same items.
+    """Adjusted Rand index (Hubert & Arabie, 1985) of two flat clusterings of the same items:
+    torchmetrics' ``adjusted_rand_score`` with this library's input checks.
 
-    With ``n_ij`` the contingency table (items in cluster ``i`` of ``a`` and
-    ``j`` of ``b``), ``a_i``/``b_j`` its row/column sums and ``C(x) = x(x-1)/2``::
-
-        index    = sum_ij C(n_ij)
-        expected = sum_i C(a_i) * sum_j C(b_j) / C(n)
-        maximum  = (sum_i C(a_i) + sum_j C(b_j)) / 2
-        ARI      = (index - expected) / (maximum - expected)
-
-    1 means identical partitions (cluster ids are arbitrary: relabelling
-    either side changes nothing), about 0 a chance-level match; it can be
-    negative. Only the non-empty cells of the table are materialised
-    (``unique`` of ``a * K_b + b``), so memory is O(n) whatever the numbers of
-    clusters.
-
-    Degenerate cases: ``maximum == expected`` happens only when both
-    partitions put all items in one cluster, both put every item in its own
-    cluster, or ``n < 2`` -- and in every such case the two partitions are
-    identical, so the ARI is defined as **1.0** (as scikit-learn does). The
-    "unequal partitions with ``maximum == expected``" case cannot occur
-    (``2 * (maximum - expected) * C(n) = A (C(n) - B) + B (C(n) - A)`` with
-    ``A = sum C(a_i)`` and ``B = sum C(b_j)``, which is 0 only if
-    ``A = B = 0`` or ``A = B = C(n)``).
+    1 means identical partitions (cluster ids are arbitrary), about 0 a
+    chance-level match; it can be negative. Two identical trivial partitions
+    (one cluster, all singletons, fewer than two items) score 1.0, as in
+    scikit-learn.
 
     Args:
-        labels_a, labels_b: 1-D integer tensors of cluster ids, same shape
-            (any integer values, negative included).
+        labels_a, labels_b: 1-D integer tensors of cluster ids, same shape.
 
     Returns:
-        0-d float64 tensor on ``labels_a``'s device.
+        0-d float tensor on ``labels_a``'s device.
     """
-    a = _as_labels(labels_a, "labels_a")
-    b = _as_labels(labels_b, "labels_b", a.device)
+    a = as_labels(labels_a, "labels_a").long()
+    b = as_labels(labels_b, "labels_b", a.device).long()
     if a.shape != b.shape:
         raise ValueError(f"labels_a and labels_b must have the same shape, got {tuple(a.shape)} "
                          f"and {tuple(b.shape)}")
-    n = a.numel()
-    one = torch.ones((), dtype=torch.float64, device=a.device)
-    if n < 2:
-        return one
-    _, a = torch.unique(a, return_inverse=True)
-    b_ids, b = torch.unique(b, return_inverse=True)
-    cells = torch.unique(a * b_ids.numel() + b, return_counts=True)[1]
-    index = _pairs(cells).sum()
-    sum_a = _pairs(torch.bincount(a)).sum()
-    sum_b = _pairs(torch.bincount(b)).sum()
-    expected = sum_a * sum_b / (n * (n - 1) / 2)
-    denom = (sum_a + sum_b) / 2 - expected
-    ari = (index - expected) / torch.where(denom == 0, one, denom)
-    return torch.where(denom == 0, one, ari)
+    if a.numel() < 2:  # nothing to pair: the partitions cannot differ
+        return torch.ones((), device=a.device)
+    with warnings.catch_warnings():  # torchmetrics builds a sparse table and warns about its checks
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        return adjusted_rand_score(a, b)
 
 
 def group_agreement(classes, groups, fine_to_coarse) -> Tensor:
@@ -207,34 +165,33 @@ def group_agreement(classes, groups, fine_to_coarse) -> Tensor:
         0-d float64 tensor (1.0 for fewer than two classes, see
         :func:`adjusted_rand_index`).
     """
-    classes = _as_labels(classes, "classes").long()
-    groups = _as_labels(groups, "groups", classes.device)
+    classes = as_labels(classes, "classes").long()
+    groups = as_labels(groups, "groups", classes.device)
     if classes.shape != groups.shape:
         raise ValueError(f"classes and groups must have the same shape, got {tuple(classes.shape)} "
                          f"and {tuple(groups.shape)}")
     f2c = _as_map(fine_to_coarse, classes.device)
     if classes.numel():
-        _check_in_range("classes", classes, f2c.numel())
+        check_labels_in_range(classes, f2c.numel(), "classes", "fine_to_coarse's range")
         if torch.unique(classes).numel() != classes.numel():
             raise ValueError("classes must list each class once")
     return adjusted_rand_index(groups, f2c[classes])
 
 
-def resolve_buffer(source) -> BalancedBuffer:
-    """The :class:`BalancedBuffer` behind ``source``.
+def find_replay_plugin(strategy):
+    """The strategy's plugin that replays from a :class:`BalancedBuffer` (a
+    :class:`BalancedReplayPlugin`, or Avalanche's ``ReplayPlugin`` with one as its
+    ``storage_policy``), or None."""
+    for plugin in getattr(strategy, "plugins", ()):
+        if isinstance(getattr(plugin, "storage_policy", None), BalancedBuffer):
+            return plugin
+    return None
 
-    ``source`` is a buffer, or any object whose ``storage_policy`` or
-    ``buffer`` attribute is one (a :class:`BalancedReplayPlugin`, a strategy
-    holding a buffer, ...).
-    """
-    if isinstance(source, BalancedBuffer):
-        return source
-    for attr in ("storage_policy", "buffer"):
-        candidate = getattr(source, attr, None)
-        if isinstance(candidate, BalancedBuffer):
-            return candidate
-    raise TypeError(f"{type(source).__name__} is not a BalancedBuffer and has no BalancedBuffer "
-                    f"in .storage_policy or .buffer")
+
+def find_balanced_buffer(strategy) -> Optional[BalancedBuffer]:
+    """The :class:`BalancedBuffer` a strategy replays from (see :func:`find_replay_plugin`), or None."""
+    plugin = find_replay_plugin(strategy)
+    return None if plugin is None else plugin.storage_policy
 
 
 # ------------------------------------------------------ standalone metrics
@@ -260,8 +217,8 @@ class _SuperclassCounts:
         pred = torch.as_tensor(predicted_y)
         if pred.dim() > 1:
             pred = pred.argmax(1)
-        pred = _as_labels(pred, "predicted_y").long()
-        target = _as_labels(true_y, "true_y", pred.device).long()
+        pred = as_labels(pred, "predicted_y").long()
+        target = as_labels(true_y, "true_y", pred.device).long()
         if pred.shape != target.shape:
             raise ValueError(f"predictions and targets must have the same shape, got "
                              f"{tuple(pred.shape)} and {tuple(target.shape)}")
@@ -358,80 +315,80 @@ class GroupAgreementMetric(PluginMetric[Optional[float]]):
 
     At the end of each ``strategy.eval`` call, emits
     ``GroupAgreement_Stream/eval_phase/<stream>_stream``:
-    :func:`group_agreement` of ``buffer.class_groups()``. The buffer is looked
-    up from ``buffer_source`` (see :func:`resolve_buffer`) at emit time, so
-    the source may get its buffer after the metric is built. Nothing is
-    emitted while the buffer is empty.
+    :func:`group_agreement` of ``buffer.class_groups()``, the buffer being the
+    one the strategy replays from (:func:`find_balanced_buffer`). Nothing is
+    emitted while that buffer is empty, or for a strategy without one.
     """
 
-    def __init__(self, buffer_source, fine_to_coarse):
+    def __init__(self, fine_to_coarse):
         super().__init__()
-        self.buffer_source = buffer_source
         self.fine_to_coarse = _as_map(fine_to_coarse)
+        self._value: Optional[float] = None
 
     def result(self) -> Optional[float]:
-        """The current ARI, or None when the buffer is empty."""
-        buffer = resolve_buffer(self.buffer_source)
-        if len(buffer) == 0:
-            return None
-        classes, groups = buffer.class_groups()
-        return float(group_agreement(classes, groups, self.fine_to_coarse.to(classes.device)))
+        """The ARI at the latest evaluation, or None."""
+        return self._value
 
     def reset(self) -> None:
-        pass  # stateless: the buffer is the state
+        self._value = None
 
     def after_eval(self, strategy) -> MetricResult:
         super().after_eval(strategy)
-        value = self.result()
-        if value is None:
+        buffer = find_balanced_buffer(strategy)
+        if buffer is None or len(buffer) == 0:
+            self._value = None
             return None
-        return _value(self, strategy, value, add_experience=False, add_task=False)
+        classes, groups = buffer.class_groups()
+        self._value = float(group_agreement(classes, groups, self.fine_to_coarse.to(classes.device)))
+        return _value(self, strategy, self._value, add_experience=False, add_task=False)
 
     def __str__(self):
         return "GroupAgreement_Stream"
 
 
-class ReplayGroupEntropyMetric(PluginMetric[float]):
+class ReplayGroupEntropyMetric(PluginMetric[Optional[float]]):
     """Balance of the groups replayed during each training experience.
 
-    At ``after_training_exp`` emits ``plugin_source.replay_group_entropy()``
-    (for :class:`BalancedReplayPlugin`: the normalised entropy, see
+    At ``after_training_exp`` emits the strategy's replay plugin's
+    ``replay_group_entropy()`` (for :class:`BalancedReplayPlugin`: the
+    normalised entropy, see
     :func:`~avalanche_balanced.sampling.normalized_entropy`, of the groups of
     the samples replayed during the experience; 1 = balanced) as
-    ``ReplayGroupEntropy_Exp/train_phase/train_stream/Task000/Exp000``.
+    ``ReplayGroupEntropy_Exp/train_phase/train_stream/Task000/Exp000``; nothing
+    for a strategy without such a plugin.
     """
 
-    def __init__(self, plugin_source):
+    def __init__(self):
         super().__init__()
-        if not callable(getattr(plugin_source, "replay_group_entropy", None)):
-            raise TypeError(f"{type(plugin_source).__name__} has no replay_group_entropy() method")
-        self.plugin_source = plugin_source
+        self._value: Optional[float] = None
 
-    def result(self) -> float:
-        return float(self.plugin_source.replay_group_entropy())
+    def result(self) -> Optional[float]:
+        return self._value
 
     def reset(self) -> None:
-        pass  # the plugin resets its counts at each experience
+        self._value = None
 
     def after_training_exp(self, strategy) -> MetricResult:
         super().after_training_exp(strategy)
-        return _value(self, strategy, self.result(), add_experience=True, add_task=True)
+        plugin = find_replay_plugin(strategy)
+        if plugin is None or not callable(getattr(plugin, "replay_group_entropy", None)):
+            return None
+        self._value = float(plugin.replay_group_entropy())
+        return _value(self, strategy, self._value, add_experience=True, add_task=True)
 
     def __str__(self):
         return "ReplayGroupEntropy_Exp"
 
 
-def semantic_metrics(fine_to_coarse, buffer_source=None, replay_source=None) -> List[PluginMetric]:
+def semantic_metrics(fine_to_coarse, replay: bool = True) -> List[PluginMetric]:
     """The semantic metrics, for ``EvaluationPlugin(*semantic_metrics(...), loggers=...)``.
 
-    Always semantic consistency and superclass error share; group agreement
-    when ``buffer_source`` is given; replay group entropy when
-    ``replay_source`` (e.g. the :class:`BalancedReplayPlugin`) is given.
+    Semantic consistency and superclass error share; with ``replay`` also group
+    agreement and replay group entropy, which read the strategy's balanced
+    buffer and emit nothing for a strategy without one.
     """
     metrics: List[PluginMetric] = [SemanticConsistencyMetric(fine_to_coarse),
                                    SuperclassErrorShareMetric(fine_to_coarse)]
-    if buffer_source is not None:
-        metrics.append(GroupAgreementMetric(buffer_source, fine_to_coarse))
-    if replay_source is not None:
-        metrics.append(ReplayGroupEntropyMetric(replay_source))
+    if replay:
+        metrics += [GroupAgreementMetric(fine_to_coarse), ReplayGroupEntropyMetric()]
     return metrics

@@ -1,5 +1,5 @@
 """``BalancedReplayPlugin``: balanced (or uniform) replay for any Avalanche ``SupervisedTemplate``."""
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +9,23 @@ from avalanche.evaluation.metric_results import MetricValue
 from .buffer import BalancedBuffer, ReplayBatch
 from .features import FeatureHook
 from .sampling import effective_sample_size, normalized_entropy
+from .validation import check_replay_sizes
 
-__all__ = ["BalancedReplayPlugin"]
+__all__ = ["BalancedReplayPlugin", "ReplayStep"]
+
+
+class ReplayStep(NamedTuple):
+    """What one training iteration joined and computed, for a strategy's loss.
+
+    The training minibatch is ``num_current`` current samples followed by the
+    replayed ones (``replay``, None when the buffer was empty); ``features``
+    are the penultimate features of the joint batch from this iteration's
+    forward pass, with their autograd graph.
+    """
+
+    num_current: int
+    replay: Optional[ReplayBatch]
+    features: torch.Tensor
 
 
 class BalancedReplayPlugin(SupervisedPlugin):
@@ -24,9 +39,11 @@ class BalancedReplayPlugin(SupervisedPlugin):
       ``transform`` (a *batched* augmentation such as
       :func:`~avalanche_balanced.data.cifar_augment`) to the joint batch;
     * ``after_forward``: read the penultimate features of that same forward
-      pass (a hook on the model's last linear layer) and keep each replayed
-      sample's loss (for ``difficulty_weight``); without ``refresh_features``,
-      also overwrite the replayed samples' stored features with them;
+      pass (a hook on the model's last linear layer), publish the iteration's
+      :class:`ReplayStep` as :attr:`step` (what a strategy's loss reads; valid
+      until the end of the iteration) and keep each replayed sample's loss
+      (for ``difficulty_weight``); without ``refresh_features``, also overwrite
+      the replayed samples' stored features with them;
     * ``after_training_iteration`` (``insertion_timing="online"`` only): insert
       the current, non-augmented samples with their logits and features.
 
@@ -49,12 +66,14 @@ class BalancedReplayPlugin(SupervisedPlugin):
     At the end of each experience the plugin publishes to the strategy's
     evaluator (hence to TensorBoard): the number of groups, the group sizes and
     the replay weights (each sample's draw probability times the buffer size,
-    1 = uniform; histograms), the normalised entropy of the groups of the
-    samples replayed during the experience, the share of replayed samples that
+    1 = uniform; histograms), the share of replayed samples that
     belong to the current experience's classes (``current_share``; 0 with
     ``"after_experience"`` timing), and the Kish effective sample size of the
     replay distribution as a fraction of the buffer, averaged over the
     experience's regroupings (``effective_sample_size``; 1 for uniform draws).
+    The balance of the groups replayed during the experience
+    (:meth:`replay_group_entropy`) is published by
+    :class:`~avalanche_balanced.metrics.ReplayGroupEntropyMetric`.
 
     ``use_balanced_sampling=False`` is plain uniform reservoir replay, the
     baseline balanced replay is measured against.
@@ -109,14 +128,10 @@ class BalancedReplayPlugin(SupervisedPlugin):
         super().__init__()
         if insertion_timing not in self.TIMINGS:
             raise ValueError(f"insertion_timing must be one of {self.TIMINGS}, got {insertion_timing!r}")
+        check_replay_sizes(storage_policy.max_size if storage_policy is not None else mem_size, batch_size_mem)
         if storage_policy is None:
             storage_policy = BalancedBuffer(mem_size, grouping=grouping, balance_weight=balance_weight,
                                             seed=seed, **buffer_kwargs)
-        if batch_size_mem <= 0:
-            raise ValueError(f"batch_size_mem must be positive, got {batch_size_mem}")
-        if batch_size_mem > storage_policy.max_size:
-            raise ValueError(f"batch_size_mem ({batch_size_mem}) is larger than mem_size "
-                             f"({storage_policy.max_size})")
         if regroup_every is not None and regroup_every <= 0:
             raise ValueError(f"regroup_every must be positive or None, got {regroup_every}")
         self.buffer = storage_policy
@@ -134,6 +149,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._hook: Optional[FeatureHook] = None
         self._replay: Optional[ReplayBatch] = None
         self._current = None  # (inputs, labels, task labels) of the current minibatch, raw
+        self.step: Optional[ReplayStep] = None  # this iteration's record, from after_forward on
         self._insert = None  # what after_training_iteration inserts
         self._iterations = 0
         self._current_classes: Optional[torch.Tensor] = None  # bool mask over classes, this experience
@@ -149,21 +165,6 @@ class BalancedReplayPlugin(SupervisedPlugin):
         if self.use_balanced_sampling:
             return self.buffer.get_balanced_data(self.batch_size_mem)
         return self.buffer.get_data(self.batch_size_mem)
-
-    @property
-    def num_current(self) -> int:
-        """Number of current (not replayed) samples at the head of the training minibatch."""
-        return self._current[0].shape[0]
-
-    @property
-    def replayed(self) -> Optional[ReplayBatch]:
-        """The replay minibatch of this iteration (inputs before ``transform``), or None."""
-        return self._replay
-
-    @property
-    def features(self):
-        """Penultimate features of the latest forward pass, with their autograd graph."""
-        return self._hook.features.flatten(1)
 
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, **kwargs):
@@ -195,8 +196,9 @@ class BalancedReplayPlugin(SupervisedPlugin):
         strategy.mbatch[1], strategy.mbatch[2] = y, t
 
     def after_forward(self, strategy, **kwargs):
-        feats = self._hook.features.detach().flatten(1)
-        n = self.num_current
+        n = self._current[0].shape[0]
+        self.step = ReplayStep(n, self._replay, self._hook.features.flatten(1))
+        feats = self.step.features.detach()
         if self._replay is not None:
             if not self.refresh_features:
                 self.buffer.update_features(self._replay.indices, feats[n:])
@@ -211,7 +213,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         if self._insert is not None:
             x, y, t, logits, feats = self._insert
             self.buffer.add_data(x, y, logits, feats, task_labels=t)
-        self._current, self._replay, self._insert = None, None, None
+        self._current, self._replay, self._insert, self.step = None, None, None, None
         self._iterations += 1
         if self.regroup_every and self._iterations % self.regroup_every == 0:
             self._regroup(strategy.model)
@@ -311,7 +313,6 @@ class BalancedReplayPlugin(SupervisedPlugin):
             "BalancedReplay/num_groups": int(sizes.numel()),
             "BalancedReplay/group_sizes": sizes.float().cpu(),
             "BalancedReplay/replay_weight": (self.buffer.replay_probabilities() * len(self.buffer)).cpu(),
-            "BalancedReplay/replay_group_entropy": self.replay_group_entropy(),
             "BalancedReplay/current_share": self.current_share(),
             "BalancedReplay/effective_sample_size": self.effective_sample_size(),
         }

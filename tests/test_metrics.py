@@ -1,5 +1,6 @@
 """Semantic metrics: pure functions, Avalanche PluginMetrics in a real run, figures."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,15 +10,16 @@ from torch import nn
 from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.evaluation.metrics import accuracy_metrics
-from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from avalanche.training.supervised import Naive
 
 from avalanche_balanced import BalancedBuffer, BalancedReplayPlugin
+from avalanche_balanced.experiment import accuracy_matrix
 from avalanche_balanced.figures import FigureLoggerPlugin, accuracy_matrix_figure, group_sizes_figure
 from avalanche_balanced.metrics import (
     GroupAgreementMetric, ReplayGroupEntropyMetric, SemanticConsistency, SemanticConsistencyMetric,
     SuperclassErrorShare, SuperclassErrorShareMetric, adjusted_rand_index, group_agreement,
-    resolve_buffer, semantic_consistency, semantic_metrics, superclass_error_share,
+    find_balanced_buffer, find_replay_plugin, semantic_consistency, semantic_metrics, superclass_error_share,
 )
 
 F2C = torch.tensor([0, 0, 1, 1, 2, 2])  # 6 classes, 3 superclasses of 2
@@ -71,8 +73,8 @@ def test_ari_identical_and_relabelled_partitions():
     a = torch.tensor([0, 0, 1, 1, 2, 2, 2])
     assert adjusted_rand_index(a, a).item() == 1.0
     perm = torch.tensor([7, -3, 4])  # arbitrary (even negative) cluster names
-    assert adjusted_rand_index(a, perm[a]).item() == pytest.approx(1.0, abs=1e-12)
-    assert adjusted_rand_index(perm[a], a).item() == pytest.approx(1.0, abs=1e-12)
+    assert adjusted_rand_index(a, perm[a]).item() == pytest.approx(1.0, abs=1e-6)
+    assert adjusted_rand_index(perm[a], a).item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_ari_hand_computed():
@@ -80,13 +82,13 @@ def test_ari_hand_computed():
     b = torch.tensor([0, 0, 1, 1, 2, 2])
     # n_ij = [[2, 1, 0], [0, 1, 2]]: index = 1 + 1 = 2; rows: 3 + 3 = 6; cols: 1 + 1 + 1 = 3;
     # C(6) = 15; expected = 6 * 3 / 15 = 1.2; max = 4.5 -> (2 - 1.2) / (4.5 - 1.2) = 8/33
-    assert adjusted_rand_index(a, b).item() == pytest.approx(8 / 33, abs=1e-12)
-    assert adjusted_rand_index(b, a).item() == pytest.approx(8 / 33, abs=1e-12)
+    assert adjusted_rand_index(a, b).item() == pytest.approx(8 / 33, abs=1e-6)
+    assert adjusted_rand_index(b, a).item() == pytest.approx(8 / 33, abs=1e-6)
     # all singletons vs pairs: index 0, expected 0, max 1.5 -> 0
     assert adjusted_rand_index(torch.arange(6), F2C).item() == 0.0
     # worse than chance is negative: [0,0,1,1] vs [0,1,0,1] -> (0 - 1/3) / (1 - 1/3)
     assert adjusted_rand_index(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])).item() == \
-        pytest.approx(-0.5, abs=1e-12)
+        pytest.approx(-0.5, abs=1e-6)
 
 
 @pytest.mark.parametrize("a, b", [
@@ -97,7 +99,7 @@ def test_ari_hand_computed():
 ])
 def test_ari_degenerate_cases_are_one(a, b):
     out = adjusted_rand_index(torch.tensor(a, dtype=torch.long), torch.tensor(b, dtype=torch.long))
-    assert out.item() == 1.0 and out.dtype == torch.float64
+    assert out.item() == 1.0
 
 
 def test_ari_one_cluster_vs_split_is_zero():
@@ -123,7 +125,7 @@ def test_ari_matches_sklearn(seed):
     b_corr = torch.where(torch.rand(n, generator=g) < 0.7, a // 2, b)
     for x, y in ((a, b), (a, b_corr), (a, a // 3)):
         expected = metrics.adjusted_rand_score(x.numpy(), y.numpy())
-        assert adjusted_rand_index(x, y).item() == pytest.approx(expected, abs=1e-12)
+        assert adjusted_rand_index(x, y).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_group_agreement_function():
@@ -174,7 +176,6 @@ def test_group_agreement_on_buffer_with_superclass_groups_is_one():
     assert group_agreement(*buf.class_groups(), F2C).item() == 1.0
     relabelled = filled_buffer("fixed", class_to_group=torch.tensor([4, 4, 0, 0, 7, 7]))
     assert group_agreement(*relabelled.class_groups(), F2C).item() == 1.0
-    assert GroupAgreementMetric(buf, F2C).result() == 1.0
 
 
 def test_group_agreement_on_buffer_with_class_groups():
@@ -184,31 +185,28 @@ def test_group_agreement_on_buffer_with_class_groups():
     sk = pytest.importorskip("sklearn.metrics")
     classes, groups = filled_buffer("class", classes=[0, 1, 2, 4]).class_groups()
     assert group_agreement(classes, groups, F2C).item() == pytest.approx(
-        sk.adjusted_rand_score(groups.numpy(), F2C[classes].numpy()), abs=1e-12)
+        sk.adjusted_rand_score(groups.numpy(), F2C[classes].numpy()), abs=1e-6)
 
 
-def test_buffer_resolution_and_empty_buffer():
+def test_metrics_find_the_buffer_through_the_strategy():
     buf = BalancedBuffer(10)
     plugin = BalancedReplayPlugin(mem_size=10, batch_size_mem=2, storage_policy=buf)
-
-    class Holder:
-        buffer = buf
-
-    assert resolve_buffer(buf) is buf and resolve_buffer(plugin) is buf and resolve_buffer(Holder()) is buf
-    with pytest.raises(TypeError, match="BalancedBuffer"):
-        resolve_buffer(object())
-    metric = GroupAgreementMetric(plugin, F2C)
-    assert metric.result() is None and metric.after_eval(None) is None  # empty: nothing emitted
-    with pytest.raises(TypeError, match="replay_group_entropy"):
-        ReplayGroupEntropyMetric(buf)
+    avalanche_replay = ReplayPlugin(mem_size=10, storage_policy=buf)
+    assert find_balanced_buffer(SimpleNamespace(plugins=[object(), plugin])) is buf
+    assert find_replay_plugin(SimpleNamespace(plugins=[avalanche_replay])) is avalanche_replay
+    uniform_er = SimpleNamespace(plugins=[ReplayPlugin(mem_size=10)])  # Avalanche's own buffer: not ours
+    assert find_balanced_buffer(uniform_er) is None and find_replay_plugin(uniform_er) is None
+    # no buffer, or an empty one: nothing emitted
+    assert GroupAgreementMetric(F2C).after_eval(uniform_er) is None
+    assert GroupAgreementMetric(F2C).after_eval(SimpleNamespace(plugins=[plugin])) is None
+    assert ReplayGroupEntropyMetric().after_training_exp(uniform_er) is None
 
 
 def test_semantic_metrics_helper():
-    plugin = BalancedReplayPlugin(mem_size=10, batch_size_mem=2)
-    assert [type(m) for m in semantic_metrics(F2C)] == [SemanticConsistencyMetric, SuperclassErrorShareMetric]
-    ms = semantic_metrics(F2C, buffer_source=plugin, replay_source=plugin)
-    assert [str(m) for m in ms] == ["SemanticConsistency_Stream", "SuperclassErrorShare_Stream",
-                                    "GroupAgreement_Stream", "ReplayGroupEntropy_Exp"]
+    assert [type(m) for m in semantic_metrics(F2C, replay=False)] == [SemanticConsistencyMetric,
+                                                                     SuperclassErrorShareMetric]
+    assert [str(m) for m in semantic_metrics(F2C)] == ["SemanticConsistency_Stream", "SuperclassErrorShare_Stream",
+                                                       "GroupAgreement_Stream", "ReplayGroupEntropy_Exp"]
 
 
 # --------------------------------------------------- inside a real Avalanche run
@@ -231,10 +229,8 @@ def run(tmp_path_factory):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, C))
     plugin = BalancedReplayPlugin(mem_size=20, batch_size_mem=8)
-    figures = FigureLoggerPlugin(log_dir, fine_to_coarse=F2C, buffer_source=plugin)
-    evaluator = EvaluationPlugin(
-        *semantic_metrics(F2C, buffer_source=plugin, replay_source=plugin),
-        accuracy_metrics(stream=True), loggers=[])
+    figures = FigureLoggerPlugin(log_dir, fine_to_coarse=F2C)
+    evaluator = EvaluationPlugin(*semantic_metrics(F2C), accuracy_metrics(experience=True, stream=True), loggers=[])
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=16,
                      train_epochs=1, eval_mb_size=64, plugins=[plugin, figures], evaluator=evaluator)
     records = []
@@ -288,7 +284,7 @@ def test_figure_plugin_in_run(run):
     for k in range(3):
         assert (log_dir / f"group_sizes_exp{k}.png").stat().st_size > 0
         assert (log_dir / f"accuracy_matrix_exp{k}.png").stat().st_size > 0
-    matrix = run["figures"].accuracy_matrix()
+    matrix = accuracy_matrix(run["evaluator"])  # what the figures show
     assert matrix.shape == (3, 3) and not torch.isnan(matrix).any()  # whole test stream evaluated each time
     assert ((matrix >= 0) & (matrix <= 1)).all()
     # experiences have equal sizes, so each row's mean is Avalanche's stream accuracy at that point

@@ -11,6 +11,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import LwF, Naive
 
 from avalanche_balanced import BalancedReplayPlugin
+from avalanche_balanced.metrics import ReplayGroupEntropyMetric
 from synthetic import blobs_benchmark
 
 C, D = 6, 8
@@ -140,18 +141,19 @@ class ReplayedGroups(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs):
         self.groups = []
 
-    def after_forward(self, strategy, **kwargs):
-        if self.replay.replayed is not None:
-            self.groups += self.replay.buffer.group_ids[self.replay.replayed.indices].tolist()
+    def before_backward(self, strategy, **kwargs):  # the iteration's ReplayStep exists from after_forward on
+        if self.replay.step.replay is not None:
+            self.groups += self.replay.buffer.group_ids[self.replay.step.replay.indices].tolist()
 
 
 def test_plugin_with_lwf_and_monitoring_metrics():
-    """Guards the published num_groups, group_sizes and replay_group_entropy values exactly."""
+    """Guards the published num_groups, group_sizes and replay group entropy values exactly."""
     bm = tiny_benchmark()
     plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
     tally = ReplayedGroups(plugin)
     model = mlp()
-    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[], collect_all=True)
+    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), ReplayGroupEntropyMetric(), loggers=[],
+                                 collect_all=True)
     strategy = LwF(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
                    criterion=nn.CrossEntropyLoss(), alpha=1.0, temperature=2.0, train_mb_size=16, train_epochs=1,
                    plugins=[plugin, tally], evaluator=evaluator)
@@ -175,15 +177,19 @@ def test_plugin_with_lwf_and_monitoring_metrics():
     total = sum(drawn.values())
     expected = -sum(c / total * math.log(c / total) for c in drawn.values()) / math.log(k)
     assert len(drawn) > 1 and 0.0 < expected < 1.0  # several groups drawn unevenly: strictly inside
-    assert metrics["BalancedReplay/replay_group_entropy"] == pytest.approx(expected, rel=1e-9)
+    assert metrics["ReplayGroupEntropy_Exp/train_phase/train_stream/Task000/Exp002"] == pytest.approx(
+        expected, rel=1e-9)
+    assert not any("replay_group_entropy" in name for name in metrics)  # published once, by the metric
     assert metrics["Top1_Acc_Stream/eval_phase/test_stream/Task000"] > 1.0 / C  # learned something
 
 
 def test_bad_plugin_arguments():
     with pytest.raises(ValueError, match="batch_size_mem"):
         BalancedReplayPlugin(mem_size=10, batch_size_mem=11)
-    with pytest.raises(ValueError, match="max_size"):
+    with pytest.raises(ValueError, match="mem_size must be a positive integer"):
         BalancedReplayPlugin(mem_size=0)
+    with pytest.raises(ValueError, match="batch_size_mem must be a positive integer"):
+        BalancedReplayPlugin(mem_size=10, batch_size_mem=0)
     with pytest.raises(ValueError, match="grouping"):
         BalancedReplayPlugin(grouping="superclass")
 

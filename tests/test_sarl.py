@@ -177,7 +177,7 @@ def test_uniform_replay_and_buffer_are_the_strategy_s():
     s = make_strategy(use_balanced_sampling=False)
     run(s, tiny_benchmark(), n=2)
     assert s.replay.use_balanced_sampling is False
-    assert s.buffer.prototypes is s.prototypes and s.buffer.similarity_net is s.similarity_net
+    assert s.buffer.prototypes is s.prototypes
     assert s.buffer.threshold is s.threshold
     assert len(s.buffer) == 40
 

@@ -5,7 +5,6 @@ The strategy owns the loss; the replay wiring (draw, join, features, insertion)
 is a :class:`BalancedReplayPlugin` over a :class:`BalancedBuffer` whose
 prototypes and similarity network are the strategy's own.
 """
-import copy
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -19,10 +18,11 @@ from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.utils import get_last_fc_layer
 
 from ..buffer import BalancedBuffer
-from ..features import forward_with_features
+from ..features import forward_with_features, frozen_copy
 from ..plugin import BalancedReplayPlugin
 from ..semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from ..transforms import BatchTransformPlugin
+from ..validation import check_replay_sizes
 
 __all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "semantic_contrastive"]
 
@@ -172,16 +172,13 @@ class SARLGelu(SupervisedTemplate):
                                 warmup_epochs=warmup_epochs).items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not isinstance(mem_size, int) or mem_size <= 0:
-            raise ValueError(f"mem_size must be a positive integer, got {mem_size!r}")
-        if batch_size_mem > mem_size:
-            raise ValueError(f"batch_size_mem ({batch_size_mem}) is larger than mem_size ({mem_size})")
+        check_replay_sizes(mem_size, batch_size_mem)
         device = torch.device(device)
         head = get_last_fc_layer(model)[1]
         self.num_classes, self.num_feats = head.out_features, head.in_features
         self.alpha, self.beta, self.op_weight, self.sm_weight = alpha, beta, op_weight, sm_weight
         self.warmup_epochs = warmup_epochs
-        self.eval_transform = eval_transform
+        self.transform, self.eval_transform = transform, eval_transform
 
         self.prototypes = ClassPrototypes(self.num_classes, self.num_feats).to(device)
         self.similarity_net = SemanticSimilarity(self.num_feats, sim_lr=sim_lr, target=sim_target).to(device)
@@ -199,7 +196,6 @@ class SARLGelu(SupervisedTemplate):
         self.loss_terms: Dict[str, Tensor] = {}
         self._epoch_terms: Dict[str, float] = {}
         self._epoch_iterations = 0
-        self._features: Optional[Tensor] = None
 
         own = [self.replay, BatchTransformPlugin(eval_transform=eval_transform), _SarlEpochEvents(self)]
         if lr_steps:
@@ -231,11 +227,9 @@ class SARLGelu(SupervisedTemplate):
         """The SARL-GELU loss of the current joint minibatch (current + replayed)."""
         if not self.is_training:
             return self._criterion(self.mb_output, self.mb_y)
-        n, out, y = self.replay.num_current, self.mb_output, self.mb_y
-        feats = self.replay.features
-        self._features = feats
+        step, out, y = self.replay.step, self.mb_output, self.mb_y
+        n, replay, feats = step.num_current, step.replay, step.features
         terms = {"ce": self._criterion(out[:n], y[:n])}
-        replay = self.replay.replayed
         if replay is not None:
             if self.alpha:
                 terms["replay_mse"] = self.alpha * F.mse_loss(out[n:], replay.logits)
@@ -260,7 +254,7 @@ class SARLGelu(SupervisedTemplate):
 
     def _after_training_iteration(self, **kwargs):
         # The similarity network learns from this step's current and replayed features.
-        sim_loss = self.similarity_net.train_step(self._features.detach(), self.mb_y, self.prototypes)
+        sim_loss = self.similarity_net.train_step(self.replay.step.features.detach(), self.mb_y, self.prototypes)
         self.loss_terms["similarity"] = sim_loss
         for name, value in self.loss_terms.items():
             self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value
@@ -268,10 +262,7 @@ class SARLGelu(SupervisedTemplate):
         super()._after_training_iteration(**kwargs)
 
     def _after_training_exp(self, **kwargs):
-        self.replay.remove_hook()  # the frozen copy must not carry the replay plugin's hook
-        self.old_model = copy.deepcopy(self.model).eval()
-        for p in self.old_model.parameters():
-            p.requires_grad_(False)
+        self.old_model = frozen_copy(self.model)  # carries none of the plugins' hooks
         self._refresh_batchnorm_on_buffer()
         self._set_prototypes_of_experience()
         super()._after_training_exp(**kwargs)  # the replay plugin regroups with the new prototypes
@@ -282,7 +273,7 @@ class SARLGelu(SupervisedTemplate):
         if len(self.buffer) == 0:
             return
         self.model.train()
-        transform = self.replay.transform
+        transform = self.transform
         for start in range(0, len(self.buffer), self.train_mb_size):
             x = self.buffer.examples[start: start + self.train_mb_size]
             self.model(transform(x) if transform is not None else x)

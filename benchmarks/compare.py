@@ -43,11 +43,8 @@ runs unless ``--overwrite``), ``table.md``, and PNG plots.
 """
 import argparse
 import json
-import math
 import multiprocessing
 import os
-import statistics
-import sys
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -55,43 +52,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods import CORE, DESCRIPTIONS, LR_FROM, METHODS, Setting  # noqa: E402
+from avalanche_balanced.data import preserved_global_rng, split_cifar100, with_test_subset
+from avalanche_balanced.experiment import accuracy_matrix, build_evaluator, final_results, seed_everything
+from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_tail_counts
+from avalanche_balanced.metrics import semantic_metrics
+from avalanche_balanced.protocols import PROTOCOLS
+from methods import CORE, LR_FROM, METHODS, Setting  # benchmarks/ is on the path of a script run from it
+from reporting import markdown_lr_selection, write_outputs
 
-from avalanche_balanced.data import preserved_global_rng, split_cifar100, with_test_subset  # noqa: E402
-from avalanche_balanced.experiment import build_evaluator, final_results, seed_everything  # noqa: E402
-from avalanche_balanced.figures import accuracy_matrix_figure  # noqa: E402
-from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_tail_counts  # noqa: E402
-from avalanche_balanced.metrics import semantic_metrics  # noqa: E402
-
-PROTOCOLS = {
-    # CPU: 5 experiences, reduced ResNet-18, 100 images per class, 3 epochs, buffer 500.
-    # Evaluations before the last one use 20 test images per class (eval_per_class);
-    # learning rates are chosen on 50 held-out training images per class (val_per_class).
-    "quick": dict(n_experiences=5, nf=20, per_class=100, epochs=3, lr=0.03, lr_steps=None, mem_size=500,
-                  batch_size=32, batch_size_mem=32, warmup_epochs=1, sarl_alpha=0.2, seeds=[0, 1, 2],
-                  eval_per_class=20, val_per_class=50),
-    # SARL's setting (a GPU): full ResNet-18, all images, 50 epochs, MultiStepLR at 35 and 45.
-    "paper": dict(n_experiences=5, nf=64, per_class=None, epochs=50, lr=0.03, lr_steps=[35, 45], mem_size=500,
-                  batch_size=32, batch_size_mem=32, warmup_epochs=5, sarl_alpha=0.2, seeds=[1, 3, 5],
-                  eval_per_class=None, val_per_class=50),
-    # Synthetic smoke setting for tests: 20 classes of 8x8 noise images, seconds per method.
-    # nf 8: channels-last convolutions with fewer channels crash single-threaded backward passes
-    # in the pinned torch 2.14.1 CPU build (heap corruption).
-    "tiny": dict(n_experiences=5, nf=8, per_class=6, epochs=1, lr=0.05, lr_steps=None, mem_size=20,
-                 batch_size=8, batch_size_mem=8, warmup_epochs=0, sarl_alpha=0.2, seeds=[0],
-                 eval_per_class=1, val_per_class=3),
-}
 LR_GRID = (0.01, 0.03, 0.1)
-SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
-                "group_agreement", "seconds", "head_accuracy", "medium_accuracy", "tail_accuracy")
 # Long-tailed streams (--scenario lt): accuracy on the test images of head, medium and tail classes.
 BUCKET_NAMES = {f"{b}_accuracy": f"{b.capitalize()}Accuracy_Stream/eval_phase/test_stream" for b in BUCKETS}
-# Compared seed by seed (same class order, data and initialisation): balanced vs uniform
-# replay, and our plugin's uniform mode vs Avalanche's ER (the drop-in parity check).
-PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"))
-PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
-               ("semantic_consistency", "sem. consistency", 3))
 # Logged by BalancedReplayPlugin at the end of every experience.
 REPLAY_HISTORY = {
     "current_share": "BalancedReplay/current_share",
@@ -158,11 +129,6 @@ def build_benchmark(protocol, order_seed, args, validation=False):
     return bm, with_test_subset(bm, p["eval_per_class"], order_seed)
 
 
-def accuracy_row(metrics, n_experiences):
-    return [100.0 * float(metrics.get(f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}", math.nan))
-            for j in range(n_experiences)]
-
-
 def quiet_avalanche_deprecations():
     """Drop Avalanche's deprecation notices (its ReplayPlugin and DER call ``update()`` every
     experience, and its decorator re-enables them on each call, so a filter cannot)."""
@@ -200,29 +166,17 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
                       batch_size_mem=p["batch_size_mem"], warmup_epochs=p["warmup_epochs"],
                       sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse, seed=seed,
                       device=torch.device(args.device), lr_steps=p["lr_steps"])
-    strategy = None
-
-    class Source:  # the semantic metrics read the strategy's buffer, resolved at eval time
-        @property
-        def storage_policy(self):
-            own = getattr(strategy, "buffer", None)
-            if own is not None:
-                return own
-            return next(p.buffer for p in strategy.plugins if hasattr(p, "draw"))
-
-    has_balanced_buffer = method.startswith(("plugin", "sarl"))
-    extra = semantic_metrics(bm.fine_to_coarse, buffer_source=Source() if has_balanced_buffer else None)
+    extra = semantic_metrics(bm.fine_to_coarse)  # group agreement: only where the strategy has our buffer
     if getattr(bm, "imbalance_ratio", None) is not None:
         extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))
     evaluator, _ = build_evaluator(None, extra_metrics=extra, interactive=False)
-    strategy = METHODS[method](setting, evaluator)
+    strategy = METHODS[method].build(setting, evaluator)
 
-    start, matrix = time.time(), []
+    start = time.time()
     n_exp = len(bm.train_stream)
-    if method == "joint":
+    if METHODS[method].joint:
         strategy.train(bm.train_stream)
         metrics = strategy.eval(bm.test_stream)
-        matrix.append(accuracy_row(metrics, n_exp))
     else:
         for exp in bm.train_stream:
             strategy.train(exp)
@@ -230,9 +184,7 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
                 metrics = strategy.eval(bm.test_stream)
             elif not validation:
                 metrics = strategy.eval(eval_bm.test_stream)
-            else:
-                continue
-            matrix.append(accuracy_row(metrics, n_exp))
+    matrix = (100.0 * accuracy_matrix(evaluator)).tolist()  # in %, a row per evaluation
     result = final_results(metrics)
     for key, name in SEMANTIC_NAMES.items():
         result[key] = float(metrics[name]) if name in metrics else None
@@ -244,110 +196,9 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     for key, name in REPLAY_HISTORY.items():  # per experience, for our replay buffers only
         if name in history:
             result[key] = [float(v) for v in history[name][1]]
-    if method == "joint" or validation:  # forgetting and BWT: undefined, or not measured
+    if METHODS[method].joint or validation:  # forgetting and BWT: undefined, or not measured
         result.update(forgetting=None, bwt=None)
     return result
-
-
-def summarise(runs):
-    """Mean and standard deviation over seeds, per method."""
-    table = {}
-    for method in METHODS:
-        mine = [r for r in runs if r["method"] == method]
-        if not mine:
-            continue
-        row = {"seeds": [r["seed"] for r in mine], "lr": sorted({r["lr"] for r in mine})}
-        for key in SUMMARY_KEYS:
-            values = [r[key] for r in mine if r.get(key) is not None]
-            if values:
-                row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-        table[method] = row
-    return table
-
-
-def paired_differences(runs, pairs=PAIRS):
-    """Per pair (default ``PAIRS``) with common seeds: the seeds and, per key, first minus second by seed."""
-    out = {}
-    for first, second in pairs:
-        by_seed = {m: {r["seed"]: r for r in runs if r["method"] == m} for m in (first, second)}
-        seeds = sorted(set(by_seed[first]) & set(by_seed[second]))
-        if seeds:
-            out[f"{first} - {second}"] = dict(seeds=seeds, **{
-                key: [by_seed[first][s][key] - by_seed[second][s][key] for s in seeds]
-                for key, _, _ in PAIRED_KEYS})
-    return out
-
-
-def markdown_paired(paired):
-    lines = ["Differences paired by seed (first minus second; mean ± std of the differences; "
-             "per-seed values in brackets):", "",
-             "| difference | seeds | " + " | ".join(f"Δ {label}" for _, label, _ in PAIRED_KEYS) + " |",
-             "|" + "---|" * (2 + len(PAIRED_KEYS))]
-    for name, row in paired.items():
-        cells = []
-        for key, _, digits in PAIRED_KEYS:
-            values = row[key]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):+.{digits}f} ± {spread:.{digits}f} "
-                         f"[{', '.join(f'{v:+.{digits}f}' for v in values)}]")
-        lines.append(f"| {name} | {','.join(map(str, row['seeds']))} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def markdown_table(table, protocol):
-    buckets = any("head_accuracy" in row for row in table.values())
-    head = ("| method | lr | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
-            "superclass err. share | group agreement (ARI) | seconds |")
-    if buckets:
-        head += " head acc. (%) | medium acc. (%) | tail acc. (%) |"
-    lines = [f"Protocol `{protocol}`; mean ± std over the listed seeds; lr: each method's SGD rate "
-             "(chosen on held-out training images where `lr_selection.json` exists).", "", head,
-             "|" + "---|" * (13 if buckets else 10)]
-
-    def cell(row, key, digits):
-        if key not in row:
-            return "n/a"
-        mean, std = row[key]
-        return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(row["seeds"]) > 1 else f"{mean:.{digits}f}"
-    for method, row in table.items():
-        lines.append(f"| {method} | {', '.join(map(str, row['lr']))} | {','.join(map(str, row['seeds']))} | "
-                     f"{cell(row, 'accuracy', 2)} | "
-                     f"{cell(row, 'forgetting', 2)} | {cell(row, 'bwt', 2)} | "
-                     f"{cell(row, 'semantic_consistency', 3)} | {cell(row, 'superclass_error_share', 3)} | "
-                     f"{cell(row, 'group_agreement', 3)} | {cell(row, 'seconds', 0)} |"
-                     + (f" {cell(row, 'head_accuracy', 2)} | {cell(row, 'medium_accuracy', 2)} | "
-                        f"{cell(row, 'tail_accuracy', 2)} |" if buckets else ""))
-    lines += ["", "Methods:"] + [f"- `{m}`: {DESCRIPTIONS[m]}" for m in table]
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(out, runs, protocol):
-    table, paired = summarise(runs), paired_differences(runs)
-    (out / "results.json").write_text(json.dumps({"protocol": protocol, "settings": PROTOCOLS[protocol],
-                                                  "runs": runs, "summary": table, "paired": paired}, indent=1))
-    text = markdown_table(table, protocol)
-    (out / "table.md").write_text(text + ("\n" + markdown_paired(paired) if paired else ""))
-    for method in table:
-        mats = torch.tensor([r["accuracy_matrix"] for r in runs if r["method"] == method])
-        if mats.shape[1] > 1:
-            fig = accuracy_matrix_figure(mats.mean(0).numpy() / 100.0,  # the figure's scale is [0, 1]
-                                         title=f"{method}: accuracy, mean over seeds")
-            fig.savefig(out / f"accuracy_matrix_{method}.png", dpi=80)
-    _bar_plot(table, out / "final_accuracy.png")
-
-
-def _bar_plot(table, path):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 3.5))
-    ax = fig.add_subplot()
-    names = list(table)
-    means = [table[m]["accuracy"][0] for m in names]
-    stds = [table[m]["accuracy"][1] for m in names]
-    ax.bar(range(len(names)), means, yerr=stds, color="tab:blue", capsize=3)
-    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("final average accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
 
 
 def default_jobs(device: str) -> int:
@@ -406,19 +257,6 @@ def choose_lr(selection_runs) -> dict:
         if r["method"] not in best or r["accuracy"] > best[r["method"]]["accuracy"]:
             best[r["method"]] = r
     return {m: r["lr"] for m, r in best.items()}
-
-
-def markdown_lr_selection(saved) -> str:
-    grid = saved["grid"]
-    lines = [f"Learning rates chosen on held-out training images (final validation accuracy %, "
-             f"seed {saved['seed']}, {saved['val_per_class']} images per class):", "",
-             "| method | " + " | ".join(f"lr {lr}" for lr in grid) + " | chosen |",
-             "|" + "---|" * (len(grid) + 2)]
-    for method, lr in saved["chosen"].items():
-        acc = {r["lr"]: r["accuracy"] for r in saved["runs"] if r["method"] == method}
-        lines.append(f"| {method} | " + " | ".join(f"{acc[g]:.2f}" if g in acc else "-" for g in grid)
-                     + f" | {lr} |")
-    return "\n".join(lines) + "\n"
 
 
 def select_lr(args, methods, jobs, threads, path: Path):

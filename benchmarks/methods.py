@@ -178,62 +178,66 @@ def _sarl(balanced: bool = True, **overrides):
     return build
 
 
-CORE: Dict[str, Callable] = {
-    "naive": naive,
-    "er": er,
-    "der": der,
-    "er_ace": er_ace,
-    "plugin_uniform": _plugin(False),
-    "plugin_balanced": _plugin(True),
-    "sarl_uniform": _sarl(False),
-    "sarl_balanced": _sarl(True),
-    "joint": joint,
+@dataclass(frozen=True)
+class Method:
+    """One entry of the registry: how to build the strategy, and the traits the harness reads."""
+
+    build: Callable  # (Setting, evaluator) -> an Avalanche strategy
+    description: str
+    lr_from: Optional[str] = None  # train at this method's validated rate (a pair differs in the sampler only)
+    joint: bool = False  # trains on the whole stream at once (no per-experience evaluations)
+
+
+CORE_NAMES = ("naive", "er", "der", "er_ace", "plugin_uniform", "plugin_balanced", "sarl_uniform",
+              "sarl_balanced", "joint")
+_PLUGIN, _SARL = "plugin_uniform", "sarl_uniform"
+METHODS: Dict[str, Method] = {
+    "naive": Method(naive, "Avalanche Naive (fine-tuning, lower bound)"),
+    "er": Method(er, "Avalanche Naive + ReplayPlugin, reservoir buffer updated after each experience (ER)"),
+    "der": Method(der, "Avalanche DER (alpha 0.1, beta 0.5)"),
+    "er_ace": Method(er_ace, "Avalanche ER-ACE"),
+    "plugin_uniform": Method(_plugin(False), "Naive + BalancedReplayPlugin, uniform draws, buffer filled after "
+                                             "each experience (ReplayPlugin's timing)"),
+    "plugin_balanced": Method(_plugin(True), "Naive + BalancedReplayPlugin, balanced draws, buffer filled after "
+                                             "each experience", lr_from=_PLUGIN),
+    "sarl_uniform": Method(_sarl(False), "SARL-GELU, uniform replay (reservoir filled every step, as SARL)"),
+    "sarl_balanced": Method(_sarl(True), "SARL-GELU, balanced replay (reservoir filled every step, as SARL)",
+                            lr_from=_SARL),
+    "joint": Method(joint, "Avalanche JointTraining with the replay methods' sample budget (minibatch of "
+                           "current + replayed size, as many steps)", joint=True),
+    # Ablations and the long-tailed scenario's class-balancing baselines.
+    "sarl_legacy": Method(_legacy_sarl(), "SARL-GELU balanced as before issue 11 (every fix off)", lr_from=_SARL),
+    "sarl_legacy_share": Method(_legacy_sarl("share"), "legacy + the current experience keeps its uniform share "
+                                                       "of replay", lr_from=_SARL),
+    "sarl_legacy_groups": Method(_legacy_sarl("groups"), "legacy + groups from centred prototype cosines (graded "
+                                 "similarity targets, threshold lands at its quantile, no lone-class groups)",
+                                 lr_from=_SARL),
+    "sarl_legacy_bounded": Method(_legacy_sarl("bounded"), "legacy + bounded importance (eps 0.1, cap 4x uniform)",
+                                  lr_from=_SARL),
+    "sarl_legacy_fresh": Method(_legacy_sarl("fresh"), "legacy + all stored features recomputed in eval mode at "
+                                                       "every regrouping", lr_from=_SARL),
+    "sarl_auto_weight": Method(_sarl(True, balance_weight="auto"), "SARL-GELU balanced, balance weight chosen for "
+                                                                   "effective sample size >= 0.7", lr_from=_SARL),
+    "sarl_hierarchical": Method(_sarl(True, replay_options=dict(hierarchical=True)),
+                                "SARL-GELU balanced, two-level balance (group, then class)", lr_from=_SARL),
+    "sarl_difficulty": Method(_sarl(True, replay_options=dict(difficulty_weight=1.0)),
+                              "SARL-GELU balanced, importance x (last replay loss / mean)", lr_from=_SARL),
+    "plugin_legacy": Method(_plugin(True, refresh_features=False, **LEGACY_BUFFER),
+                            "Naive + BalancedReplayPlugin balanced as before issue 11 (every fix off)",
+                            lr_from=_PLUGIN),
+    "er_class_balanced": Method(er_class_balanced, "Avalanche Naive + ReplayPlugin with ClassBalancedBuffer "
+                                                   "(class-balanced ER)", lr_from="er"),
+    "plugin_class_balanced": Method(_plugin(True, grouping="class"), "Naive + BalancedReplayPlugin, balanced "
+                                    "draws with one group per class", lr_from=_PLUGIN),
+    "sarl_similarity_only": Method(_sarl(True, balance_weight=0.0), "SARL-GELU balanced, balance_weight=0 "
+                                   "(similarity term only)", lr_from=_SARL),
+    "sarl_balance_only": Method(_sarl(True, similarity="none"), "SARL-GELU balanced, similarity=none (balance "
+                                "factor only)", lr_from=_SARL),
+    "sarl_class_groups": Method(_sarl(True, grouping="class"), "SARL-GELU balanced, grouping=class", lr_from=_SARL),
+    "sarl_superclass_groups": Method(_sarl(True, grouping="fixed"), "SARL-GELU balanced, grouping=fixed (true "
+                                     "superclasses)", lr_from=_SARL),
 }
-ABLATIONS: Dict[str, Callable] = {
-    "sarl_legacy": _legacy_sarl(),
-    **{f"sarl_legacy_{fix}": _legacy_sarl(fix) for fix in FIXES},
-    "sarl_auto_weight": _sarl(True, balance_weight="auto"),
-    "sarl_hierarchical": _sarl(True, replay_options=dict(hierarchical=True)),
-    "sarl_difficulty": _sarl(True, replay_options=dict(difficulty_weight=1.0)),
-    "plugin_legacy": _plugin(True, refresh_features=False, **LEGACY_BUFFER),
-    "er_class_balanced": er_class_balanced,
-    "plugin_class_balanced": _plugin(True, grouping="class"),
-    "sarl_similarity_only": _sarl(True, balance_weight=0.0),
-    "sarl_balance_only": _sarl(True, similarity="none"),
-    "sarl_class_groups": _sarl(True, grouping="class"),
-    "sarl_superclass_groups": _sarl(True, grouping="fixed"),
-}
-METHODS = {**CORE, **ABLATIONS}
-_UNIFORM_COUNTERPART = {"plugin": "plugin_uniform", "sarl": "sarl_uniform", "er": "er"}
-LR_FROM = {name: _UNIFORM_COUNTERPART[name.split("_")[0]] for name in METHODS
-           if name.endswith("_balanced") or name in ABLATIONS}
-"""Balanced variants train at their uniform counterpart's validated rate: in a pair, only the sampler differs."""
-DESCRIPTIONS = {
-    "naive": "Avalanche Naive (fine-tuning, lower bound)",
-    "er": "Avalanche Naive + ReplayPlugin, reservoir buffer updated after each experience (ER)",
-    "der": "Avalanche DER (alpha 0.1, beta 0.5)",
-    "er_ace": "Avalanche ER-ACE",
-    "plugin_uniform": "Naive + BalancedReplayPlugin, uniform draws, buffer filled after each experience "
-                      "(ReplayPlugin's timing)",
-    "plugin_balanced": "Naive + BalancedReplayPlugin, balanced draws, buffer filled after each experience",
-    "sarl_uniform": "SARL-GELU, uniform replay (reservoir filled every step, as SARL)",
-    "sarl_balanced": "SARL-GELU, balanced replay (reservoir filled every step, as SARL)",
-    "joint": "Avalanche JointTraining with the replay methods' sample budget (minibatch of current + "
-             "replayed size, as many steps)",
-    "sarl_legacy": "SARL-GELU balanced as before issue 11 (every fix off)",
-    "sarl_legacy_share": "legacy + the current experience keeps its uniform share of replay",
-    "sarl_legacy_groups": "legacy + groups from centred prototype cosines (graded similarity targets, "
-                          "threshold lands at its quantile, no lone-class groups)",
-    "sarl_legacy_bounded": "legacy + bounded importance (eps 0.1, cap 4x uniform)",
-    "sarl_legacy_fresh": "legacy + all stored features recomputed in eval mode at every regrouping",
-    "sarl_auto_weight": "SARL-GELU balanced, balance weight chosen for effective sample size >= 0.7",
-    "sarl_hierarchical": "SARL-GELU balanced, two-level balance (group, then class)",
-    "sarl_difficulty": "SARL-GELU balanced, importance x (last replay loss / mean)",
-    "plugin_legacy": "Naive + BalancedReplayPlugin balanced as before issue 11 (every fix off)",
-    "er_class_balanced": "Avalanche Naive + ReplayPlugin with ClassBalancedBuffer (class-balanced ER)",
-    "plugin_class_balanced": "Naive + BalancedReplayPlugin, balanced draws with one group per class",
-    "sarl_similarity_only": "SARL-GELU balanced, balance_weight=0 (similarity term only)",
-    "sarl_balance_only": "SARL-GELU balanced, similarity=none (balance factor only)",
-    "sarl_class_groups": "SARL-GELU balanced, grouping=class",
-    "sarl_superclass_groups": "SARL-GELU balanced, grouping=fixed (true superclasses)",
-}
+"""Every method of the comparison, in table order."""
+CORE = {name: METHODS[name] for name in CORE_NAMES}
+LR_FROM = {name: m.lr_from for name, m in METHODS.items() if m.lr_from is not None}
+DESCRIPTIONS = {name: m.description for name, m in METHODS.items()}

@@ -12,11 +12,9 @@ agreement after each experience.
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import markdown_paired, paired_differences  # noqa: E402
+from reporting import markdown_paired, paired_differences  # benchmarks/ is on the path of a script run from it
 
 HISTORY = (("current_share", "current share of replay"), ("effective_sample_size", "effective sample size"),
            ("group_agreement_per_experience", "group agreement (ARI)"))

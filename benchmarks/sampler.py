@@ -20,7 +20,6 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
 from avalanche_balanced import BalancedBuffer, BalancedReplayPlugin, balanced_importance, sample_indices
 from avalanche_balanced.data import cifar_augment

@@ -1,9 +1,11 @@
 """SARL-GELU with Balanced Instance Sampling on class-incremental Split CIFAR-100.
 
 Quick default (about 10 minutes on 2 CPU cores): 5 experiences, the reduced
-GELU ResNet-18 (nf=20), 100 training images per class, 3 epochs.
+GELU ResNet-18 (nf=20), 100 training images per class, 3 epochs, buffer 500.
 ``--protocol paper`` is the SARL authors' setting (full ResNet-18, 50 epochs,
-lr 0.03, batch 32, MultiStepLR at 35 and 45), meant for a GPU.
+lr 0.03, batch 32, MultiStepLR at 35 and 45), meant for a GPU. Both come from
+``avalanche_balanced.protocols``, which the comparison uses too; SARL's
+replay-logit weight follows the buffer size (alpha 0.2 at 500, 0.5 at 200).
 
     python examples/split_cifar100_sarl_balanced.py
     python examples/split_cifar100_sarl_balanced.py --use_balanced_sampling 0
@@ -30,39 +32,44 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
-from avalanche_balanced.data import cifar_augment, cifar_normalize, split_cifar100
+from avalanche_balanced.data import split_cifar100
 from avalanche_balanced.experiment import build_evaluator, close_loggers, final_results, seed_everything
 from avalanche_balanced.figures import FigureLoggerPlugin
 from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.precision import MixedPrecisionPlugin
+from avalanche_balanced.protocols import PROTOCOLS
 from avalanche_balanced.strategies import SARLGelu
+from avalanche_balanced.transforms import cifar_augment, cifar_normalize
 
-PROTOCOLS = {
-    "quick": dict(model="reduced", epochs=3, per_class=100, lr=0.03, minibatch_size=32,
-                  warmup_epochs=1, lr_steps=None, buffer_size=200),
-    "paper": dict(model="full", epochs=50, per_class=None, lr=0.03, minibatch_size=32,
-                  warmup_epochs=5, lr_steps=[35, 45], buffer_size=200),
-}
+
+def protocol_defaults(name: str) -> dict:
+    """The example's flags as the shared protocol sets them."""
+    p = PROTOCOLS[name]
+    return dict(model="full" if p["nf"] == 64 else "reduced", epochs=p["epochs"], per_class=p["per_class"],
+                lr=p["lr"], batch_size=p["batch_size"], minibatch_size=p["batch_size_mem"],
+                warmup_epochs=p["warmup_epochs"], lr_steps=p["lr_steps"], buffer_size=p["mem_size"],
+                alpha=p["sarl_alpha"], n_experiences=p["n_experiences"])
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=PROTOCOLS, default="quick")
+    p.add_argument("--protocol", choices=("quick", "paper"), default="quick")
     p.add_argument("--experiment_id", default=None, help="run name; logs in runs/<experiment_id>/")
     p.add_argument("--buffer_size", type=int, default=None)
     p.add_argument("--minibatch_size", type=int, default=None, help="replayed samples per step")
-    p.add_argument("--batch_size", type=int, default=32, help="current samples per step")
+    p.add_argument("--batch_size", type=int, default=None, help="current samples per step")
     p.add_argument("--use_balanced_sampling", type=int, choices=(0, 1), default=1)
     p.add_argument("--balance_weight", type=float, default=1.0)
     p.add_argument("--grouping", default="class_similarity")
     p.add_argument("--sim_lr", type=float, default=0.001)
     p.add_argument("--sm_weight", type=float, default=0.01)
-    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="weight of the replay-logit MSE (default: SARL's 0.2 at buffer 500, 0.5 at 200)")
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--op_weight", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--n_experiences", type=int, default=5)
+    p.add_argument("--n_experiences", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--warmup_epochs", type=int, default=None)
     p.add_argument("--per_class", type=int, default=None, help="training images per class")
@@ -85,7 +92,10 @@ def parse_args(argv=None):
     p.add_argument("--stop_after", type=int, default=None, help="stop after this many experiences")
     p.add_argument("--no_progress", action="store_true", help="no InteractiveLogger progress bars")
     args = p.parse_args(argv)
-    for key, value in PROTOCOLS[args.protocol].items():  # protocol values fill unset flags
+    defaults = protocol_defaults(args.protocol)
+    if args.buffer_size is not None and args.buffer_size <= 200:
+        defaults["alpha"] = 0.5  # SARL's weight for the small buffer
+    for key, value in defaults.items():  # protocol values fill unset flags
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.experiment_id is None:
@@ -133,20 +143,10 @@ def main(argv=None):
     model = gelu_resnet18(100, nf=20 if args.model == "reduced" else 64).to(device)
     model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    strategy = None  # the semantic metrics and figures read the strategy's buffer once it exists
-
-    class Lazy:  # resolved at use: metrics are built before the strategy
-        @property
-        def buffer(self):
-            return strategy.buffer
-
-        def replay_group_entropy(self):
-            return strategy.replay.replay_group_entropy()
-
-    evaluator, loggers = build_evaluator(
-        str(run_dir), interactive=not args.no_progress,
-        extra_metrics=semantic_metrics(benchmark.fine_to_coarse, buffer_source=Lazy(), replay_source=Lazy()))
-    figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse, buffer_source=Lazy())
+    # The semantic metrics and the figures find the buffer through the strategy they are given.
+    evaluator, loggers = build_evaluator(str(run_dir), interactive=not args.no_progress,
+                                         extra_metrics=semantic_metrics(benchmark.fine_to_coarse))
+    figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse)
     timer = IterationTimer(args.max_iterations, device) if args.max_iterations else None
     extra_plugins = [p for p in (MixedPrecisionPlugin() if args.amp else None, timer) if p is not None]
     strategy = SARLGelu(

@@ -1,5 +1,6 @@
 """Smoke run of benchmarks/compare.py on its tiny synthetic protocol: every method, finite numbers."""
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -52,7 +53,8 @@ def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
     assert all(f"| {m} |" in table for m in methods)
     # balanced minus uniform, seed by seed, in the JSON and the table
     by = {r["method"]: r for r in saved["runs"]}
-    for first, second in compare.PAIRS:
+    import reporting
+    for first, second in reporting.PAIRS:
         diff = saved["paired"][f"{first} - {second}"]
         assert diff["seeds"] == [0]
         assert diff["accuracy"] == [by[first]["accuracy"] - by[second]["accuracy"]]
@@ -110,8 +112,8 @@ def _instrument(compare, monkeypatch):
             stats[current[-1]]["calls"] += 1
 
     monkeypatch.setattr(methods, "cifar_augment", counting_augment)
-    for name, build in list(compare.METHODS.items()):
-        def wrapped(setting, evaluator, build=build, name=name):
+    for name, method in list(compare.METHODS.items()):
+        def wrapped(setting, evaluator, build=method.build, name=name):
             current.append(name)
             strategy = build(setting, evaluator)
             net = getattr(strategy.model, "model", strategy.model)
@@ -120,7 +122,7 @@ def _instrument(compare, monkeypatch):
             stats[name] = dict(forwarded=0, calls=0, augmented=0, initial={k: v.clone() for k, v in net.state_dict().items()},
                                params=sum(p.numel() for p in net.parameters()), setting=setting)
             return strategy
-        monkeypatch.setitem(compare.METHODS, name, wrapped)
+        monkeypatch.setitem(compare.METHODS, name, dataclasses.replace(method, build=wrapped))
     return stats
 
 
@@ -205,7 +207,7 @@ def test_paper_protocol_steps_the_rate_at_35_and_45(monkeypatch):
         s = methods.Setting(num_classes=20, nf=8, epochs=46, lr=0.1, mem_size=20, batch_size=8, batch_size_mem=8,
                             warmup_epochs=0, sarl_alpha=0.2, fine_to_coarse=bm.fine_to_coarse, seed=0,
                             device=torch.device("cpu"), lr_steps=compare.PROTOCOLS["paper"]["lr_steps"])
-        strategy = methods.METHODS[name](s, None)
+        strategy = methods.METHODS[name].build(s, None)
         rec = LrRecorder()
         strategy.plugins.append(rec)
         scale = 2 if name == "joint" else 1  # joint: twice the epochs, milestones stretched alike

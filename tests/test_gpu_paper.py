@@ -5,11 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+
+import gpu_paper  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import gpu_paper  # noqa: E402
 
 
 def test_plan_epochs_takes_the_largest_number_that_fits():

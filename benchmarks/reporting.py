@@ -16,9 +16,14 @@ SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superc
                 "group_agreement", "seconds", "head_accuracy", "medium_accuracy", "tail_accuracy")
 # Compared seed by seed (same class order, data and initialisation): balanced vs uniform
 # replay, and our plugin's uniform mode vs Avalanche's ER (the drop-in parity check).
-PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"))
+PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"),
+         # long-tailed streams: class balancing alone, and semantic vs class balancing
+         ("plugin_class_balanced", "plugin_uniform"), ("er_class_balanced", "er"),
+         ("plugin_balanced", "plugin_class_balanced"), ("plugin_balanced", "er_class_balanced"))
 PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
                ("semantic_consistency", "sem. consistency", 3))
+BUCKET_KEYS = (("head_accuracy", "head acc.", 2), ("medium_accuracy", "medium acc.", 2),
+               ("tail_accuracy", "tail acc.", 2))
 
 
 def summarise(runs):
@@ -38,26 +43,32 @@ def summarise(runs):
 
 
 def paired_differences(runs, pairs=PAIRS):
-    """Per pair (default ``PAIRS``) with common seeds: the seeds and, per key, first minus second by seed."""
+    """Per pair (default ``PAIRS``) with common seeds: the seeds and, per key of ``PAIRED_KEYS``
+    (and of ``BUCKET_KEYS`` where both methods have them: long-tailed runs), first minus second by seed."""
     out = {}
     for first, second in pairs:
         by_seed = {m: {r["seed"]: r for r in runs if r["method"] == m} for m in (first, second)}
         seeds = sorted(set(by_seed[first]) & set(by_seed[second]))
-        if seeds:
-            out[f"{first} - {second}"] = dict(seeds=seeds, **{
-                key: [by_seed[first][s][key] - by_seed[second][s][key] for s in seeds]
-                for key, _, _ in PAIRED_KEYS})
+        if not seeds:
+            continue
+        row = dict(seeds=seeds)
+        for key, _, _ in PAIRED_KEYS + BUCKET_KEYS:
+            pairs_of_values = [(by_seed[first][s].get(key), by_seed[second][s].get(key)) for s in seeds]
+            if all(a is not None and b is not None for a, b in pairs_of_values):
+                row[key] = [a - b for a, b in pairs_of_values]
+        out[f"{first} - {second}"] = row
     return out
 
 
 def markdown_paired(paired):
+    keys = [k for k in PAIRED_KEYS + BUCKET_KEYS if all(k[0] in row for row in paired.values())]
     lines = ["Differences paired by seed (first minus second; mean ± std of the differences; "
              "per-seed values in brackets):", "",
-             "| difference | seeds | " + " | ".join(f"Δ {label}" for _, label, _ in PAIRED_KEYS) + " |",
-             "|" + "---|" * (2 + len(PAIRED_KEYS))]
+             "| difference | seeds | " + " | ".join(f"Δ {label}" for _, label, _ in keys) + " |",
+             "|" + "---|" * (2 + len(keys))]
     for name, row in paired.items():
         cells = []
-        for key, _, digits in PAIRED_KEYS:
+        for key, _, digits in keys:
             values = row[key]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):+.{digits}f} ± {spread:.{digits}f} "

@@ -22,7 +22,7 @@ from .features import frozen_copy
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the buffer keeps its grouping rule's state under "grouping"
 
 
 def rng_state() -> Dict[str, Any]:
@@ -121,6 +121,9 @@ def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
         state = torch.load(path, map_location=strategy.device, weights_only=False)
     except Exception as err:  # truncated or foreign file
         raise ValueError(f"checkpoint {path} cannot be read: {err}") from err
+    if state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} has format {state.get('format')!r}; this version reads "
+                         f"format {FORMAT_VERSION} (re-run from the start)")
     if config is not None:
         saved = state.get("config", {})
         differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))

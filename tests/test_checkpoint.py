@@ -103,6 +103,11 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path):
         load_checkpoint(path, _sarl(mem_size=11))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt", _sarl())
+    old_format = torch.load(path, weights_only=False)
+    old_format["format"] = 1  # before the buffer kept its grouping rule's state
+    torch.save(old_format, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="format 1"):
+        load_checkpoint(tmp_path / "old.pt", _sarl())
 
 
 def test_truncated_checkpoint_is_refused_and_writes_are_atomic(tmp_path):

@@ -26,8 +26,7 @@ def check_labels_in_range(labels: Tensor, num_classes: int, name: str = "labels"
     """Every label in ``[0, num_classes)``; ``what`` names where that range comes from."""
     if labels.numel() == 0:
         return
-    lo, hi = torch.aminmax(labels)
-    lo, hi = int(lo), int(hi)
+    lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one host transfer
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"{name} must lie in [0, {num_classes}){f' ({what})' if what else ''}, "
                          f"got min={lo}, max={hi}")

@@ -14,7 +14,7 @@ from torch import Tensor
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from .features import forward_with_features
+from .features import eval_mode, forward_with_features
 from .grouping_rules import GroupingRule, make_grouping
 from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
 from .sampling import combined_importance, draw_proportional, replay_distribution, uniform_indices
@@ -296,13 +296,11 @@ class BalancedBuffer(ExemplarsBuffer):
         """
         if self.size == 0:
             return
-        was_training = model.training
-        model.eval()
         chunks = []
-        for start in range(0, self.size, batch_size):  # a loop over chunks, not samples
-            x = self.examples[start: min(start + batch_size, self.size)]
-            chunks.append(forward_with_features(model, preprocess(x) if preprocess is not None else x)[1])
-        model.train(was_training)
+        with eval_mode(model):
+            for start in range(0, self.size, batch_size):  # a loop over chunks, not samples
+                x = self.examples[start: min(start + batch_size, self.size)]
+                chunks.append(forward_with_features(model, preprocess(x) if preprocess is not None else x)[1])
         features = torch.cat(chunks).flatten(1)
         if features.shape[1] != self.num_feats:
             raise ValueError(f"the model gives {features.shape[1]}-dim features, the buffer stores {self.num_feats}")
@@ -517,15 +515,13 @@ class BalancedBuffer(ExemplarsBuffer):
         The stored inputs are the dataset's (``dataset.eval()``: no augmentation);
         ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only.
         """
-        was_training = model.training
-        model.eval()
         loader = torch.utils.data.DataLoader(dataset.eval(), batch_size=batch_size, shuffle=False)
-        for batch in loader:
-            x, y = batch[0].to(device), batch[1]
-            t = batch[2] if len(batch) > 2 else None
-            logits, feats = forward_with_features(model, preprocess(x) if preprocess is not None else x)
-            self.add_data(x, y, logits, feats, task_labels=t)
-        model.train(was_training)
+        with eval_mode(model):
+            for batch in loader:
+                x, y = batch[0].to(device), batch[1]
+                t = batch[2] if len(batch) > 2 else None
+                logits, feats = forward_with_features(model, preprocess(x) if preprocess is not None else x)
+                self.add_data(x, y, logits, feats, task_labels=t)
 
     @torch.no_grad()
     def refresh_prototypes(self, momentum: float = 0.0) -> None:

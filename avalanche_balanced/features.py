@@ -5,6 +5,7 @@ for features as a return value; instead a forward hook on the final linear
 layer records its *input*, which is exactly the feature vector the logits are
 computed from (``linear(features) == logits``).
 """
+import contextlib
 import copy
 import inspect
 from collections import OrderedDict
@@ -13,7 +14,7 @@ from typing import Optional
 from torch import Tensor, nn
 from avalanche.training.utils import get_last_fc_layer
 
-__all__ = ["FeatureHook", "forward_with_features", "frozen_copy"]
+__all__ = ["FeatureHook", "eval_mode", "forward_with_features", "frozen_copy"]
 
 
 class FeatureHook:
@@ -54,6 +55,18 @@ def forward_with_features(model: nn.Module, x: Tensor):
     with FeatureHook(model) as hook:
         logits = model(x)
     return logits, hook.features
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for the ``with`` block and restore its mode after it,
+    also when the block raises (a failed buffer pass must not leave training in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",

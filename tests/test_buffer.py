@@ -474,6 +474,24 @@ def test_refresh_features_is_one_eval_mode_pass_with_the_preprocessing():
     torch.testing.assert_close(buf.logits[:20], logits[order])  # replay targets stay
 
 
+def test_a_failing_buffer_pass_leaves_the_model_in_its_training_mode():
+    # A model that cannot take the stored inputs: the forward pass itself raises,
+    # and the model must come back in train mode all the same.
+    buf = BalancedBuffer(30, seed=0)
+    x, y, logits, _ = batch(20)
+    buf.add_data(x, y, logits, torch.randn(20, D))
+    mismatched = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel() + 1, D), nn.Linear(D, C)).train()
+    with pytest.raises(RuntimeError):
+        buf.refresh_features(mismatched)
+    assert mismatched.training
+    from avalanche_balanced.features import eval_mode
+    frozen = nn.Linear(2, 2).eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(frozen):
+            raise RuntimeError("boom")
+    assert not frozen.training  # an eval-mode model stays in eval mode
+
+
 def test_learned_similarity_cache_follows_the_network():
     net = SemanticSimilarity(D)
     buf = BalancedBuffer(20, similarity="learned", similarity_net=net, seed=0)

@@ -281,18 +281,17 @@ class SARLGelu(SupervisedTemplate):
     @torch.no_grad()
     def _set_prototypes_of_experience(self):
         """Prototypes of the finished experience's classes: eval-mode features of its training data."""
-        self.model.eval()
         loader = torch.utils.data.DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size or 256,
                                              shuffle=False)
         feats, labels = [], []
-        for batch in loader:
-            x = batch[0].to(self.device)
-            if self.eval_transform is not None:
-                x = self.eval_transform(x)
-            feats.append(forward_with_features(self.model, x)[1].flatten(1))
-            labels.append(batch[1].to(self.device))
+        with eval_mode(self.model):
+            for batch in loader:
+                x = batch[0].to(self.device)
+                if self.eval_transform is not None:
+                    x = self.eval_transform(x)
+                feats.append(forward_with_features(self.model, x)[1].flatten(1))
+                labels.append(batch[1].to(self.device))
         self.prototypes.set_from_features(torch.cat(feats), torch.cat(labels))
-        self.model.train()
 
 
 SARLEnhancedGeluBalanced = SARLGelu

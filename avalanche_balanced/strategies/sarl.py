@@ -18,7 +18,7 @@ from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.utils import get_last_fc_layer
 
 from ..buffer import BalancedBuffer
-from ..features import forward_with_features, frozen_copy
+from ..features import eval_mode, forward_with_features, frozen_copy
 from ..plugin import BalancedReplayPlugin
 from ..semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from ..transforms import BatchTransformPlugin

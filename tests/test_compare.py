@@ -293,3 +293,22 @@ def test_long_tailed_scenario_reports_buckets(monkeypatch):
     assert result["tail_accuracy"] is None  # a cap of 6: no class has fewer than 6 / 25 images
     balanced = compare.run_one("er", 0, "tiny", _args(), threads=1)
     assert balanced["head_accuracy"] is None  # balanced streams report no buckets
+
+
+def test_training_probe_only_reads_and_logs_every_iteration(tmp_path, monkeypatch):
+    compare = load("compare", monkeypatch)
+    probe = load("probe_training", monkeypatch)
+    registry = dict(compare.METHODS)
+    result, rows = probe.main(["--method", "sarl_balanced", "--seed", "0", "--protocol", "tiny",
+                               "--out", str(tmp_path / "probe.json")])
+    assert compare.METHODS == registry  # the method registry is restored
+    plain = compare.run_one("sarl_balanced", 0, "tiny", _args(), threads=1)
+    assert result["accuracy_matrix"] == plain["accuracy_matrix"]  # same run, probe or not
+    p = compare.PROTOCOLS["tiny"]
+    assert [r["experience"] for r in rows] == sorted(r["experience"] for r in rows)
+    assert {r["experience"] for r in rows} == set(range(p["n_experiences"]))
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 and "ce" in r for r in rows)
+    summary = probe.per_epoch(rows)
+    assert sum(n for _, _, n, _ in summary) == len(rows)
+    assert all(mx >= mean for *_, stats in summary for mx, mean in stats.values())
+    assert json.loads((tmp_path / "probe.json").read_text())["rows"] == rows

@@ -229,6 +229,13 @@ METHODS: Dict[str, Method] = {
                                                    "(class-balanced ER)", lr_from="er"),
     "plugin_class_balanced": Method(_plugin(True, grouping="class"), "Naive + BalancedReplayPlugin, balanced "
                                     "draws with one group per class", lr_from=_PLUGIN),
+    # Class-balanced storage (what ClassBalancedBuffer changes) under uniform or semantic draws.
+    "plugin_class_storage_uniform": Method(_plugin(False, insertion="class_balanced"), "Naive + "
+                                           "BalancedReplayPlugin, class-balanced storage, uniform draws",
+                                           lr_from=_PLUGIN),
+    "plugin_class_storage_balanced": Method(_plugin(True, insertion="class_balanced"), "Naive + "
+                                            "BalancedReplayPlugin, class-balanced storage, semantic-balanced "
+                                            "draws", lr_from=_PLUGIN),
     "sarl_similarity_only": Method(_sarl(True, balance_weight=0.0), "SARL-GELU balanced, balance_weight=0 "
                                    "(similarity term only)", lr_from=_SARL),
     "sarl_balance_only": Method(_sarl(True, similarity="none"), "SARL-GELU balanced, similarity=none (balance "

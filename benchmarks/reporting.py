@@ -19,7 +19,10 @@ SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superc
 PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"),
          # long-tailed streams: class balancing alone, and semantic vs class balancing
          ("plugin_class_balanced", "plugin_uniform"), ("er_class_balanced", "er"),
-         ("plugin_balanced", "plugin_class_balanced"), ("plugin_balanced", "er_class_balanced"))
+         ("plugin_balanced", "plugin_class_balanced"), ("plugin_balanced", "er_class_balanced"),
+         # class-balanced storage: semantic vs uniform draws, and against Avalanche's ClassBalancedBuffer
+         ("plugin_class_storage_balanced", "plugin_class_storage_uniform"),
+         ("plugin_class_storage_balanced", "er_class_balanced"))
 PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
                ("semantic_consistency", "sem. consistency", 3))
 BUCKET_KEYS = (("head_accuracy", "head acc.", 2), ("medium_accuracy", "medium acc.", 2),

@@ -569,16 +569,23 @@ class BalancedBuffer(ExemplarsBuffer):
         return state
 
     def _config(self) -> dict:
+        """Every setting a resumed run must share: storage, rules, and the replay distribution's."""
         return dict(grouping=self.grouping, insertion=self.insertion, similarity=self.similarity,
-                    feature_dtype=str(self.feature_dtype), centered=getattr(self.similarity_rule, "centered", None))
+                    feature_dtype=str(self.feature_dtype), centered=getattr(self.similarity_rule, "centered", None),
+                    eps=self.eps, max_ratio=self.max_ratio, protect_current=self.protect_current,
+                    uniform_mix=self.uniform_mix, balance_weight=self.balance_weight,
+                    hierarchical=self.hierarchical, difficulty_weight=self.difficulty_weight,
+                    target_ess=self.target_ess, max_size=self.max_size)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; a state from another configuration raises ``ValueError``."""
-        if state["config"] != self._config() or state["max_size"] != self.max_size:
-            raise ValueError(
-                f"buffer state is for config {state['config']} with max_size {state['max_size']}, "
-                f"this buffer is {self._config()} with max_size {self.max_size}"
-            )
+        """Restore :meth:`state_dict`; a state from another configuration raises ``ValueError``
+        naming every setting that differs."""
+        saved, now = dict(state["config"], max_size=state["max_size"]), self._config()
+        differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "unrecorded") != now.get(k, "unrecorded"))
+        if differ:
+            detail = ", ".join(f"{k}: {saved.get(k, 'unrecorded')!r} (state) vs {now.get(k, 'unrecorded')!r} (buffer)"
+                               for k in differ)
+            raise ValueError(f"buffer state is from another configuration: {detail}")
         if state["examples"] is not None and self.prototypes is None:
             self.prototypes = ClassPrototypes(state["logits"].shape[1], state["features"].shape[1]).to(self.device)
         if state["examples"] is not None and self.prototypes is not None:

@@ -20,9 +20,9 @@ from avalanche.training.plugins import LRSchedulerPlugin
 
 from .features import frozen_copy
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "non_finite_entries"]
 
-FORMAT_VERSION = 2  # 2: the buffer keeps its grouping rule's state under "grouping"
+FORMAT_VERSION = 3  # 2: the buffer keeps its grouping rule's state; 3: its replay settings in its config
 
 
 def rng_state() -> Dict[str, Any]:
@@ -72,11 +72,24 @@ def _schedulers(strategy):
     return [p for p in strategy.plugins if isinstance(p, LRSchedulerPlugin)]
 
 
+def non_finite_entries(state, prefix: str = "") -> list:
+    """Names of the floating-point tensors in a (nested) state that hold NaN or inf."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return [prefix or "tensor"] if bad else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return [name for key, value in items for name in non_finite_entries(value, f"{prefix}/{key}" if prefix else str(key))]
+
+
 def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Optional[dict] = None) -> None:
     """Write ``strategy``'s whole training state to ``path`` atomically.
 
     ``config`` (e.g. the run's arguments) is stored and checked on load;
     ``extra`` holds anything the caller wants back (e.g. results so far).
+    A state holding NaN or inf anywhere (weights, optimiser, buffer,
+    prototypes, teacher) is refused with ``ValueError`` naming the entries, and
+    the file at ``path`` is left as it was: the last checkpoint on disk is
+    always the last finite one.
     """
     path = Path(path)
     state = {
@@ -99,6 +112,10 @@ def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Opt
             state[name] = module.state_dict()
     old_model = getattr(strategy, "old_model", None)
     state["old_model"] = old_model.state_dict() if old_model is not None else None
+    bad = non_finite_entries({k: state[k] for k in state if k not in ("rng", "metrics", "metric_history")})
+    if bad:
+        raise ValueError(f"refusing to checkpoint a non-finite state ({', '.join(bad[:5])}"
+                         f"{', ...' if len(bad) > 5 else ''}); {path} keeps the last finite one")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)

@@ -14,7 +14,7 @@ from typing import Optional
 from torch import Tensor, nn
 from avalanche.training.utils import get_last_fc_layer
 
-__all__ = ["FeatureHook", "eval_mode", "forward_with_features", "frozen_copy"]
+__all__ = ["FeatureHook", "eval_mode", "forward_with_features", "frozen_copy", "model_version"]
 
 
 class FeatureHook:
@@ -89,3 +89,15 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     for p in frozen.parameters():
         p.requires_grad_(False)
     return frozen
+
+
+def model_version(model: nn.Module) -> tuple:
+    """A fingerprint that changes whenever the model's state changes in place.
+
+    Every in-place write to a tensor bumps its version counter: an optimiser
+    step, a BatchNorm running-statistics update in a train-mode forward pass,
+    ``load_state_dict``. Comparing fingerprints tells whether anything derived
+    from the model (stored features) may be stale, with no host sync and no
+    pass over the data.
+    """
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))

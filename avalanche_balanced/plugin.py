@@ -7,7 +7,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
 
 from .buffer import BalancedBuffer, ReplayBatch
-from .features import FeatureHook
+from .features import FeatureHook, model_version
 from .sampling import effective_sample_size, normalized_entropy
 from .validation import check_replay_sizes
 
@@ -144,7 +144,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.preprocess = preprocess
         self.refresh_features = refresh_features
         self._ess_sum: Optional[torch.Tensor] = None  # [sum of ESS, count] over this experience's regroups
-        self._refreshed_at: Optional[int] = None  # iteration count of the latest feature refresh
+        self._refreshed_version: Optional[tuple] = None  # model_version() at the latest feature refresh
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None
         self._replay: Optional[ReplayBatch] = None
@@ -226,9 +226,10 @@ class BalancedReplayPlugin(SupervisedPlugin):
         if self._ess_sum is not None and not bool(self._ess_sum[1] > 0):
             self._record_ess()  # no regrouping during the experience: its replay distribution now
         self.buffer.set_current_classes(None)  # the finished experience is past from now on
-        # Refreshed at this very iteration (a regrouping on the last step)? The model has not
-        # changed since, and samples inserted just now got eval-mode features already.
-        self._regroup(strategy.model, refresh=self._refreshed_at != self._iterations)
+        # Refreshed already with the model as it is now (a regrouping on the last step, and no
+        # change since)? Then the stored features are fresh. Anything that touched the model in
+        # between (an update, a strategy's BatchNorm pass over the buffer) changes its version.
+        self._regroup(strategy.model, refresh=self._refreshed_version != model_version(strategy.model))
         self._publish(strategy)
         self.remove_hook()
 
@@ -251,7 +252,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def _regroup(self, model, refresh: bool = True):
         if self.refresh_features and refresh:
             self.buffer.refresh_features(model, self.preprocess)
-            self._refreshed_at = self._iterations
+            self._refreshed_version = model_version(model)
         if self.refresh_prototypes:
             self.buffer.refresh_prototypes()
         self.buffer.regroup()

@@ -124,48 +124,52 @@ def balance_factor(group_ids: Tensor, dtype=torch.float32) -> Tensor:
 
 
 def cap_weights(weights: Tensor, max_ratio: float) -> Tensor:
-    """Exact water-filling: the largest ``p`` such that ``p = min(c * w, max_ratio / n)`` sums to 1.
+    """Exact water-filling: the largest ``p`` such that ``p = min(c * w, cap)`` sums to 1.
+
+    ``cap`` is ``max_ratio / n``, raised to ``1 / n_pos`` when the ``n_pos``
+    positive weights could not take all the mass under it: zero weights get
+    probability 0, always (a zero-weight item is never drawn while a
+    positive-weight one is left), and with too few positive weights the cap is
+    the tightest one that can be met, which makes them equally likely.
 
     A single clip-then-renormalise overshoots the cap again. Here the clipped
     set grows to its fixed point: clip what exceeds the cap, rescale the rest
     to the remaining mass, repeat until nothing new exceeds it (a few passes
     over the weights in practice: the set only grows, and each pass is one
     vectorised step). Pathological weights that need many rounds fall back to
-    one sort, which finds the scale directly. No weight ends above
-    ``max_ratio`` times the mean; when the positive weights cannot take all the
-    mass under the cap, the zero weights share what is left equally.
+    one sort, which finds the scale directly. No weight ends above the cap.
     """
+    if max_ratio < 1:
+        raise ValueError(f"max_ratio must be >= 1 (a cap below the uniform share cannot be met), got {max_ratio}")
     n = weights.shape[0]
-    cap = max_ratio / n
+    positive = (weights > 0).sum()
+    # A cap below 1 / n_pos cannot be met by the positive weights alone.
+    cap = torch.maximum(torch.as_tensor(max_ratio / n, dtype=weights.dtype, device=weights.device),
+                        1.0 / positive.clamp_min(1).to(weights.dtype))
     total = weights.sum()
-    if not bool(weights.max() > cap * total * (1 + 1e-6)):  # nothing to clip: one pass, one sync
+    if not bool(total > 0):  # all zero: the uniform distribution is the only capped one
+        return torch.full_like(weights, 1.0 / n)
+    if not bool(weights.max() > cap * total * (1 + 1e-6)):  # nothing to clip
         return weights / total
+    if bool(cap * positive <= 1.0 + 1e-6):  # a cap at 1 / n_pos: only uniform over the positives fits
+        return (weights > 0).to(weights.dtype) / positive.to(weights.dtype)
     clipped = weights > cap * total
     for _ in range(16):
         free = torch.where(clipped, torch.zeros_like(weights), weights)
         scale = (1.0 - cap * clipped.sum()) / free.sum().clamp_min(torch.finfo(weights.dtype).tiny)
         grown = clipped | (weights * scale > cap * (1 + 1e-6))
         if torch.equal(grown, clipped):
-            return _spread_leftover(torch.where(clipped, weights.new_tensor(cap), weights * scale), weights)
+            return torch.where(clipped, cap.expand_as(weights), weights * scale)
         clipped = grown
-    return _spread_leftover(_cap_weights_by_sort(weights, cap), weights)
+    return _cap_weights_by_sort(weights, cap)
 
 
-def _spread_leftover(p: Tensor, weights: Tensor) -> Tensor:
-    # With few positive weights the cap can leave mass over (every positive weight at the cap):
-    # the zero-weight entries share it equally, so the result stays a capped distribution.
-    leftover = 1.0 - p.sum()
-    if bool(leftover > 1e-6):
-        zeros = weights <= 0
-        p = p + torch.where(zeros, leftover / zeros.sum().clamp_min(1), torch.zeros_like(p))
-    return p
-
-
-def _cap_weights_by_sort(weights: Tensor, cap: float) -> Tensor:
-    """:func:`cap_weights` in one sort: the scale for every possible number of clipped weights."""
-    n = weights.shape[0]
-    if cap * n <= 1.0 + 1e-6:  # a cap at the mean itself: only the uniform distribution fits
-        return torch.full_like(weights, 1.0 / n)
+def _cap_weights_by_sort(weights: Tensor, cap: Tensor) -> Tensor:
+    """:func:`cap_weights` in one sort: the scale for every possible number of clipped weights
+    (``cap`` is already feasible: at least ``1 / n_pos``)."""
+    n, positive = weights.shape[0], (weights > 0).sum()
+    if bool(cap * positive <= 1.0 + 1e-6):  # a cap at 1 / n_pos: only uniform over the positives fits
+        return (weights > 0).to(weights.dtype) / positive.clamp_min(1).to(weights.dtype)
     w_sorted, order = torch.sort(weights, descending=True)
     # If the j largest weights are capped, the rest scale by (1 - j * cap) / tail_j.
     tail = w_sorted.flip(0).cumsum(0).flip(0)  # tail[j] = sum of w_sorted[j:]
@@ -176,7 +180,7 @@ def _cap_weights_by_sort(weights: Tensor, cap: float) -> Tensor:
     # feasible is monotone in j and holds at j = n - 1 at the latest; argmax finds the first.
     first = torch.argmax(feasible.to(torch.int8))
     # The j < first largest weights scale above the cap, so min() caps exactly them.
-    capped_sorted = torch.minimum(w_sorted * scale[first], w_sorted.new_tensor(cap))
+    capped_sorted = torch.minimum(w_sorted * scale[first], cap)
     out = torch.empty_like(weights)
     out[order] = capped_sorted
     return out
@@ -235,8 +239,11 @@ def replay_distribution(
     ``max_ratio`` times the uniform probability (exact water-filling, so no
     stored sample can take a runaway share). All-zero past importances fall back
     to uniform; ``is_current=None`` means no current samples. Returns a
-    probability vector (sums to 1) on the same device.
+    probability vector (sums to 1) on the same device; ``max_ratio < 1`` raises
+    ``ValueError`` (a cap below the uniform share cannot be met).
     """
+    if max_ratio is not None and max_ratio < 1:
+        raise ValueError(f"max_ratio must be >= 1 (a cap below the uniform share cannot be met), got {max_ratio}")
     n = importance.shape[0]
     if n == 0:
         return importance.new_empty(0)
@@ -339,8 +346,11 @@ def sample_indices(
     ``argtopk(log(U_i) / p_i)`` when the weights are too concentrated for that),
     and *with* replacement only when ``k > n``.
 
-    Fallbacks: all-zero weights give a uniform draw; zero-weight entries are
-    drawn only once every positive-weight entry has been taken.
+    Fallbacks: all-zero weights give a uniform draw. Zero-weight entries are
+    never drawn while ``k`` does not exceed the number of positive-weight
+    entries (with or without ``max_ratio``: a cap the positive entries cannot
+    meet is raised to ``1 / n_pos``, see :func:`cap_weights`); beyond that they
+    fill the rest of the draw, uniformly among themselves.
 
     Args:
         importance: 1-D non-negative finite tensor of length ``n >= 1``.

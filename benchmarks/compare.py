@@ -69,6 +69,12 @@ REPLAY_HISTORY = {
     "effective_sample_size": "BalancedReplay/effective_sample_size",
     "group_agreement_per_experience": "GroupAgreement_Stream/eval_phase/test_stream",
 }
+# Published by TrainingGuardPlugin after every epoch (SARL-GELU has one; see avalanche_balanced.guards).
+GUARD_HISTORY = {
+    "max_grad_norm_per_epoch": "Guard/max_grad_norm",
+    "max_logit_per_epoch": "Guard/max_logit",
+    "clipped_steps_per_epoch": "Guard/clipped_steps",
+}
 SEMANTIC_NAMES = {
     "semantic_consistency": "SemanticConsistency_Stream/eval_phase/test_stream",
     "superclass_error_share": "SuperclassErrorShare_Stream/eval_phase/test_stream",
@@ -165,7 +171,8 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
                       mem_size=args.buffer_size or p["mem_size"], batch_size=p["batch_size"],
                       batch_size_mem=p["batch_size_mem"], warmup_epochs=p["warmup_epochs"],
                       sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse, seed=seed,
-                      device=torch.device(args.device), lr_steps=p["lr_steps"])
+                      device=torch.device(args.device), lr_steps=p["lr_steps"],
+                      guards=getattr(args, "guards", "on") == "on")
     extra = semantic_metrics(bm.fine_to_coarse)  # group agreement: only where the strategy has our buffer
     if getattr(bm, "imbalance_ratio", None) is not None:
         extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))
@@ -193,12 +200,41 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     result.update(seconds=time.time() - start, accuracy_matrix=matrix, threads=torch.get_num_threads(),
                   lr=lr, class_order_seed=order_seed)
     history = evaluator.get_all_metrics()
-    for key, name in REPLAY_HISTORY.items():  # per experience, for our replay buffers only
+    for key, name in {**REPLAY_HISTORY, **GUARD_HISTORY}.items():  # our replay buffers and guards only
         if name in history:
             result[key] = [float(v) for v in history[name][1]]
+    guard = getattr(strategy, "guard", None)
+    if guard is not None:
+        result["clipped_steps_per_experience"] = list(guard.clipped_per_experience)
+        result["rejected_teachers"] = list(getattr(strategy, "rejected_teachers", []))
     if METHODS[method].joint or validation:  # forgetting and BWT: undefined, or not measured
         result.update(forgetting=None, bwt=None)
     return result
+
+
+def run_config(method, seed, lr, args) -> dict:
+    """What a finished run's numbers depend on besides its method and seed: a stored run is
+    reused only when all of it matches (see :func:`reusable`)."""
+    p = PROTOCOLS[args.protocol]
+    lt = args.scenario == "lt"
+    return dict(protocol=args.protocol, lr=p["lr"] if lr is None else lr, scenario=args.scenario,
+                imbalance_ratio=args.imbalance_ratio if lt else None,
+                imbalance_order=args.imbalance_order if lt else None,
+                class_order_seed=seed if args.class_order_seed is None else args.class_order_seed,
+                buffer_size=args.buffer_size or p["mem_size"], guards=getattr(args, "guards", "on"))
+
+
+def reusable(stored: dict, config: dict, where) -> bool:
+    """True when ``stored`` (a row of results.json) was run with ``config``; a row for the same
+    method and seed with other settings raises ``ValueError`` naming them (never a silent reuse).
+    Rows written before the settings were recorded count as unknown settings."""
+    saved = stored.get("config", {})
+    differ = sorted(k for k in config if saved.get(k, "unrecorded") != config[k])
+    if not differ:
+        return True
+    detail = ", ".join(f"{k}: {saved.get(k, 'unrecorded')!r} stored vs {config[k]!r} asked" for k in differ)
+    raise ValueError(f"{stored['method']} seed {stored['seed']} in {where} was run with other settings "
+                     f"({detail}); use another --out, or --overwrite to replace it")
 
 
 def default_jobs(device: str) -> int:
@@ -309,6 +345,9 @@ def main(argv=None):
                         help="lt: long-tailed Split CIFAR-100 (CIFAR-100-LT counts, cap 500 per class)")
     parser.add_argument("--imbalance_ratio", type=float, default=0.01)
     parser.add_argument("--imbalance_order", choices=("shuffled", "ordered"), default="shuffled")
+    parser.add_argument("--guards", choices=("on", "off"), default="on",
+                        help="SARL-GELU's training guards (gradient clipping, warm-up ramp, teacher check) at "
+                             "their defaults, or off as in SARL; the finite-loss check is always on")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=None,
@@ -335,18 +374,21 @@ def main(argv=None):
     seeds = args.seeds if args.seeds is not None else PROTOCOLS[args.protocol]["seeds"]
     saved = out / "results.json"
     runs = json.loads(saved.read_text())["runs"] if saved.is_file() else []
-    todo = []
+    todo, configs = [], {}
     for seed in seeds:
         for method in args.methods:
-            if any((r["method"], r["seed"]) == (method, seed) for r in runs) and not args.overwrite:
+            lr = lr_for(method, chosen, args.lr_pairing)[0]
+            configs[method, seed] = run_config(method, seed, lr, args)
+            stored = [r for r in runs if (r["method"], r["seed"]) == (method, seed)]
+            if stored and not args.overwrite and reusable(stored[0], configs[method, seed], saved):
                 print(f"{method} seed {seed}: already in {saved}, skipped")
             else:
-                todo.append(((method, seed), method, seed, dict(lr=lr_for(method, chosen, args.lr_pairing)[0])))
+                todo.append(((method, seed), method, seed, dict(lr=lr)))
     order = {m: i for i, m in enumerate(METHODS)}
     for (method, seed), result in run_all(todo, args, jobs, threads):
         runs = [r for r in runs if (r["method"], r["seed"]) != (method, seed)]
         runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source=lr_for(method, chosen, args.lr_pairing)[1],
-                         **result))
+                         config=configs[method, seed], **result))
         runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
         write_outputs(out, runs, args.protocol)  # after every run: an interruption loses only running runs
         forgetting = result["forgetting"]

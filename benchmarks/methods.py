@@ -40,6 +40,7 @@ class Setting:
     device: torch.device
     lr_steps: Optional[Sequence[int]] = None  # MultiStepLR milestones (epochs), reset every experience
     lr_gamma: float = 0.1
+    guards: bool = True  # SARL-GELU's training guards at their defaults; False: as SARL (none)
 
 
 def _model(s: Setting, augmented: bool):
@@ -170,6 +171,8 @@ def _sarl(balanced: bool = True, **overrides):
         first_update = options.pop("threshold_first_update", None)
         if first_update is not None:
             options["threshold"] = AdaptiveThreshold(0.8, first_update=first_update)
+        if not s.guards:  # the finite-loss check stays: it only ever stops a run that is already lost
+            kwargs.update(clip_grad_norm=None, ramp_iterations=0, teacher_ratio=None)
         kwargs.update(options)
         # SARLGelu builds its own schedule from lr_steps (re-created every experience).
         kwargs.update(_common(replace(s, lr_steps=None), evaluator, _sgd(model, s)),

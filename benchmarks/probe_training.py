@@ -62,6 +62,7 @@ def main(argv=None):
     parser.add_argument("--imbalance_order", choices=("shuffled", "ordered"), default="shuffled")
     parser.add_argument("--class_order_seed", type=int, default=None)
     parser.add_argument("--buffer_size", type=int, default=None)
+    parser.add_argument("--guards", choices=("on", "off"), default="on")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)

@@ -35,11 +35,13 @@ from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 from avalanche_balanced.data import split_cifar100
 from avalanche_balanced.experiment import build_evaluator, close_loggers, final_results, seed_everything
 from avalanche_balanced.figures import FigureLoggerPlugin
+from avalanche_balanced.guards import NonFiniteLossError
 from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.precision import MixedPrecisionPlugin
 from avalanche_balanced.protocols import PROTOCOLS
 from avalanche_balanced.strategies import SARLGelu
+from avalanche_balanced.strategies.sarl import CLIP_GRAD_NORM, RAMP_ITERATIONS
 from avalanche_balanced.transforms import cifar_augment, cifar_normalize
 
 
@@ -69,6 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=1.0)
     p.add_argument("--op_weight", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--clip_grad_norm", type=float, default=CLIP_GRAD_NORM,
+                   help=f"clip the global gradient norm (0: off; default {CLIP_GRAD_NORM}); may differ on --resume")
+    p.add_argument("--ramp_iterations", type=int, default=RAMP_ITERATIONS,
+                   help="iterations over which distillation and the semantic term ramp in after the warm-up")
     p.add_argument("--n_experiences", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--warmup_epochs", type=int, default=None)
@@ -104,7 +110,8 @@ def parse_args(argv=None):
 
 
 # Flags that change how a run is watched, not what it computes: a resumed run may differ in them.
-RUN_CONTROL = ("resume", "stop_after", "no_progress", "device", "max_iterations")
+RUN_CONTROL = ("resume", "stop_after", "no_progress", "device", "max_iterations",
+               "clip_grad_norm")  # clipping may be switched on to resume a run stopped by a non-finite loss
 
 
 class IterationTimer(SupervisedPlugin):
@@ -152,7 +159,8 @@ def main(argv=None):
     strategy = SARLGelu(
         model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,
         alpha=args.alpha, beta=args.beta, op_weight=args.op_weight, sm_weight=args.sm_weight,
-        sim_lr=args.sim_lr, warmup_epochs=args.warmup_epochs,
+        sim_lr=args.sim_lr, warmup_epochs=args.warmup_epochs, clip_grad_norm=args.clip_grad_norm or None,
+        ramp_iterations=args.ramp_iterations,
         use_balanced_sampling=bool(args.use_balanced_sampling), balance_weight=args.balance_weight,
         grouping=args.grouping, class_to_group=benchmark.fine_to_coarse if args.grouping == "fixed" else None,
         lr_steps=args.lr_steps, transform=cifar_augment, eval_transform=cifar_normalize, seed=args.seed,
@@ -179,7 +187,13 @@ def main(argv=None):
             continue
         if args.stop_after is not None and i >= args.stop_after:
             break
-        strategy.train(experience)
+        try:
+            strategy.train(experience)
+        except NonFiniteLossError as err:
+            close_loggers(loggers)
+            raise SystemExit(f"{err}\nThe last finite checkpoint is {checkpoint} (after experience {i}); "
+                             f"continue with --resume --experiment_id {args.experiment_id} "
+                             f"--clip_grad_norm 1.0 (or another bound)") from err
         results = strategy.eval(benchmark.test_stream)
         save_checkpoint(checkpoint, strategy, config=config, extra=dict(
             completed=i + 1, results=final_results(results), seconds=time.time() - start))

@@ -329,8 +329,20 @@ def test_state_dict_round_trip_continues_identically():
     assert torch.equal(buf.labels, clone.labels)
     with pytest.raises(ValueError, match="max_size"):
         BalancedBuffer(11).load_state_dict(buf.state_dict())
-    with pytest.raises(ValueError, match="config"):
+    with pytest.raises(ValueError, match="configuration: grouping"):
         BalancedBuffer(10, grouping="class").load_state_dict(buf.state_dict())
+
+
+@pytest.mark.parametrize("setting", [dict(eps=0.2), dict(max_ratio=2.0), dict(max_ratio=None),
+                                     dict(protect_current=False), dict(uniform_mix=0.1),
+                                     dict(balance_weight=0.5), dict(hierarchical=True)])
+def test_resuming_with_other_replay_settings_is_refused_by_name(setting):
+    """Review defect: eps, max_ratio and protect_current were not checked on load."""
+    buf = BalancedBuffer(10, seed=0)
+    buf.add_data(*batch(6, seed=0))
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=rf"another configuration: {name}: "):
+        BalancedBuffer(10, seed=0, **setting).load_state_dict(buf.state_dict())
 
 
 def test_cached_similarity_tracks_writes_and_prototype_changes():

@@ -247,6 +247,31 @@ def test_learning_rates_are_chosen_on_validation_and_used(tmp_path, monkeypatch)
     assert f"| er | {saved['chosen']['er']} |" in table
 
 
+def test_a_rerun_with_other_settings_never_reuses_a_finished_run(tmp_path, monkeypatch):
+    """Review defect: finished runs were matched by (method, seed) only, so a re-run into the
+    same folder at another rate silently kept the old rows."""
+    compare = load("compare", monkeypatch)
+    out = ["--protocol", "tiny", "--methods", "naive", "--seeds", "0", "--out", str(tmp_path), "--jobs", "1"]
+    lr_file = tmp_path / "lr.json"
+    lr_file.write_text(json.dumps({"chosen": {"naive": 0.2}}))
+    first = compare.main(out + ["--lr_selection", str(lr_file)])
+    assert first[0]["config"]["lr"] == 0.2
+    before = (tmp_path / "results.json").read_text()
+    compare.main(out + ["--lr_selection", str(lr_file)])  # same settings: skipped
+    assert (tmp_path / "results.json").read_text() == before
+    lr_file.write_text(json.dumps({"chosen": {"naive": 0.01}}))
+    with pytest.raises(ValueError, match=r"naive seed 0 .* other settings \(lr: 0.2 stored vs 0.01 asked\)"):
+        compare.main(out + ["--lr_selection", str(lr_file)])
+    with pytest.raises(ValueError, match=r"imbalance_order: None stored vs 'ordered' asked.*scenario"):
+        compare.main(out + ["--lr_selection", str(lr_file.with_name("none.json")), "--lr_grid", "0.05",
+                            "--scenario", "lt", "--imbalance_order", "ordered"])
+    with pytest.raises(ValueError, match=r"guards: 'on' stored vs 'off' asked"):
+        compare.main(out + ["--guards", "off"])
+    assert (tmp_path / "results.json").read_text() == before  # nothing silently replaced
+    runs = compare.main(out + ["--lr_selection", str(lr_file), "--overwrite"])
+    assert runs[0]["lr"] == 0.01 and runs[0]["config"]["lr"] == 0.01
+
+
 def test_choose_lr_prefers_accuracy_then_the_smaller_rate(monkeypatch):
     compare = load("compare", monkeypatch)
     runs = [dict(method="a", lr=0.1, accuracy=5.0), dict(method="a", lr=0.01, accuracy=5.0),

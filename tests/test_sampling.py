@@ -293,9 +293,38 @@ def test_cap_fixed_point_equals_the_sort_solution():
     for w in cases:
         for ratio in (1.0, 1.5, 4.0):
             got = cap_weights(w, ratio)
-            torch.testing.assert_close(got, _cap_weights_by_sort(w, ratio / w.shape[0]), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(got, _cap_weights_by_sort(w, torch.tensor(ratio / w.shape[0])),
+                                       atol=1e-6, rtol=1e-5)
             assert got.sum().item() == pytest.approx(1.0, abs=1e-5)
             assert got.max().item() <= ratio / w.shape[0] * (1 + 1e-5)
-    # one positive weight cannot take the mass under a cap: the zero weights share what is left
+    # one positive weight cannot take the mass under a cap: the cap rises to 1 / n_pos, zeros stay 0
     torch.testing.assert_close(cap_weights(torch.tensor([0.0, 0.0, 1.0, 0.0]), 1.5),
-                               torch.tensor([0.625 / 3, 0.625 / 3, 0.375, 0.625 / 3]))
+                               torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    # two positive weights under a cap of 1.5 / 4 = 0.375 < 1 / 2: both at 0.5
+    torch.testing.assert_close(cap_weights(torch.tensor([0.0, 3.0, 1.0, 0.0]), 1.5),
+                               torch.tensor([0.0, 0.5, 0.5, 0.0]))
+    # all zero: uniform, never NaN
+    torch.testing.assert_close(cap_weights(torch.zeros(4), 2.0), torch.full((4,), 0.25))
+
+
+def test_capped_draw_never_takes_a_zero_weight_while_positive_ones_remain():
+    """Review defect: one positive weight among ten zeros was drawn with probability 0.40
+    under max_ratio (the zeros took the rest). Contract: zero weight is never drawn while
+    k <= the number of positive weights; beyond that the zeros fill in."""
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.zeros(11)
+    weights[3] = 1.0
+    draws = torch.cat([sample_indices(weights, 1, generator=gen, max_ratio=4.0) for _ in range(500)])
+    assert draws.eq(3).all()
+    weights[7] = 5.0
+    for _ in range(200):
+        assert sorted(sample_indices(weights, 2, generator=gen, max_ratio=2.0).tolist()) == [3, 7]
+        three = sample_indices(weights, 3, generator=gen, max_ratio=2.0).tolist()
+        assert {3, 7} <= set(three) and len(set(three)) == 3
+
+
+def test_replay_distribution_refuses_an_infeasible_cap():
+    """Review defect: max_ratio < 1 returned probabilities summing to 0.5."""
+    for current in (None, torch.tensor([True, False, False, False])):
+        with pytest.raises(ValueError, match="max_ratio"):
+            replay_distribution(torch.rand(4), current, max_ratio=0.5)

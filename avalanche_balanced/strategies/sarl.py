@@ -5,6 +5,7 @@ The strategy owns the loss; the replay wiring (draw, join, features, insertion)
 is a :class:`BalancedReplayPlugin` over a :class:`BalancedBuffer` whose
 prototypes and similarity network are the strategy's own.
 """
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -19,12 +20,48 @@ from avalanche.training.utils import get_last_fc_layer
 
 from ..buffer import BalancedBuffer
 from ..features import eval_mode, forward_with_features, frozen_copy
+from ..guards import TrainingGuardPlugin
 from ..plugin import BalancedReplayPlugin
 from ..semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from ..transforms import BatchTransformPlugin
 from ..validation import check_replay_sizes
 
-__all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "semantic_contrastive"]
+__all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "semantic_contrastive",
+           "ramp_factor", "teacher_collapsed"]
+
+
+# Defaults of the guards (docs: "Training guards"). The clip bound sits above every per-epoch
+# maximum gradient norm of the healthy quick-protocol runs at lr 0.1 (at most 17.1), so it
+# engages on spikes only; the ramp spans 25 iterations after the warm-up.
+CLIP_GRAD_NORM: Optional[float] = 25.0
+RAMP_ITERATIONS = 25
+
+
+def ramp_factor(iterations_past_warmup: int, ramp_iterations: int) -> float:
+    """Weight of the post-warm-up terms at the ``iterations_past_warmup``-th iteration
+    (0-based) after the warm-up: a linear ramp ``(k + 1) / ramp_iterations`` up to 1;
+    1 at once when ``ramp_iterations`` is 0 (SARL's switch)."""
+    if ramp_iterations <= 0:
+        return 1.0
+    return min(1.0, (iterations_past_warmup + 1) / ramp_iterations)
+
+
+def teacher_collapsed(candidate_accuracy: float, previous_accuracy: Optional[float], majority_share: float,
+                      ratio: float = 0.5) -> bool:
+    """The teacher-sanity criterion of :class:`SARLGelu`.
+
+    A candidate teacher (the model at the end of an experience) has collapsed
+    when its accuracy on the buffer is no better than always predicting the
+    buffer's most frequent class (``majority_share``, the share of that class
+    among the stored samples), or below ``ratio`` times the accuracy the
+    teacher in place has on the same samples. The buffer holds samples the
+    model was just trained to fit (the current experience's among them), so a
+    healthy model is far above both bounds; a diverged one predicts a few
+    classes and falls to about the first.
+    """
+    if candidate_accuracy <= majority_share:
+        return True
+    return previous_accuracy is not None and candidate_accuracy < ratio * previous_accuracy
 
 
 def prototype_regularizer(features: Tensor, labels: Tensor, prototypes: ClassPrototypes) -> Tensor:
@@ -112,6 +149,20 @@ class SARLGelu(SupervisedTemplate):
     state is reset at the start of every experience, and with ``lr_steps`` a
     ``MultiStepLR`` (``lr_gamma``) is re-created per experience.
 
+    Guards against a diverging run (a :class:`TrainingGuardPlugin`): a
+    non-finite loss term raises ``NonFiniteLossError`` naming it before the
+    backward pass; ``clip_grad_norm`` clips the global gradient norm (None:
+    off); the epoch's largest gradient norm and logit are published as
+    ``Guard/*`` metrics. After the warm-up, ``distill`` and ``semantic`` ramp in
+    linearly over ``ramp_iterations`` iterations (0: SARL's switch to full
+    weight). At the end of an experience the new frozen teacher must pass
+    :func:`teacher_collapsed` on the buffer (accuracy at least
+    ``teacher_ratio`` times the teacher in place's, and above the share of the
+    buffer's most frequent class);
+    otherwise a ``RuntimeWarning`` is issued, ``SARL/teacher_rejected`` is
+    published, and the previous teacher stays the distillation target
+    (``teacher_ratio=None`` turns the check off, as SARL).
+
     The buffer's importance uses the centred cosine similarity of each stored
     sample to its class prototype (``similarity="cosine"``; ``"learned"`` asks
     the similarity network, ``"none"`` drops the term) and groups classes with
@@ -144,6 +195,9 @@ class SARLGelu(SupervisedTemplate):
         sim_thresh: float = 0.8,
         sim_lr: float = 0.001,
         warmup_epochs: int = 5,
+        clip_grad_norm: Optional[float] = CLIP_GRAD_NORM,
+        ramp_iterations: int = RAMP_ITERATIONS,
+        teacher_ratio: Optional[float] = 0.5,
         use_balanced_sampling: bool = True,
         balance_weight: float = 1.0,
         grouping: str = "class_similarity",
@@ -169,7 +223,8 @@ class SARLGelu(SupervisedTemplate):
         **base_kwargs,
     ):
         for name, value in dict(alpha=alpha, beta=beta, op_weight=op_weight, sm_weight=sm_weight,
-                                warmup_epochs=warmup_epochs).items():
+                                warmup_epochs=warmup_epochs, ramp_iterations=ramp_iterations,
+                                teacher_ratio=teacher_ratio or 0.0).items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         check_replay_sizes(mem_size, batch_size_mem)
@@ -177,7 +232,11 @@ class SARLGelu(SupervisedTemplate):
         head = get_last_fc_layer(model)[1]
         self.num_classes, self.num_feats = head.out_features, head.in_features
         self.alpha, self.beta, self.op_weight, self.sm_weight = alpha, beta, op_weight, sm_weight
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs, self.ramp_iterations, self.teacher_ratio = warmup_epochs, ramp_iterations, teacher_ratio
+        self.guard = TrainingGuardPlugin(clip_grad_norm=clip_grad_norm)
+        self.teacher_accuracy: Optional[float] = None  # the teacher in place, on the buffer when it was set
+        self.rejected_teachers: List[int] = []  # experiences whose end-of-experience model was rejected
+        self._past_warmup_iterations = 0
         self.transform, self.eval_transform = transform, eval_transform
 
         self.prototypes = ClassPrototypes(self.num_classes, self.num_feats).to(device)
@@ -198,13 +257,15 @@ class SARLGelu(SupervisedTemplate):
         self._epoch_iterations = 0
 
         own = [self.replay, BatchTransformPlugin(eval_transform=eval_transform), _SarlEpochEvents(self)]
+        # The guard goes last: it sees the loss and the gradients every other plugin produced.
+        late = [self.guard]
         if lr_steps:
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(lr_steps), gamma=lr_gamma)
             own.append(LRSchedulerPlugin(scheduler, reset_scheduler=True, reset_lr=True))
         super().__init__(
             model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(),
             train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
-            device=device, plugins=own + list(plugins or []), evaluator=evaluator,
+            device=device, plugins=own + list(plugins or []) + late, evaluator=evaluator,
             eval_every=eval_every, **base_kwargs)
 
     # ------------------------------------------------------------------ state
@@ -237,17 +298,22 @@ class SARLGelu(SupervisedTemplate):
             if self.task_id > 0 and self.op_weight:
                 terms["prototype"] = self.op_weight * prototype_regularizer(feats[n:], y[n:], self.prototypes)
         if self.past_warmup:
+            ramp = ramp_factor(self._past_warmup_iterations, self.ramp_iterations)
             if self.beta and self.old_model is not None:
                 with torch.no_grad():
                     old_logits = self.old_model(self.mb_x[:n])
-                terms["distill"] = self.beta * F.mse_loss(out[:n], old_logits)
+                terms["distill"] = ramp * self.beta * F.mse_loss(out[:n], old_logits)
             if self.sm_weight:
-                terms["semantic"] = self.sm_weight * semantic_contrastive(
+                terms["semantic"] = ramp * self.sm_weight * semantic_contrastive(
                     feats[:n], y[:n], self.prototypes, self.similarity_net)
         self.loss_terms = {k: v.detach() for k, v in terms.items()}
         return sum(terms.values())
 
     # ------------------------------------------------------------------ hooks
+    def _before_training_exp(self, **kwargs):
+        self._past_warmup_iterations = 0
+        super()._before_training_exp(**kwargs)
+
     def _before_training_epoch(self, **kwargs):
         self._epoch_terms, self._epoch_iterations = {}, 0
         super()._before_training_epoch(**kwargs)
@@ -259,13 +325,53 @@ class SARLGelu(SupervisedTemplate):
         for name, value in self.loss_terms.items():
             self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value
         self._epoch_iterations += 1
+        if self.past_warmup:
+            self._past_warmup_iterations += 1
         super()._after_training_iteration(**kwargs)
 
     def _after_training_exp(self, **kwargs):
-        self.old_model = frozen_copy(self.model)  # carries none of the plugins' hooks
+        self._update_teacher(frozen_copy(self.model))  # the copy carries none of the plugins' hooks
         self._refresh_batchnorm_on_buffer()
         self._set_prototypes_of_experience()
         super()._after_training_exp(**kwargs)  # the replay plugin regroups with the new prototypes
+
+    def _update_teacher(self, candidate: nn.Module) -> None:
+        """Make ``candidate`` the distillation target unless it has collapsed (:func:`teacher_collapsed`)."""
+        accuracy = self.buffer_accuracy(candidate) if self.teacher_ratio is not None else None
+        if accuracy is None:  # check off, or an empty buffer: nothing to judge by
+            self.old_model = candidate
+            return
+        previous = self.buffer_accuracy(self.old_model) if self.old_model is not None else None
+        labels = self.buffer.stored_labels
+        majority = float(torch.bincount(labels).max()) / labels.shape[0]
+        if teacher_collapsed(accuracy, previous, majority, self.teacher_ratio):
+            self.rejected_teachers.append(self.task_id)
+            warnings.warn(
+                f"SARL-GELU: the model after experience {self.task_id} has collapsed (accuracy "
+                f"{100 * accuracy:.1f}% on the buffer vs {'n/a' if previous is None else f'{100 * previous:.1f}%'} "
+                f"for the teacher in place, {100 * majority:.1f}% for the most frequent class); the previous "
+                f"teacher stays the "
+                f"distillation target", RuntimeWarning)
+            if self.evaluator is not None:
+                self.evaluator.publish_metric_value(
+                    MetricValue(self, "SARL/teacher_rejected", 1.0, self.clock.train_iterations))
+            return  # the teacher in place (none after a first experience) stays
+        self.old_model = candidate
+        self.teacher_accuracy = accuracy
+
+    @torch.no_grad()
+    def buffer_accuracy(self, model: nn.Module) -> Optional[float]:
+        """Eval-mode accuracy of ``model`` on the stored samples (None for an empty buffer)."""
+        n = len(self.buffer)
+        if n == 0:
+            return None
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        with eval_mode(model):
+            for start in range(0, n, self.eval_mb_size or 256):
+                x = self.buffer.examples[start: start + (self.eval_mb_size or 256)]
+                logits = model(self.eval_transform(x) if self.eval_transform is not None else x)
+                correct += (logits.argmax(1) == self.buffer.labels[start: start + x.shape[0]]).sum()
+        return float(correct) / n
 
     @torch.no_grad()
     def _refresh_batchnorm_on_buffer(self):

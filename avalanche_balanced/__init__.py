@@ -11,6 +11,8 @@ The public API:
 * wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``),
   :class:`BatchTransformPlugin` (batched augmentation on the device) and
   :class:`MixedPrecisionPlugin` (bfloat16 autocast for any strategy);
+* training guards for any strategy: :class:`TrainingGuardPlugin` (fail fast with
+  :class:`NonFiniteLossError`, gradient-norm clipping, divergence monitor);
 * the method: :class:`SARLGelu` (alias :data:`SARLEnhancedGeluBalanced`);
 * data and model: :func:`split_cifar100`, :func:`with_test_subset`, :func:`load_cifar100`,
   :func:`cifar_augment`, :func:`cifar_normalize`, :func:`gelu_resnet18`;
@@ -29,6 +31,7 @@ from .buffer import BalancedBuffer, ReplayBatch
 from .plugin import BalancedReplayPlugin, ReplayStep
 from .transforms import BatchTransformPlugin, cifar_augment, cifar_normalize
 from .precision import MixedPrecisionPlugin
+from .guards import NonFiniteLossError, TrainingGuardPlugin
 from .strategies import SARLEnhancedGeluBalanced, SARLGelu
 from .data import load_cifar100, split_cifar100, with_test_subset
 from .models import gelu_resnet18
@@ -58,6 +61,8 @@ __all__ = [
     "ReplayStep",
     "BatchTransformPlugin",
     "MixedPrecisionPlugin",
+    "TrainingGuardPlugin",
+    "NonFiniteLossError",
     "SARLGelu",
     "SARLEnhancedGeluBalanced",
     "load_cifar100",

@@ -224,6 +224,30 @@ class BalancedBuffer(ExemplarsBuffer):
                 f"data has {num_classes} classes (logits) and {num_feats}-dim features"
             )
 
+    @torch.no_grad()
+    def grow_classes(self, num_classes: int) -> None:
+        """Widen the stored logits, the prototypes and the grouping rule to ``num_classes``
+        (a classifier head that grew, e.g. Avalanche's ``IncrementalClassifier``). Stored
+        logits get zero columns for the new units; nothing shrinks."""
+        if not self.allocated or num_classes <= self.num_classes:
+            return
+        extra = num_classes - self.num_classes
+        self.logits = torch.cat([self.logits, self.logits.new_zeros(self.max_size, extra)], dim=1)
+        self.prototypes.grow(num_classes)
+        self.grouping_rule.grow(num_classes, self.device)
+        self._similarity_cache = None
+
+    def _fit_width(self, logits: Tensor) -> Tensor:
+        """Incoming logits at the stored width: a wider head grows the storage, a narrower one (a
+        multi-head model's smaller head) is padded with zeros."""
+        if not self.allocated or logits.dim() != 2:
+            return logits
+        if logits.shape[1] > self.num_classes:
+            self.grow_classes(logits.shape[1])
+        elif logits.shape[1] < self.num_classes:
+            logits = torch.cat([logits, logits.new_zeros(logits.shape[0], self.num_classes - logits.shape[1])], 1)
+        return logits
+
     def _validate_batch(self, examples, labels, logits, features, task_labels) -> None:
         n = examples.shape[0]
         as_labels(labels, "labels", n=n)
@@ -247,6 +271,7 @@ class BalancedBuffer(ExemplarsBuffer):
         examples, labels = examples.detach().to(self.device), labels.to(self.device).long()
         logits, features = logits.detach().to(self.device), features.detach().to(self.device)
         features = features.flatten(1)
+        logits = self._fit_width(logits)
         task_labels = (torch.zeros_like(labels) if task_labels is None
                        else torch.as_tensor(task_labels, device=self.device).long().expand_as(labels))
         self._validate_batch(examples, labels, logits, features, task_labels)
@@ -299,8 +324,9 @@ class BalancedBuffer(ExemplarsBuffer):
         chunks = []
         with eval_mode(model):
             for start in range(0, self.size, batch_size):  # a loop over chunks, not samples
-                x = self.examples[start: min(start + batch_size, self.size)]
-                chunks.append(forward_with_features(model, preprocess(x) if preprocess is not None else x)[1])
+                end = min(start + batch_size, self.size)
+                x, t = self.examples[start:end], self.task_labels[start:end]
+                chunks.append(forward_with_features(model, preprocess(x) if preprocess is not None else x, t)[1])
         features = torch.cat(chunks).flatten(1)
         if features.shape[1] != self.num_feats:
             raise ValueError(f"the model gives {features.shape[1]}-dim features, the buffer stores {self.num_feats}")
@@ -469,6 +495,21 @@ class BalancedBuffer(ExemplarsBuffer):
                                 uniform_mix=self.uniform_mix)
         return self._gather(idx, transform)
 
+    @torch.no_grad()
+    def get_task_balanced_data(self, minibatch_size: int, balanced: bool = True,
+                               transform: Optional[Callable] = None) -> ReplayBatch:
+        """A replay minibatch in which every stored task label has the same expected share; within
+        a task, the balanced distribution (``balanced``) or uniform."""
+        k = self._check_sample_size(minibatch_size)
+        n = self.size
+        base = self.replay_probabilities() if balanced else torch.full((n,), 1.0 / n, device=self.device)
+        tasks = self.task_labels[:n]
+        mass = torch.zeros(int(tasks.max()) + 1, device=self.device).index_add_(0, tasks, base)
+        present = (torch.zeros_like(mass).index_add_(0, tasks, torch.ones_like(base)) > 0).sum()
+        weights = base / mass[tasks].clamp_min(torch.finfo(base.dtype).tiny) / present
+        idx = draw_proportional(weights, k, generator=self.generator)
+        return self._gather(idx, transform)
+
     def __len__(self) -> int:
         return self.size
 
@@ -519,8 +560,8 @@ class BalancedBuffer(ExemplarsBuffer):
         with eval_mode(model):
             for batch in loader:
                 x, y = batch[0].to(device), batch[1]
-                t = batch[2] if len(batch) > 2 else None
-                logits, feats = forward_with_features(model, preprocess(x) if preprocess is not None else x)
+                t = batch[2].to(device) if len(batch) > 2 else None
+                logits, feats = forward_with_features(model, preprocess(x) if preprocess is not None else x, t)
                 self.add_data(x, y, logits, feats, task_labels=t)
 
     @torch.no_grad()

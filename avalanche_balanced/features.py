@@ -1,9 +1,11 @@
 """Penultimate features from the same forward pass as the logits.
 
 Avalanche strategies call ``model(x)`` themselves, so the plugin cannot ask
-for features as a return value; instead a forward hook on the final linear
-layer records its *input*, which is exactly the feature vector the logits are
-computed from (``linear(features) == logits``).
+for features as a return value; instead a forward hook on the classifier
+records its *input*, which is exactly the feature vector the logits are
+computed from (``linear(features) == logits``). The classifier is the model's
+first ``MultiHeadClassifier`` (every head reads the same features), else its
+last ``IncrementalClassifier``, else its last ``nn.Linear``.
 """
 import contextlib
 import copy
@@ -11,10 +13,24 @@ import inspect
 from collections import OrderedDict
 from typing import Optional
 
+import torch
+
 from torch import Tensor, nn
+from avalanche.models import IncrementalClassifier, MultiHeadClassifier
+from avalanche.models.utils import avalanche_forward, is_multi_task_module
 from avalanche.training.utils import get_last_fc_layer
 
-__all__ = ["FeatureHook", "eval_mode", "forward_with_features", "frozen_copy", "model_version"]
+__all__ = ["FeatureHook", "classifier_of", "eval_mode", "forward_with_features", "frozen_copy", "model_version"]
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The module whose input is the model's feature vector (see the module docstring)."""
+    modules = list(model.modules())
+    for kinds in ((MultiHeadClassifier,), (IncrementalClassifier,)):
+        found = [m for m in modules if isinstance(m, kinds)]
+        if found:
+            return found[0] if kinds[0] is MultiHeadClassifier else found[-1]
+    return get_last_fc_layer(model)[1]
 
 
 class FeatureHook:
@@ -26,7 +42,7 @@ class FeatureHook:
     """
 
     def __init__(self, model: nn.Module, layer: Optional[nn.Module] = None):
-        self.layer = layer if layer is not None else get_last_fc_layer(model)[1]
+        self.layer = layer if layer is not None else classifier_of(model)
         self.features: Optional[Tensor] = None
         self._handle = self.layer.register_forward_hook(self._record)
 
@@ -43,13 +59,21 @@ class FeatureHook:
         self.remove()
 
 
-def forward_with_features(model: nn.Module, x: Tensor):
-    """``(logits, features)`` of one forward pass, for any model with a final linear layer.
+def forward_with_features(model: nn.Module, x: Tensor, task_labels: Optional[Tensor] = None):
+    """``(logits, features)`` of one forward pass, for any model with a classifier.
 
     Uses ``model(x, return_features=True)`` when the model's ``forward`` takes
     that keyword (as :func:`avalanche_balanced.models.gelu_resnet18` does), a
-    :class:`FeatureHook` otherwise.
+    :class:`FeatureHook` otherwise. A multi-task model (Avalanche's
+    ``MultiTaskModule``) gets ``task_labels`` (all 0 when None), as Avalanche's
+    ``avalanche_forward`` passes them.
     """
+    if is_multi_task_module(model):
+        if task_labels is None:
+            task_labels = x.new_zeros(x.shape[0], dtype=torch.long)
+        with FeatureHook(model) as hook:
+            logits = avalanche_forward(model, x, task_labels)
+        return logits, hook.features
     if "return_features" in inspect.signature(model.forward).parameters:
         return model(x, return_features=True)
     with FeatureHook(model) as hook:

@@ -42,6 +42,10 @@ class GroupingRule:
     def allocate(self, num_classes: int, device) -> None:
         pass
 
+    def grow(self, num_classes: int, device) -> None:
+        """The classifier head grew to ``num_classes``: keep what was learnt, add the new classes."""
+        self.allocate(num_classes, device)
+
     def to(self, device) -> "GroupingRule":
         if self.threshold is not None:
             self.threshold.to(device)
@@ -77,6 +81,12 @@ class ClassSimilarityGrouping(GroupingRule):
 
     def allocate(self, num_classes, device):
         self.class_group = torch.arange(num_classes, device=device)
+
+    def grow(self, num_classes, device):
+        # New classes are singletons until the next update; their ids are free (ids are class indices).
+        old = self.class_group.shape[0] if self.class_group is not None else 0
+        new = torch.arange(old, num_classes, device=device)
+        self.class_group = new if self.class_group is None else torch.cat([self.class_group.to(device), new])
 
     def update(self, buffer, update_threshold=True):
         scores, seen = buffer.similarity_rule.between_classes(buffer.prototypes), buffer.prototypes.valid

@@ -1,15 +1,18 @@
 """``BalancedReplayPlugin``: balanced (or uniform) replay for any Avalanche ``SupervisedTemplate``."""
+import contextlib
+import inspect
 from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
+from avalanche.logging import TensorboardLogger
 
 from .buffer import BalancedBuffer, ReplayBatch
 from .features import FeatureHook, model_version
 from .sampling import effective_sample_size, normalized_entropy
-from .validation import check_replay_sizes
+from .validation import check_buffer_keywords, check_positive_int
 
 __all__ = ["BalancedReplayPlugin", "ReplayStep"]
 
@@ -26,6 +29,65 @@ class ReplayStep(NamedTuple):
     num_current: int
     replay: Optional[ReplayBatch]
     features: torch.Tensor
+
+
+def experience_classes(experience, device) -> torch.Tensor:
+    """The classes of an experience: ``classes_in_this_experience`` when it has them (Avalanche's
+    class-incremental experiences), else the distinct targets of its dataset, else none."""
+    classes = getattr(experience, "classes_in_this_experience", None)
+    if classes is None:
+        targets = getattr(getattr(experience, "dataset", None), "targets", None)
+        classes = [] if targets is None else torch.unique(torch.as_tensor(list(targets))).tolist()
+    return torch.as_tensor(list(classes), dtype=torch.long, device=device)
+
+
+def _task_labels(strategy) -> torch.Tensor:
+    # A minibatch without task labels (two fields) is single-task: task 0.
+    try:
+        return strategy.mb_task_id
+    except (AssertionError, IndexError, KeyError):
+        return torch.zeros_like(strategy.mb_y)
+
+
+def set_minibatch(strategy, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
+    """Write the joint inputs, targets and task labels back where the strategy reads them.
+
+    The fields are found by identity (``strategy.mb_x`` is the object in the
+    minibatch), so tuple, list and dictionary minibatches all work; a tuple is
+    replaced by a list, as Avalanche's own plugins do."""
+    batch = strategy.mbatch
+    old = [strategy.mb_x, strategy.mb_y]
+    try:
+        old.append(strategy.mb_task_id)
+    except (AssertionError, IndexError, KeyError):
+        pass
+    if isinstance(batch, tuple):
+        batch = strategy.mbatch = list(batch)
+    keys = batch.keys() if isinstance(batch, dict) else range(len(batch))
+    for new, previous in zip((x, y, t), old):
+        key = next((k for k in keys if batch[k] is previous), None)
+        if key is None:
+            raise TypeError(f"cannot find the minibatch field the strategy reads ({type(batch).__name__} "
+                            f"minibatch); BalancedReplayPlugin needs mb_x and mb_y to be fields of mbatch")
+        batch[key] = new
+
+
+@contextlib.contextmanager
+def explain_non_finite(strategy, step: str):
+    """Re-raise the buffer's refusal of non-finite values with where they came from: the model's
+    weights turned non-finite (another plugin's penalty or the optimiser step), or its outputs."""
+    try:
+        yield
+    except ValueError as err:
+        if "NaN" not in str(err):
+            raise
+        bad = [name for name, p in strategy.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        exp = getattr(strategy.experience, "current_experience", "?")
+        cause = (f"the model's weights are non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): an "
+                 f"update produced them, from the loss of the strategy or of a plugin "
+                 f"({', '.join(type(p).__name__ for p in strategy.plugins)}); TrainingGuardPlugin stops at the "
+                 f"first non-finite loss" if bad else "the model's outputs are non-finite for finite weights")
+        raise ValueError(f"BalancedReplayPlugin, experience {exp}, {step}: {err}; {cause}") from err
 
 
 class BalancedReplayPlugin(SupervisedPlugin):
@@ -82,9 +144,26 @@ class BalancedReplayPlugin(SupervisedPlugin):
     pass, so a criterion that takes one mean over the batch (``Naive``) weighs
     every current and replayed sample alike, as Avalanche's ``ReplayPlugin`` does.
 
+    Differences from Avalanche's ``ReplayPlugin`` a user should know: replayed
+    samples are the stored (non-augmented) view, augmented by ``transform``
+    with the current batch, not re-augmented by the dataset's own transform;
+    every replay batch is full (``min(batch_size_mem, len(buffer))``), the last
+    one of an epoch included; ``task_balanced_dataloader`` balances the replay
+    *distribution* over task labels (equal expected share per task), not
+    fixed per-task counts.
+
     Args:
-        mem_size: buffer capacity.
-        batch_size_mem: replayed samples per iteration (<= ``mem_size``).
+        mem_size: buffer capacity (``ReplayPlugin``'s name and default).
+        batch_size: current samples per iteration; None (default) keeps the
+            strategy's ``train_mb_size`` (as ``ReplayPlugin``).
+        batch_size_mem: replayed samples per iteration; None (default): the
+            strategy's ``train_mb_size`` (as ``ReplayPlugin``). Larger than the
+            buffer draws every stored sample once.
+        task_balanced_dataloader: equal replay share per stored task label.
+        storage_policy: a ready :class:`BalancedBuffer`; otherwise one is built
+            from ``mem_size``, ``grouping``, ``balance_weight`` and ``buffer_kwargs``
+            (keywords of :class:`BalancedBuffer`; an unknown one raises ``TypeError``
+            naming it).
         use_balanced_sampling: importance-weighted (True) or uniform draws.
         balance_weight: exponent of the balance factor (0 = similarity only).
         grouping: one of ``GROUPINGS`` (see :class:`BalancedBuffer`).
@@ -94,8 +173,6 @@ class BalancedReplayPlugin(SupervisedPlugin):
         refresh_prototypes: recompute the buffer's class prototypes from its
             features before regrouping. A strategy that owns the prototypes
             (SARL sets them once per task) passes False.
-        storage_policy: a ready :class:`BalancedBuffer`; otherwise one is built
-            from ``mem_size``, ``grouping``, ``balance_weight`` and ``buffer_kwargs``.
         insertion_timing: ``"after_experience"`` or ``"online"`` (see above).
         preprocess: model-input preprocessing of the eval-mode passes over stored
             inputs (insertion at the end of an experience, feature refresh),
@@ -104,6 +181,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         refresh_features: recompute all stored features at every regrouping
             (True), or overwrite only the replayed samples' features with their
             train-mode, augmented ones (False, the earlier design).
+        verbose: print a one-line replay summary per experience (groups, Kish
+            effective sample size, current share); histograms go to the evaluator.
     """
 
     TIMINGS = ("after_experience", "online")
@@ -111,31 +190,40 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def __init__(
         self,
         mem_size: int = 200,
-        batch_size_mem: int = 32,
+        batch_size: Optional[int] = None,
+        batch_size_mem: Optional[int] = None,
+        task_balanced_dataloader: bool = False,
+        storage_policy: Optional[BalancedBuffer] = None,
+        *,
         use_balanced_sampling: bool = True,
         balance_weight: float = 1.0,
         grouping: str = "class_similarity",
         transform: Optional[Callable] = None,
         regroup_every: Optional[int] = 50,
         refresh_prototypes: bool = True,
-        storage_policy: Optional[BalancedBuffer] = None,
         seed: int = 0,
         insertion_timing: str = "after_experience",
         preprocess: Optional[Callable] = None,
         refresh_features: bool = True,
+        verbose: bool = False,
         **buffer_kwargs,
     ):
         super().__init__()
+        check_buffer_keywords(buffer_kwargs, plugin_keywords=inspect.signature(type(self).__init__).parameters)
         if insertion_timing not in self.TIMINGS:
             raise ValueError(f"insertion_timing must be one of {self.TIMINGS}, got {insertion_timing!r}")
-        check_replay_sizes(storage_policy.max_size if storage_policy is not None else mem_size, batch_size_mem)
+        check_positive_int(storage_policy.max_size if storage_policy is not None else mem_size, "mem_size")
+        for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
+            if value is not None:
+                check_positive_int(value, name)
         if storage_policy is None:
             storage_policy = BalancedBuffer(mem_size, grouping=grouping, balance_weight=balance_weight,
                                             seed=seed, **buffer_kwargs)
         if regroup_every is not None and regroup_every <= 0:
             raise ValueError(f"regroup_every must be positive or None, got {regroup_every}")
         self.buffer = storage_policy
-        self.batch_size_mem = batch_size_mem
+        self.batch_size, self.batch_size_mem = batch_size, batch_size_mem
+        self.task_balanced_dataloader = task_balanced_dataloader
         self.use_balanced_sampling = use_balanced_sampling
         self.transform = transform
         self.regroup_every = regroup_every
@@ -143,10 +231,12 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.insertion_timing = insertion_timing
         self.preprocess = preprocess
         self.refresh_features = refresh_features
+        self.verbose = verbose
+        self._replay_size = batch_size_mem  # resolved against the strategy at each experience
         self._ess_sum: Optional[torch.Tensor] = None  # [sum of ESS, count] over this experience's regroups
         self._refreshed_version: Optional[tuple] = None  # model_version() at the latest feature refresh
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
-        self._hook: Optional[FeatureHook] = None
+        self._hook: Optional[FeatureHook] = None  # on the model from before_forward to after_forward only
         self._replay: Optional[ReplayBatch] = None
         self._current = None  # (inputs, labels, task labels) of the current minibatch, raw
         self.step: Optional[ReplayStep] = None  # this iteration's record, from after_forward on
@@ -162,18 +252,24 @@ class BalancedReplayPlugin(SupervisedPlugin):
 
     def draw(self) -> ReplayBatch:
         """One replay minibatch (non-augmented), balanced or uniform as configured."""
+        k = self._replay_size if self._replay_size is not None else 32
+        if self.task_balanced_dataloader:
+            return self.buffer.get_task_balanced_data(k, balanced=self.use_balanced_sampling)
         if self.use_balanced_sampling:
-            return self.buffer.get_balanced_data(self.batch_size_mem)
-        return self.buffer.get_data(self.batch_size_mem)
+            return self.buffer.get_balanced_data(k)
+        return self.buffer.get_data(k)
 
     # ------------------------------------------------------------------ hooks
-    def before_training_exp(self, strategy, **kwargs):
+    def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
+                            **kwargs):
         self.buffer.to(strategy.device)
-        if self._hook is None:
-            self._hook = FeatureHook(strategy.model)
+        self._replay_size = self.batch_size_mem if self.batch_size_mem is not None else strategy.train_mb_size
+        if self.batch_size is not None and self.batch_size != strategy.train_mb_size:
+            # As ReplayPlugin: batch_size sets the current samples per iteration for this plugin's run.
+            strategy.train_mb_size = self.batch_size
+            strategy.make_train_dataloader(num_workers=num_workers, shuffle=shuffle, drop_last=drop_last, **kwargs)
         self.replay_group_counts = None
-        classes = torch.as_tensor(list(strategy.experience.classes_in_this_experience), dtype=torch.long,
-                                  device=strategy.device)
+        classes = experience_classes(strategy.experience, strategy.device)
         width = max(self.buffer.num_classes if self.buffer.allocated else 0, int(classes.max()) + 1
                     if classes.numel() else 0)
         self._current_classes = torch.zeros(width, dtype=torch.bool, device=strategy.device)
@@ -183,7 +279,10 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.buffer.set_current_classes(classes)
 
     def before_forward(self, strategy, **kwargs):
-        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[2]
+        # The hook lives for this forward pass only: between iterations the model holds no
+        # reference to a graph, so other plugins may deep-copy it at any time (LwF does).
+        self._hook = FeatureHook(strategy.model)
+        x, y, t = strategy.mb_x, strategy.mb_y, _task_labels(strategy)
         self._current = (x, y, t)
         self._replay = self.draw() if len(self.buffer) > 0 else None
         if self._replay is not None:
@@ -192,12 +291,15 @@ class BalancedReplayPlugin(SupervisedPlugin):
             x = torch.cat([x, self._replay.inputs.to(x.dtype)])
             y = torch.cat([y, self._replay.labels])
             t = torch.cat([t, self._replay.task_labels])
-        strategy.mbatch[0] = self.transform(x) if self.transform is not None else x
-        strategy.mbatch[1], strategy.mbatch[2] = y, t
+        set_minibatch(strategy, self.transform(x) if self.transform is not None else x, y, t)
 
     def after_forward(self, strategy, **kwargs):
         n = self._current[0].shape[0]
-        self.step = ReplayStep(n, self._replay, self._hook.features.flatten(1))
+        features = self._hook.features
+        self.remove_hook()
+        if strategy.mb_output.shape[1] > self.buffer.num_classes:
+            self.buffer.grow_classes(strategy.mb_output.shape[1])  # a growing head (IncrementalClassifier)
+        self.step = ReplayStep(n, self._replay, features.flatten(1))
         feats = self.step.features.detach()
         if self._replay is not None:
             if not self.refresh_features:
@@ -212,7 +314,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         if self._insert is not None:
             x, y, t, logits, feats = self._insert
-            self.buffer.add_data(x, y, logits, feats, task_labels=t)
+            with explain_non_finite(strategy, f"online insertion, iteration {self._iterations}"):
+                self.buffer.add_data(x, y, logits, feats, task_labels=t)
         self._current, self._replay, self._insert, self.step = None, None, None, None
         self._iterations += 1
         if self.regroup_every and self._iterations % self.regroup_every == 0:
@@ -221,8 +324,9 @@ class BalancedReplayPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs):
         if self.insertion_timing == "after_experience":
-            self.buffer.add_dataset(strategy.model, strategy.experience.dataset, strategy.device,
-                                    preprocess=self.preprocess)
+            with explain_non_finite(strategy, "insertion at the end of the experience"):
+                self.buffer.add_dataset(strategy.model, strategy.experience.dataset, strategy.device,
+                                        preprocess=self.preprocess)
         if self._ess_sum is not None and not bool(self._ess_sum[1] > 0):
             self._record_ess()  # no regrouping during the experience: its replay distribution now
         self.buffer.set_current_classes(None)  # the finished experience is past from now on
@@ -231,10 +335,9 @@ class BalancedReplayPlugin(SupervisedPlugin):
         # between (an update, a strategy's BatchNorm pass over the buffer) changes its version.
         self._regroup(strategy.model, refresh=self._refreshed_version != model_version(strategy.model))
         self._publish(strategy)
-        self.remove_hook()
 
     def remove_hook(self) -> None:
-        """Remove the feature hook from the model (it is added again at the next experience)."""
+        """Remove the feature hook from the model (it is added again at the next forward pass)."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -310,12 +413,25 @@ class BalancedReplayPlugin(SupervisedPlugin):
         step = strategy.clock.train_iterations
         counts = self.buffer.group_counts
         sizes = counts[counts > 0]
-        values = {
+        scalars = {
             "BalancedReplay/num_groups": int(sizes.numel()),
-            "BalancedReplay/group_sizes": sizes.float().cpu(),
-            "BalancedReplay/replay_weight": (self.buffer.replay_probabilities() * len(self.buffer)).cpu(),
             "BalancedReplay/current_share": self.current_share(),
             "BalancedReplay/effective_sample_size": self.effective_sample_size(),
         }
-        for name, value in values.items():
+        for name, value in scalars.items():
             evaluator.publish_metric_value(MetricValue(self, name, value, step))
+        # Histograms go to TensorBoard only: a text logger would print hundreds of numbers.
+        histograms = {
+            "BalancedReplay/group_sizes": sizes.float().cpu(),
+            "BalancedReplay/replay_weight": (self.buffer.replay_probabilities() * len(self.buffer)).cpu(),
+        }
+        for logger in getattr(evaluator, "loggers", []):
+            if isinstance(logger, TensorboardLogger):
+                for name, values in histograms.items():
+                    logger.writer.add_histogram(name, values, step)
+        if self.verbose:
+            exp = getattr(strategy.experience, "current_experience", "?")
+            print(f"[BalancedReplay] experience {exp}: {len(self.buffer)} stored, "
+                  f"{scalars['BalancedReplay/num_groups']} groups, effective sample size "
+                  f"{scalars['BalancedReplay/effective_sample_size']:.2f}, current share "
+                  f"{scalars['BalancedReplay/current_share']:.2f}")

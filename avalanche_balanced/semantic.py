@@ -47,6 +47,17 @@ class ClassPrototypes(nn.Module):
         self.register_buffer("valid", torch.zeros(num_classes, dtype=torch.bool))
         self.version = 0  # bumped on every change, so caches of similarities know when to refresh
 
+    @torch.no_grad()
+    def grow(self, num_classes: int) -> None:
+        """Widen to ``num_classes`` (a growing classifier head): new classes have no prototype yet."""
+        extra = num_classes - self.num_classes
+        if extra <= 0:
+            return
+        self.prototypes = torch.cat([self.prototypes, self.prototypes.new_zeros(extra, self.num_feats)])
+        self.valid = torch.cat([self.valid, self.valid.new_zeros(extra)])
+        self.num_classes = num_classes
+        self.version += 1
+
     @staticmethod
     def class_means(features: Tensor, labels: Tensor, num_classes: int):
         """Per-class mean of L2-normalised features and per-class counts (vectorised)."""

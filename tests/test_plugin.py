@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 import torch
+from avalanche.logging import TensorboardLogger
 from torch import nn
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
@@ -146,13 +147,28 @@ class ReplayedGroups(SupervisedPlugin):
             self.groups += self.replay.buffer.group_ids[self.replay.step.replay.indices].tolist()
 
 
-def test_plugin_with_lwf_and_monitoring_metrics():
+class HistogramRecorder(TensorboardLogger):
+    """A TensorBoard logger that also keeps the last histogram written under each tag."""
+
+    def __init__(self, log_dir):
+        super().__init__(tb_log_dir=str(log_dir))
+        self.histograms = {}
+        add = self.writer.add_histogram
+
+        def record(tag, values, step):
+            self.histograms[tag] = values
+            add(tag, values, step)
+        self.writer.add_histogram = record
+
+
+def test_plugin_with_lwf_and_monitoring_metrics(tmp_path):
     """Guards the published num_groups, group_sizes and replay group entropy values exactly."""
     bm = tiny_benchmark()
     plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
     tally = ReplayedGroups(plugin)
     model = mlp()
-    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), ReplayGroupEntropyMetric(), loggers=[],
+    tensorboard = HistogramRecorder(tmp_path)
+    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), ReplayGroupEntropyMetric(), loggers=[tensorboard],
                                  collect_all=True)
     strategy = LwF(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
                    criterion=nn.CrossEntropyLoss(), alpha=1.0, temperature=2.0, train_mb_size=16, train_epochs=1,
@@ -165,9 +181,11 @@ def test_plugin_with_lwf_and_monitoring_metrics():
     buf = plugin.buffer
     stored = Counter(buf.group_ids[: len(buf)].tolist())
     assert metrics["BalancedReplay/num_groups"] == len(stored)
-    assert metrics["BalancedReplay/group_sizes"].tolist() == [stored[g] for g in sorted(stored)]
+    # histograms go to TensorBoard, not to the evaluator (a text logger would print them whole)
+    assert "BalancedReplay/group_sizes" not in metrics and "BalancedReplay/replay_weight" not in metrics
+    assert tensorboard.histograms["BalancedReplay/group_sizes"].tolist() == [stored[g] for g in sorted(stored)]
     assert sum(stored.values()) == 30
-    assert metrics["BalancedReplay/replay_weight"].shape == (30,)
+    assert tensorboard.histograms["BalancedReplay/replay_weight"].shape == (30,)
     # Replay entropy of the last experience, from our own tally of the drawn groups:
     # H(p) / log(K), K = max(non-empty buffer groups, groups drawn), as the plugin documents.
     drawn = Counter(tally.groups)
@@ -184,8 +202,8 @@ def test_plugin_with_lwf_and_monitoring_metrics():
 
 
 def test_bad_plugin_arguments():
-    with pytest.raises(ValueError, match="batch_size_mem"):
-        BalancedReplayPlugin(mem_size=10, batch_size_mem=11)
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) 'batch_sizes'; accepted: mem_size, batch_size"):
+        BalancedReplayPlugin(mem_size=10, batch_sizes=11)
     with pytest.raises(ValueError, match="mem_size must be a positive integer"):
         BalancedReplayPlugin(mem_size=0)
     with pytest.raises(ValueError, match="batch_size_mem must be a positive integer"):

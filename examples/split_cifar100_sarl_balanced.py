@@ -195,6 +195,10 @@ def main(argv=None):
                              f"continue with --resume --experiment_id {args.experiment_id} "
                              f"--clip_grad_norm 1.0 (or another bound)") from err
         results = strategy.eval(benchmark.test_stream)
+        summary = final_results(results)
+        print(f"experience {i}: accuracy {summary['accuracy']:.2f}%, forgetting {summary.get('forgetting', 0.0):.2f}%, "
+              f"{int(strategy.buffer.group_counts.gt(0).sum())} groups in the buffer, effective sample size "
+              f"{strategy.replay.effective_sample_size():.2f}", flush=True)
         save_checkpoint(checkpoint, strategy, config=config, extra=dict(
             completed=i + 1, results=final_results(results), seconds=time.time() - start))
     close_loggers(loggers)

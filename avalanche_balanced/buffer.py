@@ -14,18 +14,19 @@ from torch import Tensor
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from .features import eval_mode, forward_with_features
+from .buffer_state import STORAGE, buffer_state_dict, load_buffer_state
+from .model_passes import dataset_outputs, stored_features
 from .grouping_rules import GroupingRule, make_grouping
 from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
 from .sampling import combined_importance, draw_proportional, replay_distribution, uniform_indices
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SimilarityRule, make_similarity
-from .validation import as_labels, check_finite, check_labels_in_range, check_positive_int, check_rows
+from .validation import as_labels, check_buffer_options, check_finite, check_labels_in_range, check_rows
 
 __all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS"]
 
 INSERTIONS = ("reservoir", "class_balanced")
-_STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "losses")
+_STORAGE = STORAGE
 
 
 class ReplayBatch(NamedTuple):
@@ -108,19 +109,9 @@ class BalancedBuffer(ExemplarsBuffer):
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
     ):
-        check_positive_int(max_size, "max_size (mem_size)")
-        if insertion not in INSERTIONS:
-            raise ValueError(f"unknown insertion {insertion!r}; choose one of {INSERTIONS}")
-        if balance_weight != "auto" and (isinstance(balance_weight, str) or balance_weight < 0):
-            raise ValueError(f"balance_weight must be >= 0 or 'auto', got {balance_weight!r}")
-        if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        if max_ratio is not None and max_ratio < 1:
-            raise ValueError(f"max_ratio must be >= 1 (a cap below the mean is infeasible), got {max_ratio}")
-        if difficulty_weight < 0:
-            raise ValueError(f"difficulty_weight must be >= 0, got {difficulty_weight}")
-        if not 0 < target_ess <= 1:
-            raise ValueError(f"target_ess must lie in (0, 1], got {target_ess}")
+        check_buffer_options(max_size=max_size, insertion=insertion, insertions=INSERTIONS,
+                             balance_weight=balance_weight, eps=eps, max_ratio=max_ratio,
+                             difficulty_weight=difficulty_weight, target_ess=target_ess)
         super().__init__(max_size)
         self.device = torch.device(device)
         self.similarity_rule = make_similarity(similarity, similarity_net=similarity_net, centered=centered)
@@ -321,13 +312,8 @@ class BalancedBuffer(ExemplarsBuffer):
         """
         if self.size == 0:
             return
-        chunks = []
-        with eval_mode(model):
-            for start in range(0, self.size, batch_size):  # a loop over chunks, not samples
-                end = min(start + batch_size, self.size)
-                x, t = self.examples[start:end], self.task_labels[start:end]
-                chunks.append(forward_with_features(model, preprocess(x) if preprocess is not None else x, t)[1])
-        features = torch.cat(chunks).flatten(1)
+        features = stored_features(model, self.examples[: self.size], self.task_labels[: self.size],
+                                   preprocess, batch_size)
         if features.shape[1] != self.num_feats:
             raise ValueError(f"the model gives {features.shape[1]}-dim features, the buffer stores {self.num_feats}")
         self.features[: self.size] = features.to(self.feature_dtype)
@@ -556,13 +542,8 @@ class BalancedBuffer(ExemplarsBuffer):
         The stored inputs are the dataset's (``dataset.eval()``: no augmentation);
         ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only.
         """
-        loader = torch.utils.data.DataLoader(dataset.eval(), batch_size=batch_size, shuffle=False)
-        with eval_mode(model):
-            for batch in loader:
-                x, y = batch[0].to(device), batch[1]
-                t = batch[2].to(device) if len(batch) > 2 else None
-                logits, feats = forward_with_features(model, preprocess(x) if preprocess is not None else x, t)
-                self.add_data(x, y, logits, feats, task_labels=t)
+        for x, y, t, logits, feats in dataset_outputs(model, dataset, device, batch_size, preprocess):
+            self.add_data(x, y, logits, feats, task_labels=t)
 
     @torch.no_grad()
     def refresh_prototypes(self, momentum: float = 0.0) -> None:
@@ -600,43 +581,11 @@ class BalancedBuffer(ExemplarsBuffer):
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: tensors, counters, groups, RNG, components."""
-        state = {name: getattr(self, name) for name in _STORAGE}
-        state.update(current_classes=self._current_classes,
-            max_size=self.max_size, size=self.size, num_seen=self.num_seen, step=self.step,
-            config=self._config(), generator=self.generator.get_state(), grouping=self.grouping_rule.state_dict(),
-            prototypes=self.prototypes.state_dict() if self.prototypes is not None else None,
-        )
-        return state
-
-    def _config(self) -> dict:
-        """Every setting a resumed run must share: storage, rules, and the replay distribution's."""
-        return dict(grouping=self.grouping, insertion=self.insertion, similarity=self.similarity,
-                    feature_dtype=str(self.feature_dtype), centered=getattr(self.similarity_rule, "centered", None),
-                    eps=self.eps, max_ratio=self.max_ratio, protect_current=self.protect_current,
-                    uniform_mix=self.uniform_mix, balance_weight=self.balance_weight,
-                    hierarchical=self.hierarchical, difficulty_weight=self.difficulty_weight,
-                    target_ess=self.target_ess, max_size=self.max_size)
+        """Everything needed to continue exactly: tensors, counters, groups, RNG, components
+        (see :mod:`~avalanche_balanced.buffer_state`)."""
+        return buffer_state_dict(self)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; a state from another configuration raises ``ValueError``
         naming every setting that differs."""
-        saved, now = dict(state["config"], max_size=state["max_size"]), self._config()
-        differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "unrecorded") != now.get(k, "unrecorded"))
-        if differ:
-            detail = ", ".join(f"{k}: {saved.get(k, 'unrecorded')!r} (state) vs {now.get(k, 'unrecorded')!r} (buffer)"
-                               for k in differ)
-            raise ValueError(f"buffer state is from another configuration: {detail}")
-        if state["examples"] is not None and self.prototypes is None:
-            self.prototypes = ClassPrototypes(state["logits"].shape[1], state["features"].shape[1]).to(self.device)
-        if state["examples"] is not None and self.prototypes is not None:
-            self.prototypes.load_state_dict(state["prototypes"])
-        for name in _STORAGE:
-            value = state[name]
-            setattr(self, name, None if value is None else value.to(self.device))
-        current = state.get("current_classes")
-        self._current_classes = None if current is None else current.to(self.device)
-        self.size, self.num_seen, self.step = state["size"], state["num_seen"], state["step"]
-        self.generator.set_state(state["generator"].cpu())  # a generator state is a CPU byte tensor
-        self.grouping_rule.load_state_dict(state["grouping"])
-        self._similarity_cache = None
+        load_buffer_state(self, state)

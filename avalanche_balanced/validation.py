@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["as_labels", "check_labels_in_range", "check_rows", "check_finite", "check_positive_int",
-           "check_replay_sizes", "check_buffer_keywords"]
+           "check_replay_sizes", "check_buffer_keywords", "check_buffer_options"]
 
 
 def as_labels(values, name: str, device=None, n: Optional[int] = None) -> Tensor:
@@ -72,3 +72,21 @@ def check_buffer_keywords(buffer_kwargs: dict, plugin_keywords=()) -> None:
         own = [k for k in plugin_keywords if k not in ("self", "buffer_kwargs")]
         raise TypeError(f"unknown keyword argument(s) {', '.join(map(repr, unknown))}; accepted: "
                         f"{', '.join(own)} and the buffer's {', '.join(accepted)}")
+
+
+def check_buffer_options(*, max_size, insertion, insertions, balance_weight, eps, max_ratio, difficulty_weight,
+                         target_ess) -> None:
+    """The checks of a :class:`~avalanche_balanced.buffer.BalancedBuffer`'s arguments."""
+    check_positive_int(max_size, "max_size (mem_size)")
+    if insertion not in insertions:
+        raise ValueError(f"unknown insertion {insertion!r}; choose one of {insertions}")
+    if balance_weight != "auto" and (isinstance(balance_weight, str) or balance_weight < 0):
+        raise ValueError(f"balance_weight must be >= 0 or 'auto', got {balance_weight!r}")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if max_ratio is not None and max_ratio < 1:
+        raise ValueError(f"max_ratio must be >= 1 (a cap below the mean is infeasible), got {max_ratio}")
+    if difficulty_weight < 0:
+        raise ValueError(f"difficulty_weight must be >= 0, got {difficulty_weight}")
+    if not 0 < target_ess <= 1:
+        raise ValueError(f"target_ess must lie in (0, 1], got {target_ess}")

@@ -1,0 +1,41 @@
+"""No-grad, eval-mode passes of a model over stored inputs or a dataset, in chunks, for the buffer:
+features of every stored sample (the refresh), and logits and features of an experience's data
+(insertion at its end). The model's mode is restored afterwards, also when a pass raises."""
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from .features import eval_mode, forward_with_features
+
+__all__ = ["stored_features", "dataset_outputs"]
+
+
+def _prepare(x: Tensor, preprocess: Optional[Callable]) -> Tensor:
+    return preprocess(x) if preprocess is not None else x
+
+
+@torch.no_grad()
+def stored_features(model: torch.nn.Module, examples: Tensor, task_labels: Tensor,
+                    preprocess: Optional[Callable] = None, batch_size: int = 256) -> Tensor:
+    """Flattened features of ``examples`` (with their task labels, for multi-task models)."""
+    chunks = []
+    with eval_mode(model):
+        for start in range(0, examples.shape[0], batch_size):  # a loop over chunks, not samples
+            x, t = examples[start: start + batch_size], task_labels[start: start + batch_size]
+            chunks.append(forward_with_features(model, _prepare(x, preprocess), t)[1].flatten(1))
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def dataset_outputs(model: torch.nn.Module, dataset, device, batch_size: int = 256,
+                    preprocess: Optional[Callable] = None) -> Iterator[tuple]:
+    """``(inputs, labels, task labels or None, logits, features)`` per chunk of an Avalanche
+    dataset, unaugmented (``dataset.eval()``); ``preprocess`` goes to the model's input only."""
+    loader = torch.utils.data.DataLoader(dataset.eval(), batch_size=batch_size, shuffle=False)
+    with eval_mode(model):
+        for batch in loader:
+            x, y = batch[0].to(device), batch[1]
+            t = batch[2].to(device) if len(batch) > 2 else None
+            logits, feats = forward_with_features(model, _prepare(x, preprocess), t)
+            yield x, y, t, logits, feats

@@ -17,8 +17,9 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from .buffer_state import STORAGE, buffer_state_dict, load_buffer_state
 from .model_passes import dataset_outputs, stored_features
 from .grouping_rules import GroupingRule, make_grouping
-from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots
-from .sampling import combined_importance, draw_proportional, replay_distribution, uniform_indices
+from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots, reservoir_writes
+from .sampling import (combined_importance, difficulty_factor, draw_proportional, masked_balanced_importance,
+                       replay_distribution, sync_free, uniform_indices)
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SimilarityRule, make_similarity
 from .validation import as_labels, check_buffer_options, check_finite, check_labels_in_range, check_rows
@@ -137,6 +138,10 @@ class BalancedBuffer(ExemplarsBuffer):
         # changed behind the buffer's back (tensor version counters, see _cache_key).
         self._similarity_cache: Optional[Tensor] = None
         self._cache_version: Optional[tuple] = None
+        self._distribution: Optional[Tensor] = None  # replay_probabilities(), until an input changes
+        self._distribution_version: Optional[tuple] = None
+        self._current_version = 0
+        self._pending: Optional[Tensor] = None  # deferred value checks: [labels in range, finite features]
         for name in _STORAGE:
             setattr(self, name, None)
 
@@ -193,7 +198,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.device = device
-        self._similarity_cache = None
+        self._similarity_cache, self._distribution = None, None
         return self
 
     def _allocate(self, examples: Tensor, logits: Tensor, features: Tensor) -> None:
@@ -226,7 +231,7 @@ class BalancedBuffer(ExemplarsBuffer):
         self.logits = torch.cat([self.logits, self.logits.new_zeros(self.max_size, extra)], dim=1)
         self.prototypes.grow(num_classes)
         self.grouping_rule.grow(num_classes, self.device)
-        self._similarity_cache = None
+        self._similarity_cache, self._distribution = None, None
 
     def _fit_width(self, logits: Tensor) -> Tensor:
         """Incoming logits at the stored width: a wider head grows the storage, a narrower one (a
@@ -239,7 +244,7 @@ class BalancedBuffer(ExemplarsBuffer):
             logits = torch.cat([logits, logits.new_zeros(logits.shape[0], self.num_classes - logits.shape[1])], 1)
         return logits
 
-    def _validate_batch(self, examples, labels, logits, features, task_labels) -> None:
+    def _validate_batch(self, examples, labels, logits, features, task_labels, defer: bool = False) -> None:
         n = examples.shape[0]
         as_labels(labels, "labels", n=n)
         as_labels(task_labels, "task_labels", n=n)
@@ -248,16 +253,38 @@ class BalancedBuffer(ExemplarsBuffer):
         if self.allocated and examples.shape[1:] != self.examples.shape[1:]:
             raise ValueError(f"examples have shape {tuple(examples.shape[1:])} per sample, "
                              f"the buffer stores {tuple(self.examples.shape[1:])}")
+        if defer:  # value checks as device flags, read by check_pending() (no host sync now)
+            ok = torch.stack([((labels >= 0) & (labels < logits.shape[1])).all(), torch.isfinite(features).all()])
+            self._pending = ok if self._pending is None else self._pending & ok
+            return
         check_labels_in_range(labels, logits.shape[1], what="the classifier's range")
         check_finite(features, "features")
 
+    def check_pending(self) -> None:
+        """Raise for values offered with ``add_data(..., defer_checks=True)`` since the last
+        check: labels outside the classifier's range, or NaN / inf features. One host read."""
+        if self._pending is None:
+            return
+        labels_ok, finite = self._pending.tolist()
+        self._pending = None
+        if not labels_ok:
+            raise ValueError("labels inserted since the last check lie outside the classifier's range")
+        if not finite:
+            raise ValueError("features inserted since the last check contain NaN or inf")
+
     @torch.no_grad()
     def add_data(self, examples: Tensor, labels: Tensor, logits: Tensor, features: Tensor,
-                 task_labels: Optional[Tensor] = None) -> Tensor:
-        """Insert a minibatch (non-augmented inputs); returns the slots written.
+                 task_labels: Optional[Tensor] = None, defer_checks: bool = False) -> Tensor:
+        """Insert a minibatch (non-augmented inputs); returns, per incoming sample, the slot it
+        was stored in, or -1 when the insertion policy did not keep it.
 
         Inputs, labels, logits, features, groups and the step are written to
-        exactly the slots the insertion policy chose.
+        exactly the slots the insertion policy chose. Reservoir insertion into a
+        buffer on an accelerator, or of at most 4096 slots, is fixed-length tensor
+        code with no host sync; ``defer_checks`` then also defers the checks of
+        the values (label range, finite features) to :meth:`check_pending`, which
+        :meth:`regroup` calls: a training loop inserting every iteration reads
+        nothing on the host.
         """
         examples, labels = examples.detach().to(self.device), labels.to(self.device).long()
         logits, features = logits.detach().to(self.device), features.detach().to(self.device)
@@ -265,12 +292,16 @@ class BalancedBuffer(ExemplarsBuffer):
         logits = self._fit_width(logits)
         task_labels = (torch.zeros_like(labels) if task_labels is None
                        else torch.as_tensor(task_labels, device=self.device).long().expand_as(labels))
-        self._validate_batch(examples, labels, logits, features, task_labels)
+        self._validate_batch(examples, labels, logits, features, task_labels, defer=defer_checks)
+        if defer_checks:  # an out-of-range label is reported at the check; until then it cannot index
+            labels = labels.clamp(0, logits.shape[1] - 1)
         if examples.shape[0] == 0:
             return torch.empty(0, dtype=torch.long, device=self.device)
         if not self.allocated:
             self._allocate(examples, logits, features)
         cache_was_fresh = self._cache_fresh()
+        if self.insertion == "reservoir" and (self.device.type != "cpu" or self.max_size <= 4096):
+            return self._write_reservoir(examples, labels, logits, features, task_labels, cache_was_fresh)
         if self.insertion == "reservoir":
             source, slots = reservoir_slots(self.num_seen, self.size, examples.shape[0], self.max_size,
                                             device=self.device, generator=self.generator)
@@ -288,7 +319,28 @@ class BalancedBuffer(ExemplarsBuffer):
         self.size = min(self.max_size, self.size + examples.shape[0])  # both policies fill free slots first
         self._refresh_cached_similarity(slots, cache_was_fresh)
         self.step += 1
-        return slots
+        return torch.full_like(labels, -1).index_copy_(0, source, slots)
+
+    def _write_reservoir(self, examples, labels, logits, features, task_labels, cache_was_fresh) -> Tensor:
+        """Reservoir insertion as fixed-length writes (:func:`reservoir_writes`): no host sync."""
+        source, slots = reservoir_writes(self.num_seen, self.size, examples.shape[0], self.max_size,
+                                         device=self.device, generator=self.generator)
+        keep = source < 0
+        src = source.clamp_min(0)
+
+        def write(store: Tensor, incoming: Tensor) -> None:
+            mask = keep.view(-1, *([1] * (store.dim() - 1)))
+            store[slots] = torch.where(mask, store[slots], incoming[src].to(store.dtype))
+        groups = self.grouping_rule(self, labels, features)
+        for store, incoming in ((self.examples, examples), (self.labels, labels), (self.task_labels, task_labels),
+                                (self.logits, logits), (self.features, features), (self.group_ids, groups),
+                                (self.losses, torch.full_like(labels, -1, dtype=self.losses.dtype))):
+            write(store, incoming)
+        self.num_seen += examples.shape[0]
+        self.size = min(self.max_size, self.size + examples.shape[0])
+        self._refresh_cached_similarity(slots, cache_was_fresh)
+        self.step += 1
+        return torch.where(source == torch.arange(source.shape[0], device=source.device), slots, -1)
 
     @torch.no_grad()
     def update_features(self, indices: Tensor, features: Tensor) -> None:
@@ -328,6 +380,7 @@ class BalancedBuffer(ExemplarsBuffer):
         uniform share of replay under ``protect_current``."""
         self._current_classes = (None if classes is None else
                                  torch.as_tensor(list(classes), dtype=torch.long, device=self.device))
+        self._current_version += 1
 
     def current_mask(self) -> Tensor:
         """Boolean mask of the stored samples whose class belongs to the current experience."""
@@ -385,6 +438,7 @@ class BalancedBuffer(ExemplarsBuffer):
     def regroup(self, update_threshold: bool = True) -> None:
         """Recompute every stored sample's group (after prototypes or features changed):
         the grouping rule adapts to the stored samples (``update_threshold``), then assigns."""
+        self.check_pending()
         if not self.allocated or self.size == 0:
             return
         self.grouping_rule.update(self, update_threshold)
@@ -424,6 +478,16 @@ class BalancedBuffer(ExemplarsBuffer):
             return torch.zeros(0, device=self.device)
         sim = self.stored_similarity()
         groups, labels, losses = self.group_ids[:n], self.labels[:n], self.losses[:n]
+        if not self.hierarchical and self.balance_weight != "auto" and sync_free(sim):
+            # The default options as masked tensor code: no host sync (see sampling.sync_free).
+            past = (~self.current_mask() if self.protect_current and self._current_classes is not None
+                    else torch.ones_like(labels, dtype=torch.bool))
+            imp = masked_balanced_importance(sim, groups, past, num_groups=self.group_width,
+                                             balance_weight=self.balance_weight, eps=self.eps)
+            if self.difficulty_weight > 0:
+                imp = imp * difficulty_factor(torch.where(past, losses, torch.full_like(losses, -1.0)),
+                                              self.difficulty_weight)
+            return imp.float()
         idx = None
         if self.protect_current and self._current_classes is not None:
             idx = torch.nonzero(~self.current_mask()).squeeze(1)  # the past samples only
@@ -447,9 +511,24 @@ class BalancedBuffer(ExemplarsBuffer):
         """
         if self.size == 0:
             return torch.zeros(0, device=self.device)
-        protected = self.protect_current and self._current_classes is not None
-        return replay_distribution(self.importance(), self.current_mask() if protected else None,
-                                   max_ratio=self.max_ratio)
+        key = self._distribution_key()
+        if self._distribution is None or self._distribution_version != key:
+            protected = self.protect_current and self._current_classes is not None
+            self._distribution = replay_distribution(self.importance(), self.current_mask() if protected else None,
+                                                     max_ratio=self.max_ratio)
+            self._distribution_version = key
+        return self._distribution
+
+    def _distribution_key(self) -> tuple:
+        # Everything the replay distribution depends on, as host-side counters: the cached
+        # similarity's inputs, the groups, the current classes and (difficulty) the losses.
+        return (self._cache_key(), self.group_ids._version, self._current_version,
+                self.losses._version if self.difficulty_weight > 0 else None)
+
+    @property
+    def group_width(self) -> int:
+        """A host-known bound on the group ids (plus one): fixed-width group counts, no host sync."""
+        return max(self.grouping_rule.group_width(self.num_classes), 2)
 
     def _gather(self, indices: Tensor, transform: Optional[Callable]) -> ReplayBatch:
         inputs = self.examples[indices]
@@ -577,7 +656,7 @@ class BalancedBuffer(ExemplarsBuffer):
             new[: keep.shape[0]] = old[keep]
             setattr(self, name, new)
         self.max_size, self.size = new_size, keep.shape[0]
-        self._similarity_cache = None
+        self._similarity_cache, self._distribution = None, None
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict:

@@ -53,4 +53,4 @@ def load_buffer_state(buffer, state: dict) -> None:
     buffer.size, buffer.num_seen, buffer.step = state["size"], state["num_seen"], state["step"]
     buffer.generator.set_state(state["generator"].cpu())  # a generator state is a CPU byte tensor
     buffer.grouping_rule.load_state_dict(state["grouping"])
-    buffer._similarity_cache = None
+    buffer._similarity_cache, buffer._distribution = None, None

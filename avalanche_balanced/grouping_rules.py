@@ -46,6 +46,12 @@ class GroupingRule:
         """The classifier head grew to ``num_classes``: keep what was learnt, add the new classes."""
         self.allocate(num_classes, device)
 
+    def group_width(self, num_classes: int) -> int:
+        """An upper bound on the group ids this rule gives (plus one), known on the host: counts
+        over groups then have a fixed width and need no host sync. Class-level rules use class
+        indices as group ids."""
+        return max(num_classes, 1)
+
     def to(self, device) -> "GroupingRule":
         if self.threshold is not None:
             self.threshold.to(device)
@@ -130,6 +136,9 @@ class PrototypeThresholdGrouping(GroupingRule):
     def __call__(self, buffer, labels, features):
         return self.threshold(buffer.similarity_of(features, labels)).long()
 
+    def group_width(self, num_classes):
+        return 2  # below or above the threshold
+
 
 class ClassGrouping(GroupingRule):
     """One group per class: class-balanced replay."""
@@ -149,6 +158,7 @@ class FixedGrouping(GroupingRule):
         if class_to_group is None:
             raise ValueError("grouping='fixed' needs class_to_group, a class -> group tensor")
         self.class_to_group = torch.as_tensor(class_to_group, dtype=torch.long)
+        self._width = None
         if bool((self.class_to_group < 0).any()):
             raise ValueError("class_to_group must hold non-negative group ids")
 
@@ -160,6 +170,11 @@ class FixedGrouping(GroupingRule):
 
     def __call__(self, buffer, labels, features):
         return self.class_to_group[labels]
+
+    def group_width(self, num_classes):
+        if self._width is None:  # once: the table never changes
+            self._width = int(self.class_to_group.max()) + 1
+        return self._width
 
     def to(self, device):
         self.class_to_group = self.class_to_group.to(device)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["reservoir_slots", "class_balanced_slots", "balanced_keep_mask"]
+__all__ = ["reservoir_slots", "reservoir_writes", "class_balanced_slots", "balanced_keep_mask"]
 
 
 def reservoir_slots(
@@ -37,6 +37,30 @@ def reservoir_slots(
     last_writer.scatter_reduce_(0, slot, source, reduce="amax")
     wins = last_writer[slot] == source
     return source[wins], slot[wins]
+
+
+def reservoir_writes(
+    num_seen: int, size: int, batch_size: int, capacity: int, *, device=None,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[Tensor, Tensor]:
+    """:func:`reservoir_slots` as ``batch_size`` writes of fixed length (no host sync).
+
+    Returns ``(source, slot)``: write ``incoming[source[j]]`` to ``slot[j]``, or keep the
+    slot's current value where ``source[j] == -1``. Every write to one slot carries the
+    same value (the batch's last sample that won the slot, or the old value), so duplicate
+    slots are harmless and the result is exactly :func:`reservoir_slots`'s, with the same
+    random numbers.
+    """
+    j = torch.arange(batch_size, device=device)
+    free = capacity - size
+    t = num_seen + j
+    draw = (torch.rand(batch_size, device=device, generator=generator) * (t + 1)).long()
+    slot = torch.where(j < free, size + j, torch.minimum(draw, t))
+    accepted = slot < capacity
+    slot = torch.where(accepted, slot, torch.zeros_like(slot))  # rejected: a no-op write to slot 0
+    last_writer = torch.full((capacity,), -1, device=device, dtype=torch.long)
+    last_writer.scatter_reduce_(0, slot, torch.where(accepted, j, torch.full_like(j, -1)), reduce="amax")
+    return last_writer[slot], slot
 
 
 def _water_level_targets(counts: Tensor, capacity: int, generator: Optional[torch.Generator]) -> Tensor:

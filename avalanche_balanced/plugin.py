@@ -314,12 +314,12 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         if self._insert is not None:
             x, y, t, logits, feats = self._insert
-            with explain_non_finite(strategy, f"online insertion, iteration {self._iterations}"):
-                self.buffer.add_data(x, y, logits, feats, task_labels=t)
+            self.buffer.add_data(x, y, logits, feats, task_labels=t, defer_checks=True)  # checked at regroup
         self._current, self._replay, self._insert, self.step = None, None, None, None
         self._iterations += 1
         if self.regroup_every and self._iterations % self.regroup_every == 0:
-            self._regroup(strategy.model)
+            with explain_non_finite(strategy, f"values inserted online up to iteration {self._iterations}"):
+                self._regroup(strategy.model)
             self._record_ess()
 
     def after_training_exp(self, strategy, **kwargs):
@@ -333,6 +333,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         # Refreshed already with the model as it is now (a regrouping on the last step, and no
         # change since)? Then the stored features are fresh. Anything that touched the model in
         # between (an update, a strategy's BatchNorm pass over the buffer) changes its version.
+        with explain_non_finite(strategy, "values inserted online during the experience"):
+            self.buffer.check_pending()
         self._regroup(strategy.model, refresh=self._refreshed_version != model_version(strategy.model))
         self._publish(strategy)
 
@@ -361,12 +363,15 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.buffer.regroup()
 
     def _count_replayed_groups(self, indices):
+        # Fixed-width counts (index_add_, not bincount): no host sync per step.
         groups = self.buffer.group_ids[indices]
-        width = max(self.buffer.num_classes, 2)
-        counts = torch.bincount(groups, minlength=width)
-        if self.replay_group_counts is None or self.replay_group_counts.shape != counts.shape:
-            self.replay_group_counts = torch.zeros_like(counts)
-        self.replay_group_counts += counts
+        width = self.buffer.group_width
+        if self.replay_group_counts is None or self.replay_group_counts.shape[0] < width:
+            grown = torch.zeros(width, dtype=torch.long, device=groups.device)
+            if self.replay_group_counts is not None:
+                grown[: self.replay_group_counts.shape[0]] = self.replay_group_counts
+            self.replay_group_counts = grown
+        self.replay_group_counts.index_add_(0, groups, torch.ones_like(groups))
 
     def _count_current_share(self, labels):
         # Tensor arithmetic on the device: no host sync per step.

@@ -19,6 +19,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "sync_free",
+    "masked_balanced_importance",
+    "capped_by_sort",
     "cosine_to_unit",
     "balanced_importance",
     "balance_factor",
@@ -34,6 +37,30 @@ __all__ = [
     "normalized_entropy",
     "effective_sample_size",
 ]
+
+
+# Below this many weights, the CPU takes the same host-sync-free paths as an accelerator (they are
+# as fast there); above it, the CPU keeps paths that do less work but read values on the host.
+SYNC_FREE_CPU_LIMIT = 65536
+
+
+def sync_free(weights: Tensor) -> bool:
+    """Whether to take the paths that never read a device value on the host: always on an
+    accelerator (a host read stalls the queue of launched kernels), on the CPU for small inputs."""
+    return weights.device.type != "cpu" or weights.numel() <= SYNC_FREE_CPU_LIMIT
+
+
+def masked_balanced_importance(similarity: Tensor, group_ids: Tensor, mask: Tensor, *, num_groups: int,
+                               balance_weight: float = 1.0, eps: float) -> Tensor:
+    """:func:`balanced_importance` over the samples where ``mask`` holds, 0 elsewhere, with
+    group counts of fixed width ``num_groups`` (a host-known bound on the ids): no host sync,
+    no boolean indexing. Inputs are the buffer's own (finite, in range); nothing is checked."""
+    weight = mask.to(similarity.dtype)
+    counts = similarity.new_zeros(num_groups).index_add_(0, group_ids, weight)
+    per_group = (counts > 0).sum().to(similarity.dtype) / counts.clamp_min(1)
+    if balance_weight != 1.0:
+        per_group = per_group.pow(balance_weight)
+    return per_group.index_select(0, group_ids) * weight / (similarity + eps)
 
 
 def cosine_to_unit(cosine: Tensor) -> Tensor:
@@ -248,6 +275,8 @@ def replay_distribution(
     if n == 0:
         return importance.new_empty(0)
     weights = importance.to(torch.float32)
+    if sync_free(weights):
+        return _replay_distribution_sync_free(weights, is_current, max_ratio)
     if is_current is None:  # every sample is past: normalise (uniform if all zero) and cap
         total = weights.sum()
         if not bool(total > 0):
@@ -263,6 +292,40 @@ def replay_distribution(
         # The cap is relative to the uniform probability over the past samples: p * n_past <= max_ratio.
         p_past = _cap_on_support(p_past, past, max_ratio)
     return p_past * (past_count.to(weights.dtype) / n) + is_current.to(weights.dtype) / n
+
+
+def _replay_distribution_sync_free(weights: Tensor, is_current: Optional[Tensor], max_ratio) -> Tensor:
+    """:func:`replay_distribution` in branch-free tensor code (the same result)."""
+    n = weights.shape[0]
+    past = torch.ones_like(weights, dtype=torch.bool) if is_current is None else ~is_current
+    past_count = past.sum().to(weights.dtype)
+    w = torch.where(past, weights, torch.zeros_like(weights))
+    total = w.sum()
+    uniform_past = past.to(weights.dtype) / past_count.clamp_min(1)
+    p = torch.where(total > 0, w / total.clamp_min(torch.finfo(weights.dtype).tiny), uniform_past)
+    if max_ratio is not None:
+        p = capped_by_sort(p, max_ratio / past_count.clamp_min(1))
+    current = torch.zeros_like(weights) if is_current is None else is_current.to(weights.dtype) / n
+    return p * (past_count / n) + current
+
+
+def capped_by_sort(weights: Tensor, cap: Tensor) -> Tensor:
+    """:func:`cap_weights` for normalised weights in one sort and no host sync: the cap is
+    raised to ``1 / n_pos`` where the positive weights cannot meet it, zero weights stay 0."""
+    positive = (weights > 0).sum().to(weights.dtype)
+    cap = torch.maximum(cap.to(weights.dtype), 1.0 / positive.clamp_min(1))
+    n = weights.shape[0]
+    w_sorted, order = torch.sort(weights, descending=True)
+    tail = w_sorted.flip(0).cumsum(0).flip(0)  # tail[j] = sum of w_sorted[j:]
+    j = torch.arange(n, device=weights.device, dtype=weights.dtype)
+    scale = (1.0 - j * cap) / tail.clamp_min(torch.finfo(weights.dtype).tiny)
+    # The first j whose weight, scaled, fits under the cap: it exists at the last positive weight.
+    feasible = (w_sorted * scale <= cap * (1 + 1e-6)) & (w_sorted > 0)
+    first = torch.argmax(feasible.to(torch.int8))
+    capped = torch.minimum(w_sorted * scale[first], cap).clamp_min(0)
+    out = torch.empty_like(weights).scatter_(0, order, capped)
+    uniform = (weights > 0).to(weights.dtype) / positive.clamp_min(1)
+    return torch.where(cap * positive <= 1.0 + 1e-6, uniform, out)
 
 
 def _cap_on_support(p: Tensor, support: Tensor, max_ratio: float) -> Tensor:
@@ -395,6 +458,8 @@ def draw_proportional(
     n = weights.shape[0]
     if k == 0:
         return torch.empty(0, dtype=torch.long, device=weights.device)
+    if sync_free(weights):
+        return _draw_sync_free(weights, k, generator, uniform_mix, max_ratio)
     if uniform_mix > 0 or max_ratio is not None or k > n:
         total = weights.sum()
         # Degenerate weights (all zero) fall back to uniform, without a host sync.
@@ -413,6 +478,29 @@ def draw_proportional(
     return _draw_by_keys(weights, k, generator, forced=chosen)
 
 
+def _draw_sync_free(weights: Tensor, k: int, generator, uniform_mix: float, max_ratio) -> Tensor:
+    """Successive sampling without replacement by Gumbel-top-k (Vieira 2014; the exponential keys
+    of Efraimidis & Spirakis 2006 in log space): the ``k`` largest ``log p_i + G_i``, ``G`` i.i.d.
+    Gumbel. Zero weights get keys below every positive one (random among themselves), so they
+    fill in only after every positive weight; all-zero weights are a uniform draw. ``k > n``
+    draws with replacement. One pass over the weights and no host sync."""
+    n = weights.shape[0]
+    total = weights.sum()
+    p = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
+                    weights.new_full((), 1.0 / n))
+    if uniform_mix > 0:
+        p = (1.0 - uniform_mix) * p + uniform_mix / n
+    if max_ratio is not None:
+        p = capped_by_sort(p, p.new_tensor(max_ratio / n))
+    if k > n:
+        return torch.multinomial(p, k, replacement=True, generator=generator)
+    u = torch.rand(n, device=weights.device, generator=generator).clamp_(1e-12, 1 - 1e-7)
+    gumbel = -torch.log(-torch.log(u))
+    # log p >= log(smallest normal float) > -104 for positive p; zeros sit a thousand below.
+    keys = torch.where(p > 0, torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)), p.new_tensor(-1000.0)) + gumbel
+    return torch.topk(keys, k).indices
+
+
 def uniform_indices(n: int, k: int, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
     """``min(k, n)`` distinct indices of ``range(n)`` uniformly at random, in random order.
 
@@ -420,6 +508,9 @@ def uniform_indices(n: int, k: int, *, generator: Optional[torch.Generator] = No
     a permutation otherwise.
     """
     k = min(k, n)
+    if (torch.device(device).type != "cpu" if device is not None else False) or n <= SYNC_FREE_CPU_LIMIT:
+        # the k largest of n uniform keys: a uniform subset in random order, no host sync
+        return torch.topk(torch.rand(n, device=device, generator=generator), k).indices
     if 4 * k > n:
         return torch.randperm(n, device=device, generator=generator)[:k]
     distinct = first_occurrences(torch.randint(n, (4 * k,), device=device, generator=generator))

@@ -63,7 +63,8 @@ class ClassPrototypes(nn.Module):
         """Per-class mean of L2-normalised features and per-class counts (vectorised)."""
         normed = F.normalize(features.float(), dim=1)
         sums = normed.new_zeros(num_classes, normed.shape[1]).index_add_(0, labels, normed)
-        counts = torch.bincount(labels, minlength=num_classes)
+        counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device).index_add_(
+            0, labels, torch.ones_like(labels))  # fixed width, no host sync (bincount has one)
         means = sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)
         return means, counts
 
@@ -236,8 +237,7 @@ class SemanticSimilarity(nn.Module):
         center = means[labels].mean(0)
         if prototypes is not None:
             means = torch.where(prototypes.valid.unsqueeze(1), prototypes.unit(), means)
-            if int(prototypes.valid.sum()) >= 2:
-                center = prototypes.center()
+            center = torch.where(prototypes.valid.sum() >= 2, prototypes.center(), center)
         rows = F.normalize(means[labels] - center, dim=1)
         graded = cosine_to_unit(rows @ rows.T)
         return torch.where(same > 0, same, graded)
@@ -252,13 +252,14 @@ class SemanticSimilarity(nn.Module):
         n = features.shape[0]
         logits = self._all_pair_logits(features.detach())
         target = self.pair_targets(features, labels, prototypes)
-        off_diag = ~torch.eye(n, dtype=torch.bool, device=features.device)
-        logits, target = logits[off_diag], target[off_diag]
-        if self.target != "binary":
-            return F.binary_cross_entropy_with_logits(logits, target)
-        n_pos = target.sum()
-        pos_weight = ((target.numel() - n_pos) / n_pos.clamp_min(1)).clamp_min(1.0)
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+        # Off-diagonal pairs by weight, not by boolean indexing (no host sync): a mean over n(n-1).
+        off_diag = 1.0 - torch.eye(n, device=features.device)
+        pos_weight = None
+        if self.target == "binary":
+            n_pos = (target * off_diag).sum()
+            pos_weight = ((n * (n - 1) - n_pos) / n_pos.clamp_min(1)).clamp_min(1.0)
+        losses = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+        return (losses * off_diag).sum() / (n * (n - 1))
 
     def train_step(self, features: Tensor, labels: Tensor,
                    prototypes: Optional["ClassPrototypes"] = None) -> Tensor:
@@ -402,6 +403,9 @@ def class_groups_from_similarity(scores: Tensor, seen: Tensor, threshold: Tensor
     none smaller than ``min_size`` classes (see :func:`average_linkage`).
 
     Unseen classes form singleton groups (their own index), so a class that
-    appears later starts alone until its prototype exists.
+    appears later starts alone until its prototype exists. The agglomeration
+    reads a value on the host at every merge, so it runs on a CPU copy: one
+    transfer per regrouping on an accelerator.
     """
-    return average_linkage(scores, seen, threshold, min_size=min_size)
+    device = scores.device
+    return average_linkage(scores.cpu(), seen.cpu(), threshold.cpu(), min_size=min_size).to(device)

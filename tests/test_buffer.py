@@ -118,13 +118,20 @@ def test_empty_buffer_sampling_raises_and_small_buffer_draws_what_is_there():
     assert buf.get_data(8).inputs.shape == (3, 3, 2, 2)
 
 
-def test_stored_values_sit_in_the_written_slots():
-    buf = BalancedBuffer(16, seed=1)
-    for step in range(10):
+@pytest.mark.parametrize("capacity", [16, 5000])  # fixed-length writes, and the compact path above 4096
+def test_stored_values_sit_in_the_written_slots(capacity):
+    buf = BalancedBuffer(capacity, seed=1)
+    for step in range(10 if capacity == 16 else 700):
         x, y, logits, feats = batch(8, seed=step)
-        slots = buf.add_data(x, y, logits, feats)
+        stored = buf.add_data(x, y, logits, feats)  # per incoming sample: its slot, or -1
+        assert stored.shape == (8,)
+        src = torch.nonzero(stored >= 0).squeeze(1)
+        slots = stored[src]
+        assert len(set(slots.tolist())) == len(slots)
+        if capacity == 16 and step < 2:
+            assert src.tolist() == list(range(8))  # free slots take every sample
         # every written slot holds the same sample in every tensor
-        src = torch.stack([torch.nonzero((x == buf.examples[s]).flatten(1).all(1)).squeeze() for s in slots])
+        assert torch.equal(buf.examples[slots], x[src])
         assert torch.equal(buf.labels[slots], y[src])
         assert torch.equal(buf.features[slots], feats[src])
         assert torch.equal(buf.logits[slots], logits[src])

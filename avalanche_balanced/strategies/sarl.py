@@ -66,12 +66,15 @@ def teacher_collapsed(candidate_accuracy: float, previous_accuracy: Optional[flo
 
 def prototype_regularizer(features: Tensor, labels: Tensor, prototypes: ClassPrototypes) -> Tensor:
     """SARL's stability term: for each class with a (frozen) prototype present in the
-    batch, the MSE between the mean normalised feature of its samples and the prototype, summed."""
-    has_proto = prototypes.valid[labels]
-    means, counts = ClassPrototypes.class_means(features[has_proto], labels[has_proto],
-                                                prototypes.num_classes)
-    present = counts > 0
-    return F.mse_loss(means[present], prototypes.prototypes[present], reduction="none").mean(1).sum()
+    batch, the MSE between the mean normalised feature of its samples and the prototype, summed.
+    Masked by weight rather than selected (no host sync)."""
+    normed = F.normalize(features.float(), dim=1)
+    weight = prototypes.valid[labels].to(normed.dtype)
+    sums = normed.new_zeros(prototypes.num_classes, normed.shape[1]).index_add_(0, labels, normed * weight[:, None])
+    counts = normed.new_zeros(prototypes.num_classes).index_add_(0, labels, weight)
+    means = sums / counts.clamp_min(1).unsqueeze(1)
+    per_class = (means - prototypes.prototypes.to(means.dtype)).pow(2).mean(1)
+    return (per_class * (counts > 0)).sum()
 
 
 def semantic_contrastive(features: Tensor, labels: Tensor, prototypes: ClassPrototypes,
@@ -88,18 +91,22 @@ def semantic_contrastive(features: Tensor, labels: Tensor, prototypes: ClassProt
     means, counts = ClassPrototypes.class_means(features, labels, prototypes.num_classes)
     new = (counts > 0) & ~prototypes.valid
     available = new | prototypes.valid
-    if int(new.sum()) == 0 or int(available.sum()) < 2:
-        return features.new_zeros(())
     protos = torch.where(prototypes.valid.unsqueeze(1), prototypes.prototypes.to(means.dtype), means)
-    p_new, p_all = protos[new], protos[available]
-    d = (p_new.unsqueeze(1) - p_all.unsqueeze(0)).pow(2).mean(-1)  # (new, available)
+    # Rows: at most one per sample of the batch (a fixed bound, no host sync); a row that is not
+    # a new class, and every column that is not an available class other than the row's, weighs 0.
+    rows = torch.topk(new.to(torch.int8), min(labels.shape[0], new.shape[0])).indices
+    row_ok = new[rows]
+    p_new = protos[rows]
+    d = (p_new.unsqueeze(1) - protos.unsqueeze(0)).pow(2).mean(-1)  # (rows, classes)
     with torch.no_grad():
-        m, a = p_new.shape[0], p_all.shape[0]
-        w = similarity(p_new.unsqueeze(1).expand(m, a, -1), p_all.unsqueeze(0).expand(m, a, -1))
-    not_self = torch.nonzero(new).squeeze(1).unsqueeze(1) != torch.nonzero(available).squeeze(1).unsqueeze(0)
-    pos = (w * d * not_self).sum(1)
-    neg = ((1 - w) * d * not_self).sum(1)
-    return (pos / neg.clamp_min(eps)).sum()
+        m, c = p_new.shape[0], protos.shape[0]
+        w = similarity(p_new.unsqueeze(1).expand(m, c, -1), protos.unsqueeze(0).expand(m, c, -1))
+    columns = torch.arange(c, device=labels.device)
+    pair = (row_ok.unsqueeze(1) & available.unsqueeze(0) & (rows.unsqueeze(1) != columns.unsqueeze(0))).to(d.dtype)
+    pos = (w * d * pair).sum(1)
+    neg = ((1 - w) * d * pair).sum(1)
+    # SARL's term needs a new class and another available class; otherwise it is 0.
+    return torch.where(row_ok, pos / neg.clamp_min(eps), torch.zeros_like(pos)).sum()
 
 
 class _SarlEpochEvents(SupervisedPlugin):

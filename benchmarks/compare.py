@@ -172,7 +172,7 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
                       batch_size_mem=p["batch_size_mem"], warmup_epochs=p["warmup_epochs"],
                       sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse, seed=seed,
                       device=torch.device(args.device), lr_steps=p["lr_steps"],
-                      guards=getattr(args, "guards", "on") == "on")
+                      guards=getattr(args, "guards", "on") == "on", compile=getattr(args, "compile", False))
     extra = semantic_metrics(bm.fine_to_coarse)  # group agreement: only where the strategy has our buffer
     if getattr(bm, "imbalance_ratio", None) is not None:
         extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))
@@ -221,7 +221,8 @@ def run_config(method, seed, lr, args) -> dict:
                 imbalance_ratio=args.imbalance_ratio if lt else None,
                 imbalance_order=args.imbalance_order if lt else None,
                 class_order_seed=seed if args.class_order_seed is None else args.class_order_seed,
-                buffer_size=args.buffer_size or p["mem_size"], guards=getattr(args, "guards", "on"))
+                buffer_size=args.buffer_size or p["mem_size"], guards=getattr(args, "guards", "on"),
+                **({"compile": True} if getattr(args, "compile", False) else {}))  # absent: eager
 
 
 def reusable(stored: dict, config: dict, where) -> bool:
@@ -348,6 +349,7 @@ def main(argv=None):
     parser.add_argument("--guards", choices=("on", "off"), default="on",
                         help="SARL-GELU's training guards (gradient clipping, warm-up ramp, teacher check) at "
                              "their defaults, or off as in SARL; the finite-loss check is always on")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every method's network")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=None,

@@ -1,5 +1,9 @@
 """SARL-GELU uniform vs balanced replay with the authors' protocol, inside a time budget (a GPU).
 
+Several seeds pack onto one device as concurrent processes (``--seeds 1 3 5``: six runs at
+once), each pair timed together as it will run; ``--compile`` compiles the model
+(``avalanche_balanced.compiled``).
+
     bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS]      # the entry point; see its header
 
 The paper protocol (full ResNet-18, all 50,000 training images, 50 epochs per
@@ -27,23 +31,29 @@ PAPER_EPOCHS, PAPER_STEPS, PAPER_WARMUP = 50, (35, 45), 5
 MODES = {"uniform": 0, "balanced": 1}
 
 
-def launch(mode, run_args, out: Path, tag: str):
-    log = open(out / f"{tag}_{mode}.log", "w")
-    cmd = [sys.executable, str(EXAMPLE), "--use_balanced_sampling", str(MODES[mode]),
-           "--experiment_id", f"gpu_paper_{tag}_{mode}", "--no_progress", *run_args]
+def run_name(tag: str, mode: str, seed: int, first_seed: int) -> str:
+    # The first seed keeps the single-seed names of earlier versions.
+    return f"{tag}_{mode}" if seed == first_seed else f"{tag}_{mode}_s{seed}"
+
+
+def launch(mode, seed, run_args, out: Path, tag: str, first_seed: int):
+    name = run_name(tag, mode, seed, first_seed)
+    log = open(out / f"{name}.log", "w")
+    cmd = [sys.executable, str(EXAMPLE), "--use_balanced_sampling", str(MODES[mode]), "--seed", str(seed),
+           "--experiment_id", f"gpu_paper_{name}", "--no_progress", *run_args]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def run_both(run_args, out, tag, timeout):
-    """Both modes concurrently; returns {mode: returncode}."""
-    procs = {m: launch(m, run_args, out, tag) for m in MODES}
+def run_all(run_args, out, tag, timeout, seeds):
+    """Every (seed, mode) concurrently on the device; returns {(seed, mode): returncode}."""
+    procs = {(seed, m): launch(m, seed, run_args, out, tag, seeds[0]) for seed in seeds for m in MODES}
     deadline, codes = time.time() + timeout, {}
-    for mode, (proc, log) in procs.items():
+    for key, (proc, log) in procs.items():
         try:
-            codes[mode] = proc.wait(timeout=max(1.0, deadline - time.time()))
+            codes[key] = proc.wait(timeout=max(1.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
             proc.kill()
-            codes[mode] = "timeout"
+            codes[key] = "timeout"
         log.close()
     return codes
 
@@ -67,7 +77,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
     p.add_argument("--budget", type=float, default=540.0, help="seconds for everything, timing included")
-    p.add_argument("--seed", type=int, default=1, help="SARL's seeds are 1, 3, 5")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1],
+                   help="SARL's seeds are 1, 3, 5; every seed's pair runs at once on the device")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in every run")
     p.add_argument("--device", default="cuda")
     p.add_argument("--timing_iterations", type=int, default=40)
     p.add_argument("--max_epochs", type=int, default=PAPER_EPOCHS,
@@ -79,21 +91,23 @@ def main(argv=None):
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = ["--protocol", "paper", "--device", args.device, "--seed", str(args.seed), "--model", args.model,
-              *(["--amp"] if args.device.startswith("cuda") else [])]
+    common = ["--protocol", "paper", "--device", args.device, "--model", args.model,
+              *(["--amp"] if args.device.startswith("cuda") else []), *(["--compile"] if args.compile else [])]
+    seeds = args.seeds
     if args.per_class:
         common += ["--per_class", str(args.per_class)]
     if args.test_per_class:
         common += ["--test_per_class", str(args.test_per_class)]
 
-    # 1. Time both runs together, as they will run.
+    # 1. Time every run together, as they will run.
     timing_start = time.time()
-    codes = run_both(common + ["--max_iterations", str(args.timing_iterations)], out, "timing",
-                     timeout=args.budget / 3)
+    codes = run_all(common + ["--max_iterations", str(args.timing_iterations)], out, "timing",
+                    timeout=args.budget / 3, seeds=seeds)
     if any(c != 0 for c in codes.values()):
         raise SystemExit(f"timing runs failed: {codes}; see {out}/timing_*.log")
     timing_seconds = time.time() - timing_start
-    spi = max(read_log_value(out / f"timing_{m}.log", "seconds per iteration:") for m in MODES)
+    spi = max(read_log_value(out / f"{run_name('timing', m, s, seeds[0])}.log", "seconds per iteration:")
+              for s in seeds for m in MODES)
 
     # 2. The largest faithful reduction that fits what is left.
     per_class = args.per_class or 500
@@ -117,29 +131,36 @@ def main(argv=None):
                                    f"{'' if args.max_epochs == PAPER_EPOCHS else ' and --max_epochs'}: "
                                    f"LR milestones {milestones}, warm-up {warmup} epochs, scaled from "
                                    f"35/45 and 5 of 50)"))
-    print(f"timing: {spi:.4f} s per iteration with both runs on the device; startup {startup:.0f} s", flush=True)
+    print(f"timing: {spi:.4f} s per iteration with {2 * len(seeds)} runs on the device; startup {startup:.0f} s",
+          flush=True)
     print(f"plan: {plan}", flush=True)
 
     # 3. Both runs, side by side.
     run_args = common + ["--epochs", str(epochs), "--warmup_epochs", str(warmup), "--lr_steps",
                          *map(str, milestones)]
     run_start = time.time()
-    codes = run_both(run_args, out, "run", timeout=args.budget - (time.time() - start))
-    results = {}
-    for mode in MODES:
-        path = Path("runs") / f"gpu_paper_run_{mode}" / "results.json"
-        results[mode] = json.loads(path.read_text()) if codes[mode] == 0 and path.is_file() else None
+    codes = run_all(run_args, out, "run", timeout=args.budget - (time.time() - start), seeds=seeds)
+    by_seed = {}
+    for seed in seeds:
+        by_seed[seed] = {}
+        for mode in MODES:
+            path = Path("runs") / f"gpu_paper_{run_name('run', mode, seed, seeds[0])}" / "results.json"
+            ok = codes[seed, mode] == 0 and path.is_file()
+            r = json.loads(path.read_text()) if ok else None
+            by_seed[seed][mode] = None if r is None else {k: r.get(k) for k in ("accuracy", "forgetting", "bwt",
+                                                                                 "seconds")}
+    results = by_seed[seeds[0]]
+    codes = {f"{s}/{m}": c for (s, m), c in codes.items()}
     summary = dict(
-        device=_device_name(args.device), seed=args.seed, plan=plan, faithful=faithful, epochs=epochs,
+        device=_device_name(args.device), seed=seeds[0], seeds=seeds, plan=plan, faithful=faithful, epochs=epochs,
         lr_steps=milestones, warmup_epochs=warmup, seconds_per_iteration=spi, budget=args.budget,
         run_seconds=time.time() - run_start, total_seconds=time.time() - start, return_codes=codes,
         command=" ".join(["python", str(EXAMPLE.relative_to(EXAMPLE.parents[1])), *run_args]),
-        runs={m: None if r is None else {k: r.get(k) for k in ("accuracy", "forgetting", "bwt", "seconds")}
-              for m, r in results.items()})
+        runs=results, by_seed={str(k): v for k, v in by_seed.items()})
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(_markdown(summary))
     print(_markdown(summary))
-    if any(r is None for r in results.values()):
+    if any(r is None for runs in by_seed.values() for r in runs.values()):
         raise SystemExit(f"a run did not finish: {codes}; see {out}/run_*.log")
 
 
@@ -151,17 +172,20 @@ def _device_name(device):
 
 
 def _markdown(s):
-    lines = [f"SARL-GELU, paper protocol on {s['device']}, seed {s['seed']}: {s['plan']}.", "",
-             "| replay | final acc. (%) | forgetting (%) | BWT (%) | seconds |", "|---|---|---|---|---|"]
-    for mode, r in s["runs"].items():
-        if r is None:
-            lines.append(f"| {mode} | did not finish | | | |")
-        else:
-            lines.append(f"| {mode} | {r['accuracy']:.2f} | {r['forgetting']:.2f} | {r['bwt']:.2f} | "
-                         f"{r['seconds']:.0f} |")
-    if all(s["runs"].values()):
-        lines += ["", f"balanced - uniform: {s['runs']['balanced']['accuracy'] - s['runs']['uniform']['accuracy']:+.2f} "
-                      "points of final accuracy (one seed)"]
+    lines = [f"SARL-GELU, paper protocol on {s['device']}, seeds {', '.join(map(str, s['seeds']))}: {s['plan']}.",
+             "", "| seed | replay | final acc. (%) | forgetting (%) | BWT (%) | seconds |", "|---|---|---|---|---|---|"]
+    for seed, runs in s["by_seed"].items():
+        for mode, r in runs.items():
+            if r is None:
+                lines.append(f"| {seed} | {mode} | did not finish | | | |")
+            else:
+                lines.append(f"| {seed} | {mode} | {r['accuracy']:.2f} | {r['forgetting']:.2f} | {r['bwt']:.2f} | "
+                             f"{r['seconds']:.0f} |")
+    diffs = [runs["balanced"]["accuracy"] - runs["uniform"]["accuracy"] for runs in s["by_seed"].values()
+             if all(runs.values())]
+    if diffs:
+        lines += ["", f"balanced - uniform, paired by seed: {', '.join(f'{d:+.2f}' for d in diffs)} points of final "
+                      f"accuracy (mean {sum(diffs) / len(diffs):+.2f})"]
     lines += ["", f"command (each mode): `{s['command']} --use_balanced_sampling 0|1`"]
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# SARL-GELU uniform vs balanced replay, paper protocol, one seed, on a GPU, inside a time budget.
+# SARL-GELU uniform vs balanced replay, paper protocol, on a GPU, inside a time budget; several seeds'
+# pairs run at once on the device.
 #
-#   bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS]     # default budget 540 s (9 minutes)
+#   bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS] [--seeds 1 3 5] [--compile]   # budget 540 s by default
 #
 # Writes OUT/summary.json, OUT/summary.md and the runs' logs (see benchmarks/gpu_paper.py).
 #

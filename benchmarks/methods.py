@@ -17,6 +17,7 @@ from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer, ReservoirSamplingBuffer
 
 from avalanche_balanced import AdaptiveThreshold, BalancedReplayPlugin, SARLGelu
+from avalanche_balanced.compiled import compile_model
 from avalanche_balanced.data import cifar_augment, cifar_normalize
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.transforms import AugmentedModel
@@ -41,10 +42,13 @@ class Setting:
     lr_steps: Optional[Sequence[int]] = None  # MultiStepLR milestones (epochs), reset every experience
     lr_gamma: float = 0.1
     guards: bool = True  # SARL-GELU's training guards at their defaults; False: as SARL (none)
+    compile: bool = False  # torch.compile the network (avalanche_balanced.compiled)
 
 
 def _model(s: Setting, augmented: bool):
     net = gelu_resnet18(s.num_classes, nf=s.nf).to(s.device).to(memory_format=torch.channels_last)
+    if s.compile:
+        compile_model(net)
     return AugmentedModel(net, cifar_augment, cifar_normalize) if augmented else net
 
 

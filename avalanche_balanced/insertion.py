@@ -13,6 +13,14 @@ from torch import Tensor
 __all__ = ["reservoir_slots", "reservoir_writes", "class_balanced_slots", "balanced_keep_mask"]
 
 
+def _reservoir_targets(num_seen, size, batch_size, capacity, device, generator):
+    """Algorithm R's target slot of every sample of the batch (``>= capacity``: rejected)."""
+    j = torch.arange(batch_size, device=device)
+    t = num_seen + j
+    draw = (torch.rand(batch_size, device=device, generator=generator) * (t + 1)).long()
+    return j, torch.where(j < capacity - size, size + j, torch.minimum(draw, t))
+
+
 def reservoir_slots(
     num_seen: int, size: int, batch_size: int, capacity: int, *, device=None,
     generator: Optional[torch.Generator] = None,
@@ -26,11 +34,7 @@ def reservoir_slots(
     later one wins, exactly as in the sequential algorithm. (``size`` and
     ``num_seen`` differ only after the capacity has grown.)
     """
-    j = torch.arange(batch_size, device=device)
-    free = capacity - size
-    t = num_seen + j
-    draw = (torch.rand(batch_size, device=device, generator=generator) * (t + 1)).long()
-    slot = torch.where(j < free, size + j, torch.minimum(draw, t))
+    j, slot = _reservoir_targets(num_seen, size, batch_size, capacity, device, generator)
     accepted = slot < capacity
     source, slot = j[accepted], slot[accepted]
     last_writer = torch.full((capacity,), -1, device=device, dtype=torch.long)
@@ -51,11 +55,7 @@ def reservoir_writes(
     slots are harmless and the result is exactly :func:`reservoir_slots`'s, with the same
     random numbers.
     """
-    j = torch.arange(batch_size, device=device)
-    free = capacity - size
-    t = num_seen + j
-    draw = (torch.rand(batch_size, device=device, generator=generator) * (t + 1)).long()
-    slot = torch.where(j < free, size + j, torch.minimum(draw, t))
+    j, slot = _reservoir_targets(num_seen, size, batch_size, capacity, device, generator)
     accepted = slot < capacity
     slot = torch.where(accepted, slot, torch.zeros_like(slot))  # rejected: a no-op write to slot 0
     last_writer = torch.full((capacity,), -1, device=device, dtype=torch.long)

@@ -461,12 +461,7 @@ def draw_proportional(
     if sync_free(weights):
         return _draw_sync_free(weights, k, generator, uniform_mix, max_ratio)
     if uniform_mix > 0 or max_ratio is not None or k > n:
-        total = weights.sum()
-        # Degenerate weights (all zero) fall back to uniform, without a host sync.
-        p = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
-                        weights.new_full((), 1.0 / n))
-        if uniform_mix > 0:
-            p = (1.0 - uniform_mix) * p + uniform_mix / n
+        p = _mixed(weights, uniform_mix)
         if max_ratio is not None:
             p = cap_weights(p, max_ratio)
         if k > n:
@@ -478,6 +473,16 @@ def draw_proportional(
     return _draw_by_keys(weights, k, generator, forced=chosen)
 
 
+def _mixed(weights: Tensor, uniform_mix: float) -> Tensor:
+    """Normalised weights (uniform when all are zero, without a host sync), mixed with the
+    uniform distribution at ``uniform_mix``."""
+    n = weights.shape[0]
+    total = weights.sum()
+    p = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
+                    weights.new_full((), 1.0 / n))
+    return (1.0 - uniform_mix) * p + uniform_mix / n if uniform_mix > 0 else p
+
+
 def _draw_sync_free(weights: Tensor, k: int, generator, uniform_mix: float, max_ratio) -> Tensor:
     """Successive sampling without replacement by Gumbel-top-k (Vieira 2014; the exponential keys
     of Efraimidis & Spirakis 2006 in log space): the ``k`` largest ``log p_i + G_i``, ``G`` i.i.d.
@@ -485,11 +490,7 @@ def _draw_sync_free(weights: Tensor, k: int, generator, uniform_mix: float, max_
     fill in only after every positive weight; all-zero weights are a uniform draw. ``k > n``
     draws with replacement. One pass over the weights and no host sync."""
     n = weights.shape[0]
-    total = weights.sum()
-    p = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
-                    weights.new_full((), 1.0 / n))
-    if uniform_mix > 0:
-        p = (1.0 - uniform_mix) * p + uniform_mix / n
+    p = _mixed(weights, uniform_mix)
     if max_ratio is not None:
         p = capped_by_sort(p, p.new_tensor(max_ratio / n))
     if k > n:

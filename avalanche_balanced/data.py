@@ -275,7 +275,8 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
 
     ``imbalance_ratio`` makes the training stream long-tailed (CIFAR-100-LT): the class of
     frequency rank ``r`` keeps ``n_max * imbalance_ratio ** (r / 99)`` images, ``n_max`` being
-    ``per_class`` when given, else 500; ``imbalance_order="ordered"`` gives the most frequent
+    ``per_class`` when given, else 500 minus ``validation_per_class`` (the validation images are
+    carved out first, from every class alike); ``imbalance_order="ordered"`` gives the most frequent
     classes to the first experiences, ``"shuffled"`` assigns frequencies at random (the two
     orders of Liu et al., ECCV 2022). Counts and images follow ``seed``; the test stream
     stays balanced. The counts are ``class_counts`` (LongTensor[100]) on the result, with
@@ -330,7 +331,8 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     if validation_per_class is not None:
         validation = _balanced_subset(train.fine, validation_per_class, gen)
         pool = pool[~torch.isin(pool, validation)]
-    n_max = per_class if per_class is not None else TRAIN_PER_CLASS
+    # Held-out images leave fewer per class: the long-tailed cap shrinks by them (450 with 50 held out).
+    n_max = per_class if per_class is not None else TRAIN_PER_CLASS - (validation_per_class or 0)
     counts = None
     if imbalance_ratio is not None:
         # The class order must be known before frequencies can follow it: draw it here.

@@ -200,9 +200,12 @@ CORE_NAMES = ("naive", "er", "der", "er_ace", "plugin_uniform", "plugin_balanced
 _PLUGIN, _SARL = "plugin_uniform", "sarl_uniform"
 METHODS: Dict[str, Method] = {
     "naive": Method(naive, "Avalanche Naive (fine-tuning, lower bound)"),
-    "er": Method(er, "Avalanche Naive + ReplayPlugin, reservoir buffer updated after each experience (ER)"),
-    "der": Method(der, "Avalanche DER (alpha 0.1, beta 0.5)"),
-    "er_ace": Method(er_ace, "Avalanche ER-ACE"),
+    "er": Method(er, "Avalanche Naive + ReplayPlugin; stores a reservoir buffer (ReservoirSamplingBuffer), "
+                       "updated after each experience (ER)"),
+    "der": Method(der, "Avalanche DER (alpha 0.1, beta 0.5); stores a class-balanced buffer with logits "
+                         "(ClassBalancedBufferWithLogits), updated after each experience"),
+    "er_ace": Method(er_ace, "Avalanche ER-ACE; stores a class-balanced buffer (ClassBalancedBuffer) filled "
+                               "*before* training on each experience"),
     "plugin_uniform": Method(_plugin(False), "Naive + BalancedReplayPlugin, uniform draws, buffer filled after "
                                              "each experience (ReplayPlugin's timing)"),
     "plugin_balanced": Method(_plugin(True), "Naive + BalancedReplayPlugin, balanced draws, buffer filled after "

@@ -499,3 +499,14 @@ def test_long_tailed_split_on_cifar100(cifar_root):
         assert int(counts.max()) == 500 and int(counts.min()) == 5
         assert 10_500 < int(counts.sum()) < 11_000 and sum(len(e.dataset) for e in bench.train_stream) == counts.sum()
         assert sum(len(e.dataset) for e in bench.test_stream) == 200  # balanced: 2 per class
+
+
+def test_long_tailed_split_with_validation_images(cifar_root):
+    """split_cifar100(validation_per_class=50, imbalance_ratio=0.01) raised: the head class asked
+    for 500 of the 450 images left. The cap now shrinks by the held-out count."""
+    bench = split_cifar100(5, root=cifar_root, seed=0, validation_per_class=50, imbalance_ratio=0.01,
+                           imbalance_order="ordered")
+    assert bench.n_max == 450 and int(bench.class_counts.max()) == 450 and int(bench.class_counts.min()) == 4
+    train = set(bench.train_indices.tolist())
+    assert not train & set(bench.validation_indices.tolist())  # validation images are never trained on
+    assert sum(len(e.dataset) for e in bench.test_stream) == 100 * 50  # the validation stream is balanced

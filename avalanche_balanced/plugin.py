@@ -10,7 +10,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.logging import TensorboardLogger
 
 from .buffer import BalancedBuffer, ReplayBatch
-from .features import FeatureHook, model_version
+from .features import FeatureHook, classifier_of, model_version
 from .sampling import effective_sample_size, normalized_entropy
 from .validation import check_buffer_keywords, check_positive_int
 
@@ -237,6 +237,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._refreshed_version: Optional[tuple] = None  # model_version() at the latest feature refresh
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None  # on the model from before_forward to after_forward only
+        self._classifier = self._classifier_of = None  # the hooked module, and the model it belongs to
         self._replay: Optional[ReplayBatch] = None
         self._current = None  # (inputs, labels, task labels) of the current minibatch, raw
         self.step: Optional[ReplayStep] = None  # this iteration's record, from after_forward on
@@ -263,6 +264,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
                             **kwargs):
         self.buffer.to(strategy.device)
+        self._classifier = None  # model adaptation may have replaced modules: find it again
         self._replay_size = self.batch_size_mem if self.batch_size_mem is not None else strategy.train_mb_size
         if self.batch_size is not None and self.batch_size != strategy.train_mb_size:
             # As ReplayPlugin: batch_size sets the current samples per iteration for this plugin's run.
@@ -281,7 +283,10 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def before_forward(self, strategy, **kwargs):
         # The hook lives for this forward pass only: between iterations the model holds no
         # reference to a graph, so other plugins may deep-copy it at any time (LwF does).
-        self._hook = FeatureHook(strategy.model)
+        if self._classifier is None or self._classifier_of is not strategy.model:
+            # found once per model: walking its modules every iteration would be wasted work
+            self._classifier, self._classifier_of = classifier_of(strategy.model), strategy.model
+        self._hook = FeatureHook(strategy.model, layer=self._classifier)
         x, y, t = strategy.mb_x, strategy.mb_y, _task_labels(strategy)
         self._current = (x, y, t)
         self._replay = self.draw() if len(self.buffer) > 0 else None

@@ -172,7 +172,8 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
                       batch_size_mem=p["batch_size_mem"], warmup_epochs=p["warmup_epochs"],
                       sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse, seed=seed,
                       device=torch.device(args.device), lr_steps=p["lr_steps"],
-                      guards=getattr(args, "guards", "on") == "on", compile=getattr(args, "compile", False))
+                      guards=getattr(args, "guards", "on") == "on", compile=getattr(args, "compile", False),
+                      ramp_iterations=getattr(args, "ramp_iterations", None))
     extra = semantic_metrics(bm.fine_to_coarse)  # group agreement: only where the strategy has our buffer
     if getattr(bm, "imbalance_ratio", None) is not None:
         extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))
@@ -222,7 +223,9 @@ def run_config(method, seed, lr, args) -> dict:
                 imbalance_order=args.imbalance_order if lt else None,
                 class_order_seed=seed if args.class_order_seed is None else args.class_order_seed,
                 buffer_size=args.buffer_size or p["mem_size"], guards=getattr(args, "guards", "on"),
-                **({"compile": True} if getattr(args, "compile", False) else {}))  # absent: eager
+                **({"compile": True} if getattr(args, "compile", False) else {}),  # absent: eager
+                **({"ramp_iterations": ramp} if (ramp := getattr(args, "ramp_iterations", None)) is not None
+                   else {}))  # absent: SARL-GELU's default
 
 
 def reusable(stored: dict, config: dict, where) -> bool:
@@ -302,6 +305,10 @@ def select_lr(args, methods, jobs, threads, path: Path):
     p = PROTOCOLS[args.protocol]
     seed = args.seeds[0] if args.seeds else p["seeds"][0]
     saved = json.loads(path.read_text()) if path.is_file() else {}
+    ramp = getattr(args, "ramp_iterations", None)
+    if saved and saved.get("ramp_iterations") != ramp:
+        raise ValueError(f"{path} holds runs with ramp_iterations {saved.get('ramp_iterations')!r}, asked "
+                         f"{ramp!r}: use another --lr_selection")
     runs = [r for r in saved.get("runs", []) if r["seed"] == seed]
     done = {(r["method"], r["lr"]) for r in runs}
     todo = [((m, lr), m, seed, dict(lr=lr, validation=True))
@@ -310,7 +317,7 @@ def select_lr(args, methods, jobs, threads, path: Path):
     def save():
         chosen = choose_lr(runs)
         out = dict(protocol=args.protocol, seed=seed, grid=sorted({*args.lr_grid, *saved.get("grid", [])}),
-                   val_per_class=p["val_per_class"], class_order_seed=args.class_order_seed,
+                   val_per_class=p["val_per_class"], class_order_seed=args.class_order_seed, ramp_iterations=ramp,
                    runs=runs, chosen={m: chosen[m] for m in METHODS if m in chosen})
         path.write_text(json.dumps(out, indent=1))
         return out
@@ -349,6 +356,8 @@ def main(argv=None):
     parser.add_argument("--guards", choices=("on", "off"), default="on",
                         help="SARL-GELU's training guards (gradient clipping, warm-up ramp, teacher check) at "
                              "their defaults, or off as in SARL; the finite-loss check is always on")
+    parser.add_argument("--ramp_iterations", type=int, default=None,
+                        help="SARL-GELU's warm-up ramp in iterations (default: SARLGelu's RAMP_ITERATIONS)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every method's network")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")

@@ -43,6 +43,7 @@ class Setting:
     lr_gamma: float = 0.1
     guards: bool = True  # SARL-GELU's training guards at their defaults; False: as SARL (none)
     compile: bool = False  # torch.compile the network (avalanche_balanced.compiled)
+    ramp_iterations: Optional[int] = None  # SARL-GELU's warm-up ramp; None: its default
 
 
 def _model(s: Setting, augmented: bool):
@@ -177,6 +178,8 @@ def _sarl(balanced: bool = True, **overrides):
             options["threshold"] = AdaptiveThreshold(0.8, first_update=first_update)
         if not s.guards:  # the finite-loss check stays: it only ever stops a run that is already lost
             kwargs.update(clip_grad_norm=None, ramp_iterations=0, teacher_ratio=None)
+        if s.ramp_iterations is not None:
+            kwargs.update(ramp_iterations=s.ramp_iterations)
         kwargs.update(options)
         # SARLGelu builds its own schedule from lr_steps (re-created every experience).
         kwargs.update(_common(replace(s, lr_steps=None), evaluator, _sgd(model, s)),

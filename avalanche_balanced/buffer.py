@@ -2,32 +2,35 @@
 
 Storage is a set of preallocated tensors of fixed capacity on the training
 device (inputs, labels, task labels, logits, features, group ids, the loss at
-the latest replay). Everything that touches all stored samples (regrouping, importance,
-sampling) is one vectorised pass over those tensors. Which similarity and which
-groups are used is decided by two policy objects (``similarity_rules``,
-``grouping_rules``); the buffer only stores, caches and draws.
+the latest replay; :mod:`~avalanche_balanced.buffer_storage`). Everything that
+touches all stored samples (regrouping, importance, sampling) is one vectorised
+pass over those tensors. Which similarity and which groups are used is decided
+by two policy objects (``similarity_rules``, ``grouping_rules``), where a sample
+goes by the insertion functions (``insertion``), how much it is replayed by pure
+functions (``replay_weights``, ``sampling``); the buffer stores, caches and draws.
 """
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-from avalanche.training.storage_policy import ExemplarsBuffer
 
-from .buffer_state import STORAGE, buffer_state_dict, load_buffer_state
-from .model_passes import dataset_outputs, stored_features
-from .grouping_rules import GroupingRule, make_grouping
-from .insertion import balanced_keep_mask, class_balanced_slots, reservoir_slots, reservoir_writes
-from .sampling import (combined_importance, difficulty_factor, draw_proportional, masked_balanced_importance,
-                       replay_distribution, sync_free, uniform_indices)
+from . import buffer_storage
+from .buffer_state import buffer_state_dict, load_buffer_state
+from .grouping_rules import GroupingRule, majority_groups, make_grouping
+from .insertion import class_balanced_slots, reservoir_slots, reservoir_writes
+from .model_passes import stored_features
+from .replay_weights import past_importance, task_balanced_weights
+from .sampling import draw_proportional, replay_distribution, uniform_indices
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SimilarityRule, make_similarity
-from .validation import as_labels, check_buffer_options, check_finite, check_labels_in_range, check_rows
+from .storage_policy import StoragePolicyContract
+from .validation import (PendingChecks, check_buffer_options, check_finite, check_incoming_shapes,
+                         check_labels_in_range, check_rows)
 
 __all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS"]
 
 INSERTIONS = ("reservoir", "class_balanced")
-_STORAGE = STORAGE
+SYNC_FREE_INSERTION_LIMIT = 4096  # reservoir buffers on the CPU up to this size write fixed-length rows
 
 
 class ReplayBatch(NamedTuple):
@@ -41,7 +44,7 @@ class ReplayBatch(NamedTuple):
     task_labels: Tensor
 
 
-class BalancedBuffer(ExemplarsBuffer):
+class BalancedBuffer(StoragePolicyContract):
     """Replay buffer with semantic groups and importance-weighted sampling.
 
     Groups (``grouping``, a name of ``GROUPINGS`` or a
@@ -141,8 +144,8 @@ class BalancedBuffer(ExemplarsBuffer):
         self._distribution: Optional[Tensor] = None  # replay_probabilities(), until an input changes
         self._distribution_version: Optional[tuple] = None
         self._current_version = 0
-        self._pending: Optional[Tensor] = None  # deferred value checks: [labels in range, finite features]
-        for name in _STORAGE:
+        self._pending = PendingChecks()  # value checks deferred by add_data(..., defer_checks=True)
+        for name in buffer_storage.STORAGE:
             setattr(self, name, None)
 
     @property
@@ -178,99 +181,34 @@ class BalancedBuffer(ExemplarsBuffer):
     def num_feats(self) -> int:
         return self.features.shape[1] if self.allocated else 0
 
-    def to(self, device: Union[str, torch.device]) -> "BalancedBuffer":
-        """Move storage and components to ``device`` (a no-op when already there).
+    def __len__(self) -> int:
+        return self.size
 
-        A generator cannot change device, so moving reseeds it from the old one.
-        """
-        device = torch.device(device)
-        if device == self.device:
-            return self
-        for name in _STORAGE + ("_current_classes",):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
-        if self.prototypes is not None:
-            self.prototypes.to(device)
-        self.grouping_rule.to(device)
-        self.similarity_rule.to(device)
-        seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.device))
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-        self.device = device
-        self._similarity_cache, self._distribution = None, None
+    def to(self, device: Union[str, torch.device]) -> "BalancedBuffer":
+        """Move storage and components to ``device`` (a no-op when already there); the
+        generator is reseeded from the old one (a generator cannot change device)."""
+        if torch.device(device) != self.device:
+            buffer_storage.move(self, torch.device(device))
         return self
 
-    def _allocate(self, examples: Tensor, logits: Tensor, features: Tensor) -> None:
-        cap, dev = self.max_size, self.device
-        num_classes, num_feats = logits.shape[1], features.shape[1]
-        self.examples = torch.zeros((cap, *examples.shape[1:]), dtype=examples.dtype, device=dev)
-        self.labels = torch.zeros(cap, dtype=torch.long, device=dev)
-        self.task_labels = torch.zeros(cap, dtype=torch.long, device=dev)
-        self.logits = torch.zeros((cap, num_classes), dtype=torch.float32, device=dev)
-        self.features = torch.zeros((cap, num_feats), dtype=self.feature_dtype, device=dev)
-        self.group_ids = torch.zeros(cap, dtype=torch.long, device=dev)
-        self.losses = torch.full((cap,), -1.0, device=dev)  # -1: not replayed since insertion
-        self.grouping_rule.allocate(num_classes, dev)
-        if self.prototypes is None:
-            self.prototypes = ClassPrototypes(num_classes, num_feats).to(dev)
-        elif (self.prototypes.num_classes, self.prototypes.num_feats) != (num_classes, num_feats):
-            raise ValueError(
-                f"prototypes are {self.prototypes.num_classes} x {self.prototypes.num_feats} but the "
-                f"data has {num_classes} classes (logits) and {num_feats}-dim features"
-            )
-
-    @torch.no_grad()
     def grow_classes(self, num_classes: int) -> None:
         """Widen the stored logits, the prototypes and the grouping rule to ``num_classes``
         (a classifier head that grew, e.g. Avalanche's ``IncrementalClassifier``). Stored
         logits get zero columns for the new units; nothing shrinks."""
-        if not self.allocated or num_classes <= self.num_classes:
-            return
-        extra = num_classes - self.num_classes
-        self.logits = torch.cat([self.logits, self.logits.new_zeros(self.max_size, extra)], dim=1)
-        self.prototypes.grow(num_classes)
-        self.grouping_rule.grow(num_classes, self.device)
+        buffer_storage.widen_logits(self, num_classes)
+
+    def bytes_per_sample(self) -> dict:
+        """Bytes one stored sample takes in each preallocated tensor (empty before allocation)."""
+        return buffer_storage.bytes_per_sample(self)
+
+    def invalidate_caches(self) -> None:
+        """Forget the cached similarities and replay distribution (after a change of layout)."""
         self._similarity_cache, self._distribution = None, None
-
-    def _fit_width(self, logits: Tensor) -> Tensor:
-        """Incoming logits at the stored width: a wider head grows the storage, a narrower one (a
-        multi-head model's smaller head) is padded with zeros."""
-        if not self.allocated or logits.dim() != 2:
-            return logits
-        if logits.shape[1] > self.num_classes:
-            self.grow_classes(logits.shape[1])
-        elif logits.shape[1] < self.num_classes:
-            logits = torch.cat([logits, logits.new_zeros(logits.shape[0], self.num_classes - logits.shape[1])], 1)
-        return logits
-
-    def _validate_batch(self, examples, labels, logits, features, task_labels, defer: bool = False) -> None:
-        n = examples.shape[0]
-        as_labels(labels, "labels", n=n)
-        as_labels(task_labels, "task_labels", n=n)
-        check_rows(logits, "logits", n, self.num_classes if self.allocated else None, "num_classes")
-        check_rows(features, "features", n, self.num_feats if self.allocated else None, "num_feats")
-        if self.allocated and examples.shape[1:] != self.examples.shape[1:]:
-            raise ValueError(f"examples have shape {tuple(examples.shape[1:])} per sample, "
-                             f"the buffer stores {tuple(self.examples.shape[1:])}")
-        if defer:  # value checks as device flags, read by check_pending() (no host sync now)
-            ok = torch.stack([((labels >= 0) & (labels < logits.shape[1])).all(), torch.isfinite(features).all()])
-            self._pending = ok if self._pending is None else self._pending & ok
-            return
-        check_labels_in_range(labels, logits.shape[1], what="the classifier's range")
-        check_finite(features, "features")
 
     def check_pending(self) -> None:
         """Raise for values offered with ``add_data(..., defer_checks=True)`` since the last
         check: labels outside the classifier's range, or NaN / inf features. One host read."""
-        if self._pending is None:
-            return
-        labels_ok, finite = self._pending.tolist()
-        self._pending = None
-        if not labels_ok:
-            raise ValueError("labels inserted since the last check lie outside the classifier's range")
-        if not finite:
-            raise ValueError("features inserted since the last check contain NaN or inf")
+        self._pending.raise_if_failed()
 
     @torch.no_grad()
     def add_data(self, examples: Tensor, labels: Tensor, logits: Tensor, features: Tensor,
@@ -287,60 +225,50 @@ class BalancedBuffer(ExemplarsBuffer):
         nothing on the host.
         """
         examples, labels = examples.detach().to(self.device), labels.to(self.device).long()
-        logits, features = logits.detach().to(self.device), features.detach().to(self.device)
-        features = features.flatten(1)
-        logits = self._fit_width(logits)
+        logits = buffer_storage.fit_width(self, logits.detach().to(self.device))
+        features = features.detach().to(self.device).flatten(1)
         task_labels = (torch.zeros_like(labels) if task_labels is None
                        else torch.as_tensor(task_labels, device=self.device).long().expand_as(labels))
-        self._validate_batch(examples, labels, logits, features, task_labels, defer=defer_checks)
+        check_incoming_shapes(self, examples, labels, logits, features, task_labels)
         if defer_checks:  # an out-of-range label is reported at the check; until then it cannot index
+            self._pending.add(labels, logits.shape[1], features)
             labels = labels.clamp(0, logits.shape[1] - 1)
+        else:
+            check_labels_in_range(labels, logits.shape[1], what="the classifier's range")
+            check_finite(features, "features")
         if examples.shape[0] == 0:
             return torch.empty(0, dtype=torch.long, device=self.device)
         if not self.allocated:
-            self._allocate(examples, logits, features)
+            buffer_storage.allocate(self, examples, logits, features)
         cache_was_fresh = self._cache_fresh()
-        if self.insertion == "reservoir" and (self.device.type != "cpu" or self.max_size <= 4096):
-            return self._write_reservoir(examples, labels, logits, features, task_labels, cache_was_fresh)
-        if self.insertion == "reservoir":
-            source, slots = reservoir_slots(self.num_seen, self.size, examples.shape[0], self.max_size,
-                                            device=self.device, generator=self.generator)
+        n = examples.shape[0]
+        fixed_length = self.insertion == "reservoir" and (self.device.type != "cpu"
+                                                          or self.max_size <= SYNC_FREE_INSERTION_LIMIT)
+        if fixed_length:  # every row is written (unkept ones with their old value): no host sync
+            source, slots = reservoir_writes(self.num_seen, self.size, n, self.max_size,
+                                             device=self.device, generator=self.generator)
+            groups = self.grouping_rule(self, labels, features)
+            write, kept = buffer_storage.write_rows_masked, source == torch.arange(n, device=self.device)
         else:
-            source, slots = class_balanced_slots(self.labels[: self.size], labels, self.max_size,
-                                                 self.num_classes, generator=self.generator)
-        self.examples[slots] = examples[source].to(self.examples.dtype)
-        self.labels[slots] = labels[source]
-        self.task_labels[slots] = task_labels[source]
-        self.logits[slots] = logits[source].float()
-        self.features[slots] = features[source].to(self.feature_dtype)
-        self.group_ids[slots] = self.grouping_rule(self, labels[source], features[source])
-        self.losses[slots] = -1.0
-        self.num_seen += examples.shape[0]
-        self.size = min(self.max_size, self.size + examples.shape[0])  # both policies fill free slots first
+            if self.insertion == "reservoir":
+                source, slots = reservoir_slots(self.num_seen, self.size, n, self.max_size,
+                                                device=self.device, generator=self.generator)
+            else:
+                source, slots = class_balanced_slots(self.labels[: self.size], labels, self.max_size,
+                                                     self.num_classes, generator=self.generator)
+            groups = torch.zeros_like(labels)
+            groups[source] = self.grouping_rule(self, labels[source], features[source])
+            write, kept = buffer_storage.write_rows, None
+        write((self.examples, self.labels, self.task_labels, self.logits, self.features, self.group_ids, self.losses),
+              (examples, labels, task_labels, logits, features, groups, torch.full((n,), -1.0, device=self.device)),
+              source, slots)
+        self.num_seen += n
+        self.size = min(self.max_size, self.size + n)  # every policy fills free slots first
         self._refresh_cached_similarity(slots, cache_was_fresh)
         self.step += 1
+        if kept is not None:
+            return torch.where(kept, slots, -1)
         return torch.full_like(labels, -1).index_copy_(0, source, slots)
-
-    def _write_reservoir(self, examples, labels, logits, features, task_labels, cache_was_fresh) -> Tensor:
-        """Reservoir insertion as fixed-length writes (:func:`reservoir_writes`): no host sync."""
-        source, slots = reservoir_writes(self.num_seen, self.size, examples.shape[0], self.max_size,
-                                         device=self.device, generator=self.generator)
-        keep = source < 0
-        src = source.clamp_min(0)
-
-        def write(store: Tensor, incoming: Tensor) -> None:
-            mask = keep.view(-1, *([1] * (store.dim() - 1)))
-            store[slots] = torch.where(mask, store[slots], incoming[src].to(store.dtype))
-        groups = self.grouping_rule(self, labels, features)
-        for store, incoming in ((self.examples, examples), (self.labels, labels), (self.task_labels, task_labels),
-                                (self.logits, logits), (self.features, features), (self.group_ids, groups),
-                                (self.losses, torch.full_like(labels, -1, dtype=self.losses.dtype))):
-            write(store, incoming)
-        self.num_seen += examples.shape[0]
-        self.size = min(self.max_size, self.size + examples.shape[0])
-        self._refresh_cached_similarity(slots, cache_was_fresh)
-        self.step += 1
-        return torch.where(source == torch.arange(source.shape[0], device=source.device), slots, -1)
 
     @torch.no_grad()
     def update_features(self, indices: Tensor, features: Tensor) -> None:
@@ -371,6 +299,12 @@ class BalancedBuffer(ExemplarsBuffer):
         self.features[: self.size] = features.to(self.feature_dtype)
 
     @torch.no_grad()
+    def refresh_prototypes(self, momentum: float = 0.0) -> None:
+        """Recompute class prototypes from the stored features."""
+        if self.size:
+            self.prototypes.update_from_features(self.stored_features, self.stored_labels, momentum=momentum)
+
+    @torch.no_grad()
     def record_losses(self, indices: Tensor, losses: Tensor) -> None:
         """Keep each replayed sample's loss from the forward pass that replayed it (difficulty)."""
         self.losses[indices.to(self.device)] = losses.detach().float().to(self.device)
@@ -392,6 +326,15 @@ class BalancedBuffer(ExemplarsBuffer):
         is_current[self.num_classes] = False  # ids beyond the classifier match no stored label
         return is_current[labels]
 
+    @property
+    def stored_features(self) -> Tensor:
+        return self.features[: self.size]
+
+    @property
+    def stored_labels(self) -> Tensor:
+        return self.labels[: self.size]
+
+    # --------------------------------------------------------- similarity cache
     def _cache_key(self) -> tuple:
         # In-place writes bump a tensor's _version: an outside edit of the features,
         # labels or prototypes invalidates the cache instead of leaving it stale. A learned
@@ -417,15 +360,6 @@ class BalancedBuffer(ExemplarsBuffer):
             self._cache_version = self._cache_key()
         return self._similarity_cache[: self.size]
 
-    @property
-    def stored_features(self) -> Tensor:
-        return self.features[: self.size]
-
-    @property
-    def stored_labels(self) -> Tensor:
-        return self.labels[: self.size]
-
-    # ----------------------------------------------------------------- grouping
     def similarity_of(self, features: Tensor, labels: Tensor) -> Tensor:
         """Similarity in [0, 1] of each feature row to its class prototype (the similarity rule, uncached)."""
         return self.similarity_rule(features, labels, self.prototypes)
@@ -434,6 +368,7 @@ class BalancedBuffer(ExemplarsBuffer):
         """Similarity in [0, 1] between all pairs of class prototypes (C x C)."""
         return self.similarity_rule.between_classes(self.prototypes)
 
+    # ----------------------------------------------------------------- grouping
     @torch.no_grad()
     def regroup(self, update_threshold: bool = True) -> None:
         """Recompute every stored sample's group (after prototypes or features changed):
@@ -452,16 +387,15 @@ class BalancedBuffer(ExemplarsBuffer):
             return torch.zeros(0, dtype=torch.long, device=self.device)
         return torch.bincount(self.group_ids[: self.size])
 
+    @property
+    def group_width(self) -> int:
+        """A host-known bound on the group ids (plus one): fixed-width group counts, no host sync."""
+        return max(self.grouping_rule.group_width(self.num_classes), 2)
+
     def class_groups(self):
         """``(classes, groups)``: each class present in the buffer and its group
         (the most frequent group of its samples, for ``prototype_threshold``)."""
-        labels, groups = self.labels[: self.size], self.group_ids[: self.size]
-        classes = torch.unique(labels)
-        num_groups = int(groups.max()) + 1 if self.size else 1
-        joint = torch.bincount(labels * num_groups + groups,
-                               minlength=max(self.num_classes, 1) * num_groups)
-        majority = joint.view(-1, num_groups).argmax(1)
-        return classes, majority[classes]
+        return majority_groups(self.stored_labels, self.group_ids[: self.size], self.num_classes)
 
     # ----------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -476,30 +410,11 @@ class BalancedBuffer(ExemplarsBuffer):
         n = self.size
         if n == 0:
             return torch.zeros(0, device=self.device)
-        sim = self.stored_similarity()
-        groups, labels, losses = self.group_ids[:n], self.labels[:n], self.losses[:n]
-        if not self.hierarchical and self.balance_weight != "auto" and sync_free(sim):
-            # The default options as masked tensor code: no host sync (see sampling.sync_free).
-            past = (~self.current_mask() if self.protect_current and self._current_classes is not None
-                    else torch.ones_like(labels, dtype=torch.bool))
-            imp = masked_balanced_importance(sim, groups, past, num_groups=self.group_width,
-                                             balance_weight=self.balance_weight, eps=self.eps)
-            if self.difficulty_weight > 0:
-                imp = imp * difficulty_factor(torch.where(past, losses, torch.full_like(losses, -1.0)),
-                                              self.difficulty_weight)
-            return imp.float()
-        idx = None
-        if self.protect_current and self._current_classes is not None:
-            idx = torch.nonzero(~self.current_mask()).squeeze(1)  # the past samples only
-            if idx.numel() == 0:  # only the current experience is stored: nothing to balance
-                return torch.zeros(n, device=self.device)
-            sim, groups, labels, losses = sim[idx], groups[idx], labels[idx], losses[idx]
-        imp = combined_importance(sim, groups, labels, losses, eps=self.eps, balance_weight=self.balance_weight,
-                                  hierarchical=self.hierarchical, difficulty_weight=self.difficulty_weight,
-                                  target_ess=self.target_ess)
-        if idx is None:
-            return imp.float()
-        return torch.zeros(n, device=self.device).index_copy_(0, idx, imp.float())
+        past = ~self.current_mask() if self.protect_current and self._current_classes is not None else None
+        return past_importance(self.stored_similarity(), self.group_ids[:n], self.labels[:n], self.losses[:n], past,
+                               num_groups=self.group_width, eps=self.eps, balance_weight=self.balance_weight,
+                               hierarchical=self.hierarchical, difficulty_weight=self.difficulty_weight,
+                               target_ess=self.target_ess)
 
     @torch.no_grad()
     def replay_probabilities(self) -> Tensor:
@@ -511,24 +426,16 @@ class BalancedBuffer(ExemplarsBuffer):
         """
         if self.size == 0:
             return torch.zeros(0, device=self.device)
-        key = self._distribution_key()
+        # Everything the distribution depends on, as host-side counters: the cached similarity's
+        # inputs, the groups, the current classes and (difficulty) the losses.
+        key = (self._cache_key(), self.group_ids._version, self._current_version,
+               self.losses._version if self.difficulty_weight > 0 else None)
         if self._distribution is None or self._distribution_version != key:
             protected = self.protect_current and self._current_classes is not None
             self._distribution = replay_distribution(self.importance(), self.current_mask() if protected else None,
                                                      max_ratio=self.max_ratio)
             self._distribution_version = key
         return self._distribution
-
-    def _distribution_key(self) -> tuple:
-        # Everything the replay distribution depends on, as host-side counters: the cached
-        # similarity's inputs, the groups, the current classes and (difficulty) the losses.
-        return (self._cache_key(), self.group_ids._version, self._current_version,
-                self.losses._version if self.difficulty_weight > 0 else None)
-
-    @property
-    def group_width(self) -> int:
-        """A host-known bound on the group ids (plus one): fixed-width group counts, no host sync."""
-        return max(self.grouping_rule.group_width(self.num_classes), 2)
 
     def _gather(self, indices: Tensor, transform: Optional[Callable]) -> ReplayBatch:
         inputs = self.examples[indices]
@@ -548,8 +455,7 @@ class BalancedBuffer(ExemplarsBuffer):
     def get_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:
         """Uniform replay minibatch of ``min(minibatch_size, len(self))`` distinct samples."""
         k = self._check_sample_size(minibatch_size)
-        idx = uniform_indices(self.size, k, generator=self.generator, device=self.device)
-        return self._gather(idx, transform)
+        return self._gather(uniform_indices(self.size, k, generator=self.generator, device=self.device), transform)
 
     @torch.no_grad()
     def get_balanced_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:
@@ -568,95 +474,8 @@ class BalancedBuffer(ExemplarsBuffer):
         k = self._check_sample_size(minibatch_size)
         n = self.size
         base = self.replay_probabilities() if balanced else torch.full((n,), 1.0 / n, device=self.device)
-        tasks = self.task_labels[:n]
-        mass = torch.zeros(int(tasks.max()) + 1, device=self.device).index_add_(0, tasks, base)
-        present = (torch.zeros_like(mass).index_add_(0, tasks, torch.ones_like(base)) > 0).sum()
-        weights = base / mass[tasks].clamp_min(torch.finfo(base.dtype).tiny) / present
-        idx = draw_proportional(weights, k, generator=self.generator)
-        return self._gather(idx, transform)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def bytes_per_sample(self) -> dict:
-        """Bytes one stored sample takes in each preallocated tensor (0 before allocation)."""
-        if not self.allocated:
-            return {}
-        sizes = {name: getattr(self, name)[0].numel() * getattr(self, name).element_size() for name in _STORAGE}
-        sizes["similarity_cache"] = 4
-        return sizes
-
-    # ------------------------------------------------------- Avalanche contract
-    @property
-    def buffer(self):
-        """Avalanche dataset view (inputs, labels, task labels) of the stored samples."""
-        if self.size == 0:
-            return super().buffer  # Avalanche's empty dataset
-        n = self.size
-        return _make_taskaware_tensor_classification_dataset(
-            self.examples[:n].cpu(), self.labels[:n].cpu(),
-            task_labels=self.task_labels[:n].cpu().tolist(), targets=self.labels[:n].cpu().tolist())
-
-    @buffer.setter
-    def buffer(self, new_buffer) -> None:
-        raise AttributeError("BalancedBuffer.buffer is a read-only view; insert with add_data()")
-
-    @torch.no_grad()
-    def post_adapt(self, agent, exp) -> None:
-        """Insert the experience's data after training, with logits and features from ``agent.model``.
-
-        This is the path Avalanche's ``ReplayPlugin(storage_policy=buffer)`` uses;
-        the data are inserted in minibatches with the buffer's insertion policy.
-        """
-        self.add_dataset(agent.model, exp.dataset, agent.device)
-        self.refresh_prototypes()
-        self.regroup()
-
-    @torch.no_grad()
-    def add_dataset(self, model: torch.nn.Module, dataset, device, batch_size: int = 256,
-                    preprocess: Optional[Callable] = None) -> None:
-        """Insert every sample of an Avalanche dataset, with logits and features from one
-        eval-mode pass of ``model`` (restored to its mode afterwards).
-
-        The stored inputs are the dataset's (``dataset.eval()``: no augmentation);
-        ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only.
-        """
-        for x, y, t, logits, feats in dataset_outputs(model, dataset, device, batch_size, preprocess):
-            self.add_data(x, y, logits, feats, task_labels=t)
-
-    @torch.no_grad()
-    def refresh_prototypes(self, momentum: float = 0.0) -> None:
-        """Recompute class prototypes from the stored features."""
-        if self.size:
-            self.prototypes.update_from_features(self.features[: self.size], self.labels[: self.size],
-                                                 momentum=momentum)
-
-    @torch.no_grad()
-    def resize(self, strategy, new_size: int) -> None:
-        """Change the capacity. Shrinking keeps a uniform random subset (class-balanced
-        under ``insertion="class_balanced"``), which preserves each policy's invariant."""
-        if not isinstance(new_size, int) or new_size <= 0:
-            raise ValueError(f"new_size must be a positive integer, got {new_size!r}")
-        if not self.allocated:
-            self.max_size = new_size
-            return
-        n = self.size
-        if new_size < n:
-            if self.insertion == "class_balanced":
-                keep = torch.nonzero(balanced_keep_mask(self.labels[:n], new_size, self.num_classes,
-                                                        generator=self.generator)).squeeze(1)
-            else:
-                keep = torch.randperm(n, device=self.device, generator=self.generator)[:new_size]
-            keep = keep.sort().values
-        else:
-            keep = torch.arange(n, device=self.device)
-        for name in _STORAGE:
-            old = getattr(self, name)
-            new = old.new_zeros((new_size, *old.shape[1:]))
-            new[: keep.shape[0]] = old[keep]
-            setattr(self, name, new)
-        self.max_size, self.size = new_size, keep.shape[0]
-        self._similarity_cache, self._distribution = None, None
+        weights = task_balanced_weights(base, self.task_labels[:n])
+        return self._gather(draw_proportional(weights, k, generator=self.generator), transform)
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict:

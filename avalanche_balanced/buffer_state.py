@@ -2,12 +2,11 @@
 (its configuration, checked on load) and what it holds (tensors, counters, generator, rules)."""
 import torch
 
+from .buffer_storage import STORAGE
 from .semantic import ClassPrototypes
 
 __all__ = ["STORAGE", "buffer_config", "buffer_state_dict", "load_buffer_state"]
 
-STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "losses")
-"""The buffer's preallocated per-slot tensors."""
 
 
 def buffer_config(buffer) -> dict:
@@ -53,4 +52,4 @@ def load_buffer_state(buffer, state: dict) -> None:
     buffer.size, buffer.num_seen, buffer.step = state["size"], state["num_seen"], state["step"]
     buffer.generator.set_state(state["generator"].cpu())  # a generator state is a CPU byte tensor
     buffer.grouping_rule.load_state_dict(state["grouping"])
-    buffer._similarity_cache, buffer._distribution = None, None
+    buffer.invalidate_caches()

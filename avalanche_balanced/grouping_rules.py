@@ -24,7 +24,7 @@ from torch import Tensor
 from .semantic import AdaptiveThreshold, class_groups_from_similarity
 
 __all__ = ["GroupingRule", "ClassSimilarityGrouping", "PrototypeThresholdGrouping", "ClassGrouping",
-           "FixedGrouping", "GROUPINGS", "make_grouping"]
+           "FixedGrouping", "GROUPINGS", "make_grouping", "majority_groups"]
 
 
 class GroupingRule:
@@ -206,3 +206,12 @@ def make_grouping(grouping: Union[str, GroupingRule], *, threshold: Optional[Ada
     if grouping == "fixed":
         return FixedGrouping(class_to_group)
     return ClassGrouping()
+
+
+def majority_groups(labels: Tensor, group_ids: Tensor, num_classes: int):
+    """``(classes, groups)``: each class present in ``labels`` and the most frequent group
+    among its samples (a class's group under a per-sample rule)."""
+    classes = torch.unique(labels)
+    num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 1
+    joint = torch.bincount(labels * num_groups + group_ids, minlength=max(num_classes, 1) * num_groups)
+    return classes, joint.view(-1, num_groups).argmax(1)[classes]

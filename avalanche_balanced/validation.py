@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["as_labels", "check_labels_in_range", "check_rows", "check_finite", "check_positive_int",
-           "check_replay_sizes", "check_buffer_keywords", "check_buffer_options"]
+           "check_replay_sizes", "check_buffer_keywords", "check_buffer_options", "check_incoming_shapes",
+           "PendingChecks"]
 
 
 def as_labels(values, name: str, device=None, n: Optional[int] = None) -> Tensor:
@@ -90,3 +91,41 @@ def check_buffer_options(*, max_size, insertion, insertions, balance_weight, eps
         raise ValueError(f"difficulty_weight must be >= 0, got {difficulty_weight}")
     if not 0 < target_ess <= 1:
         raise ValueError(f"target_ess must lie in (0, 1], got {target_ess}")
+
+
+def check_incoming_shapes(buffer, examples: Tensor, labels: Tensor, logits: Tensor, features: Tensor,
+                          task_labels: Tensor) -> None:
+    """Shapes of a batch offered to a buffer: one row per example, and the stored widths once
+    the buffer is allocated (no host sync: shapes are host metadata)."""
+    n = examples.shape[0]
+    as_labels(labels, "labels", n=n)
+    as_labels(task_labels, "task_labels", n=n)
+    check_rows(logits, "logits", n, buffer.num_classes if buffer.allocated else None, "num_classes")
+    check_rows(features, "features", n, buffer.num_feats if buffer.allocated else None, "num_feats")
+    if buffer.allocated and examples.shape[1:] != buffer.examples.shape[1:]:
+        raise ValueError(f"examples have shape {tuple(examples.shape[1:])} per sample, "
+                         f"the buffer stores {tuple(buffer.examples.shape[1:])}")
+
+
+class PendingChecks:
+    """Value checks kept as device flags (labels in the classifier's range, finite features)
+    and read on the host once, by :meth:`raise_if_failed`: an insertion every iteration then
+    costs no host sync."""
+
+    def __init__(self):
+        self.flags: Optional[Tensor] = None
+
+    def add(self, labels: Tensor, num_classes: int, features: Tensor) -> None:
+        ok = torch.stack([((labels >= 0) & (labels < num_classes)).all(), torch.isfinite(features).all()])
+        self.flags = ok if self.flags is None else self.flags & ok
+
+    def raise_if_failed(self) -> None:
+        """Raise ``ValueError`` for a value added since the last call that failed its check."""
+        if self.flags is None:
+            return
+        labels_ok, finite = self.flags.tolist()
+        self.flags = None
+        if not labels_ok:
+            raise ValueError("labels inserted since the last check lie outside the classifier's range")
+        if not finite:
+            raise ValueError("features inserted since the last check contain NaN or inf")

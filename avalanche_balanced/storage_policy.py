@@ -1,0 +1,78 @@
+"""Avalanche's ``ExemplarsBuffer`` contract for :class:`~avalanche_balanced.buffer.BalancedBuffer`,
+so that it also serves as ``ReplayPlugin(storage_policy=...)``: a dataset view of the stored
+samples, insertion of an experience after training (``post_adapt``), and ``resize``."""
+from typing import Callable, Optional
+
+import torch
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.training.storage_policy import ExemplarsBuffer
+
+from .buffer_storage import STORAGE
+from .insertion import balanced_keep_mask
+from .model_passes import dataset_outputs
+
+__all__ = ["StoragePolicyContract"]
+
+
+class StoragePolicyContract(ExemplarsBuffer):
+    """The ``ExemplarsBuffer`` methods, written over the buffer's own storage and ``add_data``."""
+
+    @property
+    def buffer(self):
+        """Avalanche dataset view (inputs, labels, task labels) of the stored samples."""
+        if self.size == 0:
+            return super().buffer  # Avalanche's empty dataset
+        n = self.size
+        return _make_taskaware_tensor_classification_dataset(
+            self.examples[:n].cpu(), self.labels[:n].cpu(),
+            task_labels=self.task_labels[:n].cpu().tolist(), targets=self.labels[:n].cpu().tolist())
+
+    @buffer.setter
+    def buffer(self, new_buffer) -> None:
+        raise AttributeError(f"{type(self).__name__}.buffer is a read-only view; insert with add_data()")
+
+    @torch.no_grad()
+    def post_adapt(self, agent, exp) -> None:
+        """Insert the experience's data after training, with logits and features from ``agent.model``
+        (the path of Avalanche's ``ReplayPlugin(storage_policy=buffer)``), then refresh the
+        prototypes and regroup."""
+        self.add_dataset(agent.model, exp.dataset, agent.device)
+        self.refresh_prototypes()
+        self.regroup()
+
+    @torch.no_grad()
+    def add_dataset(self, model: torch.nn.Module, dataset, device, batch_size: int = 256,
+                    preprocess: Optional[Callable] = None) -> None:
+        """Insert every sample of an Avalanche dataset, with logits and features from one
+        eval-mode pass of ``model`` (restored to its mode afterwards).
+
+        The stored inputs are the dataset's (``dataset.eval()``: no augmentation);
+        ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only.
+        """
+        for x, y, t, logits, feats in dataset_outputs(model, dataset, device, batch_size, preprocess):
+            self.add_data(x, y, logits, feats, task_labels=t)
+
+    @torch.no_grad()
+    def resize(self, strategy, new_size: int) -> None:
+        """Change the capacity. Shrinking keeps a uniform random subset (class-balanced
+        under ``insertion="class_balanced"``), which preserves each policy's invariant."""
+        if not isinstance(new_size, int) or new_size <= 0:
+            raise ValueError(f"new_size must be a positive integer, got {new_size!r}")
+        if not self.allocated:
+            self.max_size = new_size
+            return
+        n = self.size
+        if new_size >= n:
+            keep = torch.arange(n, device=self.device)
+        elif self.insertion == "class_balanced":
+            keep = torch.nonzero(balanced_keep_mask(self.labels[:n], new_size, self.num_classes,
+                                                    generator=self.generator)).squeeze(1)
+        else:
+            keep = torch.randperm(n, device=self.device, generator=self.generator)[:new_size].sort().values
+        for name in STORAGE:
+            old = getattr(self, name)
+            new = old.new_zeros((new_size, *old.shape[1:]))
+            new[: keep.shape[0]] = old[keep]
+            setattr(self, name, new)
+        self.max_size, self.size = new_size, keep.shape[0]
+        self.invalidate_caches()

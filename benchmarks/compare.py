@@ -401,7 +401,7 @@ def main(argv=None):
         runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source=lr_for(method, chosen, args.lr_pairing)[1],
                          config=configs[method, seed], **result))
         runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
-        write_outputs(out, runs, args.protocol)  # after every run: an interruption loses only running runs
+        write_outputs(out, runs, args.protocol, [method])  # after every run: an interruption loses only running runs
         forgetting = result["forgetting"]
         print(f"{method} seed {seed}: acc {result['accuracy']:.2f}% forgetting "
               f"{'n/a' if forgetting is None else f'{forgetting:.2f}%'} ({result['seconds']:.0f} s)", flush=True)

@@ -86,7 +86,8 @@ def main(argv=None):
                    help="cap on the epochs per experience (a CPU smoke test uses 1 or 2)")
     p.add_argument("--per_class", type=int, default=None, help="fewer training images (CPU smoke test only)")
     p.add_argument("--test_per_class", type=int, default=None, help="(CPU smoke test only)")
-    p.add_argument("--model", choices=("reduced", "full"), default="full", help="(reduced: CPU smoke test only)")
+    p.add_argument("--model", choices=("tiny", "reduced", "full"), default="full",
+                   help="(tiny, reduced: CPU smoke test only)")
     args = p.parse_args(argv)
     start = time.time()
     out = Path(args.out)

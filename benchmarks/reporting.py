@@ -107,13 +107,15 @@ def markdown_table(table, protocol):
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out: Path, runs, protocol):
+def write_outputs(out: Path, runs, protocol, plot_methods=None):
+    """results.json, table.md, the bar plot of final accuracy, and the accuracy-matrix figure of
+    every method in ``plot_methods`` (all when None: after one run, only its method changed)."""
     table, paired = summarise(runs), paired_differences(runs)
     (out / "results.json").write_text(json.dumps({"protocol": protocol, "settings": PROTOCOLS[protocol],
                                                   "runs": runs, "summary": table, "paired": paired}, indent=1))
     text = markdown_table(table, protocol)
     (out / "table.md").write_text(text + ("\n" + markdown_paired(paired) if paired else ""))
-    for method in table:
+    for method in table if plot_methods is None else [m for m in table if m in plot_methods]:
         mats = torch.tensor([r["accuracy_matrix"] for r in runs if r["method"] == method])
         if mats.shape[1] > 1:
             fig = accuracy_matrix_figure(mats.mean(0).numpy() / 100.0,  # the figure's scale is [0, 1]

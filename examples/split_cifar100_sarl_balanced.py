@@ -46,6 +46,9 @@ from avalanche_balanced.strategies.sarl import CLIP_GRAD_NORM, RAMP_ITERATIONS
 from avalanche_balanced.transforms import cifar_augment, cifar_normalize
 
 
+MODEL_WIDTHS = {"full": 64, "reduced": 20, "tiny": 8}
+
+
 def protocol_defaults(name: str) -> dict:
     """The example's flags as the shared protocol sets them."""
     p = PROTOCOLS[name]
@@ -82,7 +85,8 @@ def parse_args(argv=None):
     p.add_argument("--per_class", type=int, default=None, help="training images per class")
     p.add_argument("--test_per_class", type=int, default=None,
                    help="test images per class (default: the full test set)")
-    p.add_argument("--model", choices=("reduced", "full"), default=None)
+    p.add_argument("--model", choices=tuple(MODEL_WIDTHS), default=None,
+                   help="GELU ResNet-18 width: full (nf 64, the paper), reduced (nf 20, quick), tiny (nf 8, smoke tests)")
     p.add_argument("--lr_steps", type=int, nargs="*", default=None,
                    help="MultiStepLR milestones in epochs, re-created every experience (paper: 35 45)")
     p.add_argument("--seed", type=int, default=0)
@@ -151,7 +155,7 @@ def main(argv=None):
                                per_class=args.per_class, test_per_class=args.test_per_class,
                                download=not args.no_download)
     seed_everything(args.seed)  # after the benchmark, so the run's seed alone sets weights and data order
-    model = gelu_resnet18(100, nf=20 if args.model == "reduced" else 64).to(device)
+    model = gelu_resnet18(100, nf=MODEL_WIDTHS[args.model]).to(device)
     model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     if args.compile:
         compile_model(model, mode=args.compile_mode)

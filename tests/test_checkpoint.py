@@ -15,7 +15,7 @@ from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "split_cifar100_sarl_balanced.py"
-TINY = ["--per_class", "3", "--test_per_class", "2", "--epochs", "2", "--warmup_epochs", "0",
+TINY = ["--model", "tiny", "--per_class", "3", "--test_per_class", "2", "--epochs", "2", "--warmup_epochs", "0",
         "--buffer_size", "40", "--minibatch_size", "8", "--batch_size", "16", "--no_progress", "--seed", "5"]
 
 
@@ -42,18 +42,9 @@ def completed(checkpoint: Path) -> int:
 
 
 def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_root):
+    # The uninterrupted run and the run to kill run side by side (independent processes, same
+    # thread count, so the same numbers); the second is killed after its second experience.
     full = example(["--experiment_id", "full"], tmp_path, cifar_root)
-    out, _ = full.communicate(timeout=600)
-    assert full.returncode == 0, out
-    assert "Final average accuracy" in out and "Average forgetting" in out
-    run_dir = tmp_path / "runs" / "full"
-    assert (run_dir / "group_sizes_exp4.png").is_file() and (run_dir / "accuracy_matrix_exp4.png").is_file()
-    tags = _tensorboard_tags(run_dir)
-    for tag in ("Top1_Acc_Stream/eval_phase/test_stream/Task000", "StreamForgetting/eval_phase/test_stream",
-                "SemanticConsistency_Stream/eval_phase/test_stream", "BalancedReplay/num_groups",
-                "BalancedReplay/replay_weight", "SARL/similarity", "Figures/group_sizes"):
-        assert tag in tags, tag
-
     run = example(["--experiment_id", "killed"], tmp_path, cifar_root)
     checkpoint = tmp_path / "runs" / "killed" / "checkpoint.pt"
     deadline = time.time() + 600
@@ -64,6 +55,17 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_root):
     done = completed(checkpoint)
     assert 2 <= done < 5, "the run must be killed part-way"
     assert not (tmp_path / "runs" / "killed" / "results.json").exists()
+
+    out, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, out
+    assert "Final average accuracy" in out and "Average forgetting" in out
+    run_dir = tmp_path / "runs" / "full"
+    assert (run_dir / "group_sizes_exp4.png").is_file() and (run_dir / "accuracy_matrix_exp4.png").is_file()
+    tags = _tensorboard_tags(run_dir)
+    for tag in ("Top1_Acc_Stream/eval_phase/test_stream/Task000", "StreamForgetting/eval_phase/test_stream",
+                "SemanticConsistency_Stream/eval_phase/test_stream", "BalancedReplay/num_groups",
+                "BalancedReplay/replay_weight", "SARL/similarity", "Figures/group_sizes"):
+        assert tag in tags, tag
 
     resumed = example(["--experiment_id", "killed", "--resume"], tmp_path, cifar_root)
     out, _ = resumed.communicate(timeout=600)

@@ -60,6 +60,9 @@ def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
         assert diff["accuracy"] == [by[first]["accuracy"] - by[second]["accuracy"]]
         assert f"| {first} - {second} | 0 |" in table
     assert (tmp_path / "final_accuracy.png").stat().st_size > 0
+    # each run draws its own method's accuracy matrix (joint has a single evaluation: none)
+    assert {p.name for p in tmp_path.glob("accuracy_matrix_*.png")} == {
+        f"accuracy_matrix_{m}.png" for m in methods if m != "joint"}
 
     # an interrupted comparison keeps what it finished: a re-run skips finished runs
     before = (tmp_path / "results.json").read_text()
@@ -70,7 +73,7 @@ def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
 def test_parallel_runs_match_in_process_runs(tmp_path, monkeypatch):
     """Runs in worker processes give the numbers of the same runs in this process, same thread count."""
     compare = load("compare", monkeypatch)
-    methods = ["er", "plugin_balanced", "sarl_balanced"]
+    methods = ["plugin_balanced", "sarl_balanced"]  # Avalanche's Naive + our plugin, and our strategy
     runs = compare.main(["--protocol", "tiny", "--methods", *methods, "--seeds", "0", "1",
                          "--out", str(tmp_path), "--jobs", "2"])
     assert [(r["method"], r["seed"]) for r in runs] == [(m, s) for m in methods for s in (0, 1)]
@@ -78,7 +81,7 @@ def test_parallel_runs_match_in_process_runs(tmp_path, monkeypatch):
                               device="cpu")
     threads = torch.get_num_threads()
     try:
-        for run in runs[:2] + runs[-1:]:
+        for run in runs[:1] + runs[-1:]:
             again = compare.run_one(run["method"], run["seed"], "tiny", args, threads=run["threads"])
             assert again["accuracy_matrix"] == run["accuracy_matrix"], run["method"]
             assert again["forgetting"] == run["forgetting"]

@@ -22,7 +22,7 @@ def test_gpu_paper_runs_both_modes_on_the_cpu(cifar_root, tmp_path):
     out = tmp_path / "paper"
     env = dict(os.environ, AVALANCHE_BALANCED_DATA=str(cifar_root), PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_paper.sh"), str(out), "900", "--device", "cpu",
-                           "--model", "reduced", "--per_class", "2", "--test_per_class", "1",
+                           "--model", "tiny", "--per_class", "2", "--test_per_class", "1",
                            "--timing_iterations", "6", "--max_epochs", "1"],
                           env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

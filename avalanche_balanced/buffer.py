@@ -17,7 +17,6 @@ from torch import Tensor
 from . import buffer_storage
 from .buffer_state import buffer_state_dict, load_buffer_state
 from .grouping_rules import GroupingRule, majority_groups, make_grouping
-from .insertion import class_balanced_slots, reservoir_slots, reservoir_writes
 from .model_passes import stored_features
 from .replay_weights import past_importance, task_balanced_weights
 from .sampling import draw_proportional, replay_distribution, uniform_indices
@@ -29,8 +28,7 @@ from .validation import (PendingChecks, check_buffer_options, check_finite, chec
 
 __all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS"]
 
-INSERTIONS = ("reservoir", "class_balanced")
-SYNC_FREE_INSERTION_LIMIT = 4096  # reservoir buffers on the CPU up to this size write fixed-length rows
+INSERTIONS = buffer_storage.INSERTIONS
 
 
 class ReplayBatch(NamedTuple):
@@ -241,34 +239,9 @@ class BalancedBuffer(StoragePolicyContract):
         if not self.allocated:
             buffer_storage.allocate(self, examples, logits, features)
         cache_was_fresh = self._cache_fresh()
-        n = examples.shape[0]
-        fixed_length = self.insertion == "reservoir" and (self.device.type != "cpu"
-                                                          or self.max_size <= SYNC_FREE_INSERTION_LIMIT)
-        if fixed_length:  # every row is written (unkept ones with their old value): no host sync
-            source, slots = reservoir_writes(self.num_seen, self.size, n, self.max_size,
-                                             device=self.device, generator=self.generator)
-            groups = self.grouping_rule(self, labels, features)
-            write, kept = buffer_storage.write_rows_masked, source == torch.arange(n, device=self.device)
-        else:
-            if self.insertion == "reservoir":
-                source, slots = reservoir_slots(self.num_seen, self.size, n, self.max_size,
-                                                device=self.device, generator=self.generator)
-            else:
-                source, slots = class_balanced_slots(self.labels[: self.size], labels, self.max_size,
-                                                     self.num_classes, generator=self.generator)
-            groups = torch.zeros_like(labels)
-            groups[source] = self.grouping_rule(self, labels[source], features[source])
-            write, kept = buffer_storage.write_rows, None
-        write((self.examples, self.labels, self.task_labels, self.logits, self.features, self.group_ids, self.losses),
-              (examples, labels, task_labels, logits, features, groups, torch.full((n,), -1.0, device=self.device)),
-              source, slots)
-        self.num_seen += n
-        self.size = min(self.max_size, self.size + n)  # every policy fills free slots first
-        self._refresh_cached_similarity(slots, cache_was_fresh)
-        self.step += 1
-        if kept is not None:
-            return torch.where(kept, slots, -1)
-        return torch.full_like(labels, -1).index_copy_(0, source, slots)
+        slots_of_incoming, written = buffer_storage.insert(self, examples, labels, task_labels, logits, features)
+        self._refresh_cached_similarity(written, cache_was_fresh)
+        return slots_of_incoming
 
     @torch.no_grad()
     def update_features(self, indices: Tensor, features: Tensor) -> None:
@@ -290,13 +263,10 @@ class BalancedBuffer(StoragePolicyContract):
         similarities compare like with like; the model's mode is restored and
         BatchNorm statistics are untouched. Stored logits (replay targets) stay.
         """
-        if self.size == 0:
-            return
-        features = stored_features(model, self.examples[: self.size], self.task_labels[: self.size],
-                                   preprocess, batch_size)
-        if features.shape[1] != self.num_feats:
-            raise ValueError(f"the model gives {features.shape[1]}-dim features, the buffer stores {self.num_feats}")
-        self.features[: self.size] = features.to(self.feature_dtype)
+        if self.size:
+            self.features[: self.size] = stored_features(model, self.examples[: self.size],
+                                                         self.task_labels[: self.size], preprocess, batch_size,
+                                                         width=self.num_feats).to(self.feature_dtype)
 
     @torch.no_grad()
     def refresh_prototypes(self, momentum: float = 0.0) -> None:

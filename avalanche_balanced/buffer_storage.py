@@ -6,13 +6,52 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .insertion import class_balanced_slots, reservoir_slots, reservoir_writes
 from .semantic import ClassPrototypes
 
-__all__ = ["STORAGE", "allocate", "widen_logits", "fit_width", "move", "bytes_per_sample", "write_rows",
+__all__ = ["STORAGE", "INSERTIONS", "insert", "allocate", "widen_logits", "fit_width", "move", "bytes_per_sample", "write_rows",
            "write_rows_masked"]
 
 STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "losses")
 """The buffer's preallocated per-slot tensors."""
+INSERTIONS = ("reservoir", "class_balanced")
+"""Insertion policies (see :mod:`~avalanche_balanced.insertion`)."""
+SYNC_FREE_INSERTION_LIMIT = 4096  # reservoir buffers on the CPU up to this size write fixed-length rows
+
+
+@torch.no_grad()
+def insert(buffer, examples: Tensor, labels: Tensor, task_labels: Tensor, logits: Tensor, features: Tensor):
+    """Write a checked batch into the slots ``buffer.insertion`` chooses, with its groups, and
+    advance the counters. Returns ``(slot of each incoming sample or -1, slots written)``.
+
+    Reservoir insertion on an accelerator, or into at most 4,096 slots, writes a
+    fixed number of rows (unkept ones with their old value): no host sync.
+    """
+    n = examples.shape[0]
+    stores = tuple(getattr(buffer, name) for name in STORAGE)
+    losses = torch.full((n,), -1.0, device=buffer.device)  # not replayed since insertion
+    if buffer.insertion == "reservoir" and (buffer.device.type != "cpu"
+                                            or buffer.max_size <= SYNC_FREE_INSERTION_LIMIT):
+        source, slots = reservoir_writes(buffer.num_seen, buffer.size, n, buffer.max_size,
+                                         device=buffer.device, generator=buffer.generator)
+        groups = buffer.grouping_rule(buffer, labels, features)
+        write_rows_masked(stores, (examples, labels, task_labels, logits, features, groups, losses), source, slots)
+        placed = torch.where(source == torch.arange(n, device=buffer.device), slots, -1)
+    else:
+        if buffer.insertion == "reservoir":
+            source, slots = reservoir_slots(buffer.num_seen, buffer.size, n, buffer.max_size,
+                                            device=buffer.device, generator=buffer.generator)
+        else:
+            source, slots = class_balanced_slots(buffer.labels[: buffer.size], labels, buffer.max_size,
+                                                 buffer.num_classes, generator=buffer.generator)
+        groups = torch.zeros_like(labels)
+        groups[source] = buffer.grouping_rule(buffer, labels[source], features[source])
+        write_rows(stores, (examples, labels, task_labels, logits, features, groups, losses), source, slots)
+        placed = torch.full_like(labels, -1).index_copy_(0, source, slots)
+    buffer.num_seen += n
+    buffer.size = min(buffer.max_size, buffer.size + n)  # every policy fills free slots first
+    buffer.step += 1
+    return placed, slots
 
 
 def allocate(buffer, examples: Tensor, logits: Tensor, features: Tensor) -> None:

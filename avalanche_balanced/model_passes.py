@@ -17,14 +17,19 @@ def _prepare(x: Tensor, preprocess: Optional[Callable]) -> Tensor:
 
 @torch.no_grad()
 def stored_features(model: torch.nn.Module, examples: Tensor, task_labels: Tensor,
-                    preprocess: Optional[Callable] = None, batch_size: int = 256) -> Tensor:
-    """Flattened features of ``examples`` (with their task labels, for multi-task models)."""
+                    preprocess: Optional[Callable] = None, batch_size: int = 256,
+                    width: Optional[int] = None) -> Tensor:
+    """Flattened features of ``examples`` (with their task labels, for multi-task models);
+    ``width``: the width the caller stores (another raises ``ValueError``)."""
     chunks = []
     with eval_mode(model):
         for start in range(0, examples.shape[0], batch_size):  # a loop over chunks, not samples
             x, t = examples[start: start + batch_size], task_labels[start: start + batch_size]
             chunks.append(forward_with_features(model, _prepare(x, preprocess), t)[1].flatten(1))
-    return torch.cat(chunks)
+    features = torch.cat(chunks)
+    if width is not None and features.shape[1] != width:
+        raise ValueError(f"the model gives {features.shape[1]}-dim features, the buffer stores {width}")
+    return features
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from avalanche.benchmarks.datasets.dataset_utils import default_dataset_location
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from .insertion import keep_per_class
 from .long_tail import long_tail_counts
+from .superclass_skew import skewed_classes
 # The batched CIFAR transforms live in transforms.py; imported here for existing callers.
 from .transforms import CIFAR100_MEAN, CIFAR100_STD, cifar_augment, cifar_normalize  # noqa: F401
 
@@ -252,7 +253,8 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
                    per_class: Optional[int] = None, return_task_id: bool = False,
                    download: bool = False, test_per_class: Optional[int] = None,
                    validation_per_class: Optional[int] = None,
-                   imbalance_ratio: Optional[float] = None, imbalance_order: str = "shuffled") -> NCScenario:
+                   imbalance_ratio: Optional[float] = None, imbalance_order: str = "shuffled",
+                   superclass_skew: Optional[int] = None) -> NCScenario:
     """Class-incremental Split CIFAR-100, built with Avalanche's ``nc_benchmark``.
 
     The class order follows Avalanche's ``SplitCIFAR100``: ``class_order`` (a permutation of
@@ -283,14 +285,25 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     ``imbalance_ratio``, ``imbalance_order`` and ``n_max``; without imbalance
     ``class_counts`` holds the balanced counts and ``imbalance_ratio`` is None.
 
+    ``superclass_skew=k`` keeps all five classes of ``k`` "crowded" superclasses and one class
+    of each other, "lone", superclass (``20 + 4k`` classes, equal images per class; the rule in
+    :mod:`~avalanche_balanced.superclass_skew`): semantically similar classes over-represented.
+    ``seed`` picks the crowded superclasses and the lone classes (before anything else it
+    draws); a ``class_order`` is filtered to the kept classes; the test (or validation) stream
+    covers the kept classes only; ``n_experiences`` must divide the number kept. The result
+    has ``classes_kept`` (sorted ids) and ``crowded_classes`` (bool[100]); both are None
+    without skew. It cannot be combined with ``imbalance_ratio``.
+
     Extra attributes on the result: ``fine_to_coarse`` (LongTensor[100]), ``train_indices``
     (the training-set indices used), ``validation_indices`` (None without validation), and ``fine_label_names`` / ``coarse_label_names`` when
     the data folder has label names. ``root`` defaults to :func:`default_data_root`.
     """
     if isinstance(n_experiences, bool) or not isinstance(n_experiences, int) \
-            or n_experiences < 1 or N_FINE % n_experiences:
+            or n_experiences < 1 or (superclass_skew is None and N_FINE % n_experiences):
         raise ValueError(f"n_experiences must be a positive divisor of {N_FINE}, "
                          f"got {n_experiences!r}")
+    if superclass_skew is not None and imbalance_ratio is not None:
+        raise ValueError("superclass_skew and imbalance_ratio cannot be combined; pass one of them")
     if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int)
                                   or not 0 < per_class <= TRAIN_PER_CLASS):
         raise ValueError(f"per_class must be an int in (0, {TRAIN_PER_CLASS}], got {per_class!r}")
@@ -327,9 +340,19 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     # Like the class order, seed=None means "not reproducible": use the global RNG.
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     pool = torch.arange(train.fine.numel())
+    kept, crowded = None, None
+    if superclass_skew is not None:
+        kept, crowded = skewed_classes(table, superclass_skew, gen)
+        if kept.numel() % n_experiences:
+            raise ValueError(f"n_experiences ({n_experiences}) must divide the {kept.numel()} classes that "
+                             f"superclass_skew={superclass_skew} keeps")
+        pool = pool[torch.isin(train.fine, kept)]
+        if class_order is not None:
+            class_order = [c for c in class_order if c in set(kept.tolist())]
     validation = None
     if validation_per_class is not None:
-        validation = _balanced_subset(train.fine, validation_per_class, gen)
+        validation = _balanced_subset(train.fine[pool], validation_per_class, gen)
+        validation = pool[validation]
         pool = pool[~torch.isin(pool, validation)]
     # Held-out images leave fewer per class: the long-tailed cap shrinks by them (450 with 50 held out).
     n_max = per_class if per_class is not None else TRAIN_PER_CLASS - (validation_per_class or 0)
@@ -347,11 +370,13 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
         train.images[indices].float().div_(255), train.fine[indices])
     if validation is not None:
         test_images, test_fine = train.images[validation], train.fine[validation]
-    elif test_per_class is not None:
-        keep = _balanced_subset(test.fine, test_per_class, torch.Generator().manual_seed(seed or 0))
-        test_images, test_fine = test.images[keep], test.fine[keep]
     else:
-        test_images, test_fine = test.images, test.fine
+        test_pool = torch.arange(test.fine.numel()) if kept is None else torch.nonzero(
+            torch.isin(test.fine, kept)).squeeze(1)
+        if test_per_class is not None:
+            keep = _balanced_subset(test.fine[test_pool], test_per_class, torch.Generator().manual_seed(seed or 0))
+            test_pool = test_pool[keep]
+        test_images, test_fine = test.images[test_pool], test.fine[test_pool]
     test_ds = _make_taskaware_tensor_classification_dataset(test_images.float().div_(255), test_fine)
 
     with preserved_global_rng():
@@ -363,6 +388,7 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     benchmark.validation_indices = validation
     benchmark.class_counts = torch.bincount(train.fine[indices], minlength=N_FINE)
     benchmark.imbalance_ratio, benchmark.imbalance_order, benchmark.n_max = imbalance_ratio, imbalance_order, n_max
+    benchmark.superclass_skew, benchmark.classes_kept, benchmark.crowded_classes = superclass_skew, kept, crowded
     for key, names in _label_names(root).items():
         setattr(benchmark, key, names)
     return benchmark

@@ -24,6 +24,7 @@ __all__ = [
     "long_tail_counts",
     "frequency_buckets",
     "bucket_thresholds",
+    "BucketAccuracy",
     "FrequencyBucketAccuracy",
 ]
 
@@ -69,24 +70,25 @@ def frequency_buckets(class_counts: Tensor, n_max: int) -> Tensor:
     return torch.where(counts > t["many"], 0, torch.where(counts < t["few"], 2, 1)).long()
 
 
-class FrequencyBucketAccuracy(PluginMetric[Dict[str, float]]):
-    """Accuracy on the test samples of head, medium and tail classes, over an evaluation stream.
+class BucketAccuracy(PluginMetric[Dict[str, float]]):
+    """Accuracy on the test samples of each bucket of classes, over an evaluation stream.
 
-    Emits ``HeadAccuracy_Stream/eval_phase/<stream>_stream`` (and ``Medium``,
-    ``Tail``) at the end of every ``strategy.eval`` call, computed from
-    ``strategy.mb_output`` (argmax) and ``strategy.mb_y``. A bucket without test
-    samples in the stream is not emitted.
+    Emits ``<Name>Accuracy_Stream/eval_phase/<stream>_stream`` for every bucket name
+    at the end of every ``strategy.eval`` call, computed from ``strategy.mb_output``
+    (argmax) and ``strategy.mb_y``. A bucket without test samples in the stream is not
+    emitted; a target outside ``bucket_of_class`` raises ``ValueError``.
 
     Args:
-        class_counts: training images per class (e.g. ``benchmark.class_counts``).
-        n_max: the per-class cap the counts were derived from (sets the thresholds).
+        bucket_of_class: bucket index of every class id (LongTensor[C]), ``-1`` for a class
+            in no bucket (its samples are not counted).
+        names: the buckets' names, by index.
     """
 
-    def __init__(self, class_counts: Tensor, n_max: int):
+    def __init__(self, bucket_of_class: Tensor, names: Sequence[str]):
         super().__init__()
-        self.buckets = frequency_buckets(class_counts, n_max)
-        self._correct = torch.zeros(len(BUCKETS), dtype=torch.long)
-        self._total = torch.zeros(len(BUCKETS), dtype=torch.long)
+        self.buckets, self.names = torch.as_tensor(bucket_of_class).long(), tuple(names)
+        self._correct = torch.zeros(len(self.names), dtype=torch.long)
+        self._total = torch.zeros(len(self.names), dtype=torch.long)
 
     def reset(self) -> None:
         self._correct.zero_()
@@ -98,16 +100,17 @@ class FrequencyBucketAccuracy(PluginMetric[Dict[str, float]]):
             predictions = predictions.argmax(-1)
         targets = targets.detach().cpu().long()
         if bool((targets >= self.buckets.numel()).any()) or bool((targets < 0).any()):
-            raise ValueError(f"targets must lie in [0, {self.buckets.numel()}), the classes with counts")
+            raise ValueError(f"targets must lie in [0, {self.buckets.numel()}), the classes with a bucket")
         bucket = self.buckets[targets]
-        hit = (predictions.detach().cpu() == targets).long()
-        self._correct += torch.bincount(bucket, weights=hit, minlength=len(BUCKETS)).long()
-        self._total += torch.bincount(bucket, minlength=len(BUCKETS))
+        counted = bucket >= 0
+        hit = (predictions.detach().cpu() == targets).long()[counted]
+        self._correct += torch.bincount(bucket[counted], weights=hit, minlength=len(self.names)).long()
+        self._total += torch.bincount(bucket[counted], minlength=len(self.names))
 
     def result(self) -> Dict[str, float]:
         """``{bucket: accuracy}`` for the buckets with at least one sample."""
         return {name: float(self._correct[i]) / float(self._total[i])
-                for i, name in enumerate(BUCKETS) if int(self._total[i]) > 0}
+                for i, name in enumerate(self.names) if int(self._total[i]) > 0}
 
     def before_eval(self, strategy) -> None:
         self.reset()
@@ -124,4 +127,17 @@ class FrequencyBucketAccuracy(PluginMetric[Dict[str, float]]):
         return values
 
     def __str__(self):
-        return getattr(self, "_name", "HeadAccuracy_Stream")
+        return getattr(self, "_name", f"{self.names[0].capitalize()}Accuracy_Stream")
+
+
+class FrequencyBucketAccuracy(BucketAccuracy):
+    """Accuracy on the test samples of head, medium and tail classes (``HeadAccuracy_Stream``,
+    ``MediumAccuracy_Stream``, ``TailAccuracy_Stream``); see :class:`BucketAccuracy`.
+
+    Args:
+        class_counts: training images per class (e.g. ``benchmark.class_counts``).
+        n_max: the per-class cap the counts were derived from (sets the thresholds).
+    """
+
+    def __init__(self, class_counts: Tensor, n_max: int):
+        super().__init__(frequency_buckets(class_counts, n_max), BUCKETS)

@@ -510,3 +510,45 @@ def test_long_tailed_split_with_validation_images(cifar_root):
     train = set(bench.train_indices.tolist())
     assert not train & set(bench.validation_indices.tolist())  # validation images are never trained on
     assert sum(len(e.dataset) for e in bench.test_stream) == 100 * 50  # the validation stream is balanced
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_superclass_skew_keeps_crowded_superclasses_whole_and_one_class_of_the_others(npz_cifar_dir, seed):
+    bench = split_cifar100(5, root=npz_cifar_dir, seed=seed, superclass_skew=10)
+    kept, crowded, table = bench.classes_kept, bench.crowded_classes, bench.fine_to_coarse
+    assert kept.numel() == 5 * 10 + (20 - 10) == 60
+    per_superclass = torch.bincount(table[kept], minlength=20)
+    assert sorted(per_superclass.tolist()) == [1] * 10 + [5] * 10
+    assert torch.equal(crowded, per_superclass[table] == 5)  # crowded: the superclasses kept whole
+    counts = bench.class_counts
+    assert bool((counts[kept] == 3).all()) and int(counts.sum()) == 3 * 60  # equal images per kept class
+    seen = sorted(c for e in bench.train_stream for c in e.classes_in_this_experience)
+    assert seen == kept.tolist() and all(len(e.classes_in_this_experience) == 12 for e in bench.train_stream)
+    tested = {int(y) for e in bench.test_stream for y in e.dataset.targets}
+    assert tested == set(kept.tolist())
+    again = split_cifar100(5, root=npz_cifar_dir, seed=seed, superclass_skew=10)
+    assert torch.equal(again.classes_kept, kept) and torch.equal(again.train_indices, bench.train_indices)
+
+
+def test_superclass_skew_differs_by_seed_and_keeps_validation_apart(npz_cifar_dir):
+    a = split_cifar100(5, root=npz_cifar_dir, seed=0, superclass_skew=10)
+    b = split_cifar100(5, root=npz_cifar_dir, seed=1, superclass_skew=10)
+    assert not torch.equal(a.crowded_classes, b.crowded_classes)
+    v = split_cifar100(5, root=npz_cifar_dir, seed=0, superclass_skew=10, validation_per_class=1)
+    assert torch.equal(v.classes_kept, a.classes_kept)
+    assert not set(v.train_indices.tolist()) & set(v.validation_indices.tolist())
+    assert sum(len(e.dataset) for e in v.test_stream) == 60  # one held-out image per kept class
+    plain = split_cifar100(5, root=npz_cifar_dir, seed=0)
+    assert plain.classes_kept is None and plain.crowded_classes is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(superclass_skew=0), r"superclass_skew .* \[1, 19\], got 0"),
+    (dict(superclass_skew=20), r"superclass_skew .* got 20"),
+    (dict(superclass_skew=True), r"superclass_skew .* got True"),
+    (dict(superclass_skew=3), r"n_experiences \(5\) must divide the 32 classes"),
+    (dict(superclass_skew=10, imbalance_ratio=0.1), "superclass_skew and imbalance_ratio"),
+])
+def test_superclass_skew_bad_arguments_are_named(npz_cifar_dir, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        split_cifar100(5, root=npz_cifar_dir, seed=0, **kwargs)

@@ -52,3 +52,19 @@ def test_bucket_accuracy_counts_each_bucket():
     assert metric.result() == {"medium": 1.0}  # buckets without samples are left out
     with pytest.raises(ValueError, match="targets"):
         metric.update(torch.tensor([0]), torch.tensor([7]))
+
+
+def test_superclass_skew_accuracy_splits_crowded_and_lone_classes():
+    from avalanche_balanced.superclass_skew import SuperclassSkewAccuracy
+    crowded = torch.tensor([True, True, False, False, False])
+    metric = SuperclassSkewAccuracy(crowded, kept=torch.tensor([0, 1, 2, 3]))  # class 4: not in the stream
+    metric.update(torch.tensor([0, 2, 2, 0]), torch.tensor([0, 1, 2, 3]))
+    assert metric.result() == {"crowded": 0.5, "lone": 0.5}
+    metric.update(torch.tensor([3]), torch.tensor([3]))
+    assert metric.result() == {"crowded": 0.5, "lone": 2 / 3}
+    metric.update(torch.tensor([4]), torch.tensor([4]))  # a class outside the stream counts nowhere
+    assert metric.result() == {"crowded": 0.5, "lone": 2 / 3}
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 5\)"):
+        metric.update(torch.tensor([0]), torch.tensor([5]))
+    metric.reset()
+    assert metric.result() == {}

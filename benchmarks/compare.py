@@ -57,12 +57,15 @@ from avalanche_balanced.experiment import accuracy_matrix, build_evaluator, fina
 from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_tail_counts
 from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.protocols import PROTOCOLS
+from avalanche_balanced.superclass_skew import SKEW_BUCKETS, SuperclassSkewAccuracy, skewed_classes
 from methods import CORE, LR_FROM, METHODS, Setting  # benchmarks/ is on the path of a script run from it
 from reporting import markdown_lr_selection, write_outputs
 
 LR_GRID = (0.01, 0.03, 0.1)
 # Long-tailed streams (--scenario lt): accuracy on the test images of head, medium and tail classes.
-BUCKET_NAMES = {f"{b}_accuracy": f"{b.capitalize()}Accuracy_Stream/eval_phase/test_stream" for b in BUCKETS}
+# Superclass-skewed streams (--scenario skew): on the classes of crowded and of lone superclasses.
+BUCKET_NAMES = {f"{b}_accuracy": f"{b.capitalize()}Accuracy_Stream/eval_phase/test_stream"
+                for b in BUCKETS + SKEW_BUCKETS}
 # Logged by BalancedReplayPlugin at the end of every experience.
 REPLAY_HISTORY = {
     "current_share": "BalancedReplay/current_share",
@@ -82,12 +85,14 @@ SEMANTIC_NAMES = {
 }
 
 
-def tiny_benchmark(seed, validation=False, imbalance_ratio=None, imbalance_order="shuffled"):
+def tiny_benchmark(seed, validation=False, imbalance_ratio=None, imbalance_order="shuffled", skew=False):
     """20 classes in 5 superclasses of 4, 8x8 images with a class-dependent colour.
 
     ``validation``: the test stream is another draw from the training distribution
     (the stand-in for held-out training images). ``imbalance_ratio``: long-tailed training
-    counts under a cap of 6 per class (see :func:`avalanche_balanced.long_tail.long_tail_counts`)."""
+    counts under a cap of 6 per class (see :func:`avalanche_balanced.long_tail.long_tail_counts`).
+    ``skew``: one crowded superclass kept whole and one class of each other (8 classes,
+    4 experiences; see :mod:`avalanche_balanced.superclass_skew`)."""
     from avalanche.benchmarks import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
     g = torch.Generator().manual_seed(seed)
@@ -101,14 +106,22 @@ def tiny_benchmark(seed, validation=False, imbalance_ratio=None, imbalance_order
     if validation:
         test = split(3)
     order, counts = None, torch.full((20,), 6)
+    kept, crowded, n_experiences = None, None, 5
+    if skew:
+        kept, crowded = skewed_classes(torch.arange(20) // 4, 1, g)
+        counts, n_experiences = torch.where(torch.isin(torch.arange(20), kept), 6, 0), 4
+        train = train.subset(torch.nonzero(torch.isin(torch.arange(120) // 6, kept)).squeeze(1).tolist())
+        test = test.subset(torch.nonzero(torch.isin(torch.arange(60) // 3, kept)).squeeze(1).tolist())
     if imbalance_ratio is not None:
         order = torch.randperm(20, generator=g).tolist()
         counts = long_tail_counts(order, 6, imbalance_ratio, imbalance_order, g)
         rank = torch.arange(120) % 6  # split(6) repeats each class 6 times in a row
         train = train.subset(torch.nonzero(rank < counts[torch.arange(20).repeat_interleave(6)]).squeeze(1).tolist())
     with preserved_global_rng():  # nc_benchmark re-seeds torch's global RNG
-        bm = nc_benchmark(train, test, n_experiences=5, task_labels=False, seed=seed, fixed_class_order=order)
+        bm = nc_benchmark(train, test, n_experiences=n_experiences, task_labels=False, seed=seed,
+                          fixed_class_order=order)
     bm.fine_to_coarse = torch.arange(20) // 4
+    bm.classes_kept, bm.crowded_classes = kept, crowded
     bm.class_counts, bm.n_max = counts, 6
     bm.imbalance_ratio, bm.imbalance_order = imbalance_ratio, imbalance_order
     return bm
@@ -119,9 +132,10 @@ def build_benchmark(protocol, order_seed, args, validation=False):
     and the benchmark its intermediate evaluations use."""
     p = PROTOCOLS[protocol]
     lt = getattr(args, "scenario", "split") == "lt"
+    skew = getattr(args, "scenario", "split") == "skew"
     if protocol == "tiny":
         bm = tiny_benchmark(order_seed, validation, imbalance_ratio=args.imbalance_ratio if lt else None,
-                            imbalance_order=args.imbalance_order if lt else "shuffled")
+                            imbalance_order=args.imbalance_order if lt else "shuffled", skew=skew)
     else:
         # Long-tailed (--scenario lt): CIFAR-100-LT counts under the standard cap of 500 per class.
         bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed,
@@ -129,6 +143,7 @@ def build_benchmark(protocol, order_seed, args, validation=False):
                             validation_per_class=p["val_per_class"] if validation else None,
                             imbalance_ratio=args.imbalance_ratio if lt else None,
                             imbalance_order=args.imbalance_order if lt else "shuffled",
+                            superclass_skew=args.superclass_skew if skew else None,
                             download=True)  # only when no local copy is found
     if validation or p["eval_per_class"] is None:
         return bm, bm
@@ -177,6 +192,8 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     extra = semantic_metrics(bm.fine_to_coarse)  # group agreement: only where the strategy has our buffer
     if getattr(bm, "imbalance_ratio", None) is not None:
         extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))
+    if getattr(bm, "crowded_classes", None) is not None:
+        extra.append(SuperclassSkewAccuracy(bm.crowded_classes, bm.classes_kept))
     evaluator, _ = build_evaluator(None, extra_metrics=extra, interactive=False)
     strategy = METHODS[method].build(setting, evaluator)
 
@@ -221,6 +238,7 @@ def run_config(method, seed, lr, args) -> dict:
     return dict(protocol=args.protocol, lr=p["lr"] if lr is None else lr, scenario=args.scenario,
                 imbalance_ratio=args.imbalance_ratio if lt else None,
                 imbalance_order=args.imbalance_order if lt else None,
+                **({"superclass_skew": args.superclass_skew} if args.scenario == "skew" else {}),
                 class_order_seed=seed if args.class_order_seed is None else args.class_order_seed,
                 buffer_size=args.buffer_size or p["mem_size"], guards=getattr(args, "guards", "on"),
                 **({"compile": True} if getattr(args, "compile", False) else {}),  # absent: eager
@@ -349,8 +367,11 @@ def main(argv=None):
     parser.add_argument("--lr_pairing", choices=("counterpart", "own"), default="counterpart",
                         help="balanced variants train at their uniform counterpart's chosen rate (default) "
                              "or at their own")
-    parser.add_argument("--scenario", choices=("split", "lt"), default="split",
-                        help="lt: long-tailed Split CIFAR-100 (CIFAR-100-LT counts, cap 500 per class)")
+    parser.add_argument("--scenario", choices=("split", "lt", "skew"), default="split",
+                        help="lt: long-tailed Split CIFAR-100 (CIFAR-100-LT counts, cap 500 per class); "
+                             "skew: superclass-skewed Split CIFAR-100 (--superclass_skew crowded superclasses)")
+    parser.add_argument("--superclass_skew", type=int, default=10,
+                        help="crowded superclasses of --scenario skew (10: 60 classes, 50 of them crowded)")
     parser.add_argument("--imbalance_ratio", type=float, default=0.01)
     parser.add_argument("--imbalance_order", choices=("shuffled", "ordered"), default="shuffled")
     parser.add_argument("--guards", choices=("on", "off"), default="on",
@@ -370,8 +391,8 @@ def main(argv=None):
     if jobs < 1:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     threads = max(1, _cpu_count() // jobs)
-    default_out = (f"results/{args.protocol}" if args.scenario == "split"
-                   else f"results/{args.protocol}_lt_{args.imbalance_order}")
+    default_out = {"split": f"results/{args.protocol}", "lt": f"results/{args.protocol}_lt_{args.imbalance_order}",
+                   "skew": f"results/{args.protocol}_skew{args.superclass_skew}"}[args.scenario]
     out = Path(args.out or default_out)
     out.mkdir(parents=True, exist_ok=True)
     lr_path = Path(args.lr_selection) if args.lr_selection else Path(f"results/{args.protocol}/lr_selection.json")

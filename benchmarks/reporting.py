@@ -13,7 +13,8 @@ from avalanche_balanced.protocols import PROTOCOLS
 from methods import DESCRIPTIONS, METHODS
 
 SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
-                "group_agreement", "seconds", "head_accuracy", "medium_accuracy", "tail_accuracy")
+                "group_agreement", "seconds", "head_accuracy", "medium_accuracy", "tail_accuracy",
+                "crowded_accuracy", "lone_accuracy")
 # Compared seed by seed (same class order, data and initialisation): balanced vs uniform
 # replay, and our plugin's uniform mode vs Avalanche's ER (the drop-in parity check).
 PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"), ("plugin_uniform", "er"),
@@ -26,7 +27,8 @@ PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"
 PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
                ("semantic_consistency", "sem. consistency", 3))
 BUCKET_KEYS = (("head_accuracy", "head acc.", 2), ("medium_accuracy", "medium acc.", 2),
-               ("tail_accuracy", "tail acc.", 2))
+               ("tail_accuracy", "tail acc.", 2),  # long-tailed streams
+               ("crowded_accuracy", "crowded acc.", 2), ("lone_accuracy", "lone acc.", 2))  # superclass-skewed
 
 
 def summarise(runs):
@@ -81,14 +83,13 @@ def markdown_paired(paired):
 
 
 def markdown_table(table, protocol):
-    buckets = any("head_accuracy" in row for row in table.values())
+    buckets = [k for k in BUCKET_KEYS if any(k[0] in row for row in table.values())]
     head = ("| method | lr | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
-            "superclass err. share | group agreement (ARI) | seconds |")
-    if buckets:
-        head += " head acc. (%) | medium acc. (%) | tail acc. (%) |"
+            "superclass err. share | group agreement (ARI) | seconds |"
+            + "".join(f" {label} (%) |" for _, label, _ in buckets))
     lines = [f"Protocol `{protocol}`; mean ± std over the listed seeds; lr: each method's SGD rate "
              "(chosen on held-out training images where `lr_selection.json` exists).", "", head,
-             "|" + "---|" * (13 if buckets else 10)]
+             "|" + "---|" * (10 + len(buckets))]
 
     def cell(row, key, digits):
         if key not in row:
@@ -101,8 +102,7 @@ def markdown_table(table, protocol):
                      f"{cell(row, 'forgetting', 2)} | {cell(row, 'bwt', 2)} | "
                      f"{cell(row, 'semantic_consistency', 3)} | {cell(row, 'superclass_error_share', 3)} | "
                      f"{cell(row, 'group_agreement', 3)} | {cell(row, 'seconds', 0)} |"
-                     + (f" {cell(row, 'head_accuracy', 2)} | {cell(row, 'medium_accuracy', 2)} | "
-                        f"{cell(row, 'tail_accuracy', 2)} |" if buckets else ""))
+                     + "".join(f" {cell(row, key, digits)} |" for key, _, digits in buckets))
     lines += ["", "Methods:"] + [f"- `{m}`: {DESCRIPTIONS[m]}" for m in table]
     return "\n".join(lines) + "\n"
 

@@ -323,6 +323,23 @@ def test_long_tailed_scenario_reports_buckets(monkeypatch):
     assert balanced["head_accuracy"] is None  # balanced streams report no buckets
 
 
+def test_superclass_skewed_scenario_reports_crowded_and_lone_accuracy(monkeypatch):
+    compare = load("compare", monkeypatch)
+    args = _args(scenario="skew", superclass_skew=1)
+    bm, _ = compare.build_benchmark("tiny", 0, args)
+    kept = bm.classes_kept
+    assert kept.numel() == 8 and int(bm.crowded_classes[kept].sum()) == 4  # one superclass of 4 whole, 4 lone
+    assert sorted(c for e in bm.train_stream for c in e.classes_in_this_experience) == kept.tolist()
+    result = compare.run_one("plugin_balanced", 0, "tiny", args, threads=1)
+    crowded, lone = result["crowded_accuracy"], result["lone_accuracy"]
+    # as many test images per class in both buckets: the stream accuracy is their mean
+    assert crowded is not None and lone is not None
+    assert abs(result["accuracy"] - (crowded + lone) / 2) < 1e-6
+    assert len(result["accuracy_matrix"]) == 4
+    assert compare.run_config("er", 0, None, _args(scenario="skew", superclass_skew=1, imbalance_ratio=None,
+                                                   imbalance_order=None))["superclass_skew"] == 1
+
+
 def test_training_probe_only_reads_and_logs_every_iteration(tmp_path, monkeypatch):
     compare = load("compare", monkeypatch)
     probe = load("probe_training", monkeypatch)

@@ -70,8 +70,11 @@ class BalancedBuffer(StoragePolicyContract):
     ``difficulty_weight`` multiplies by ``(loss / mean loss) ** weight`` of the
     loss each sample had at its latest replay (:meth:`record_losses`).
 
-    Insertion (``insertion``): ``"reservoir"`` per minibatch, as SARL does, or
-    ``"class_balanced"``. Tensors are allocated at the first insertion, when the
+    Insertion (``insertion``): ``"reservoir"`` per minibatch, as SARL does,
+    ``"class_balanced"`` (equal slots per class, as Avalanche's ``ClassBalancedBuffer``), or
+    ``"group_balanced"`` (equal slots per semantic group: the stored and incoming samples
+    form one pool, balanced over the groups of the moment, so groups changed by a
+    regrouping are re-balanced at the next insertion; unseen classes are groups of their own). Tensors are allocated at the first insertion, when the
     input shape, the number of classes (the logits' width) and the feature
     width are known.
 

@@ -14,7 +14,7 @@ __all__ = ["STORAGE", "INSERTIONS", "insert", "allocate", "widen_logits", "fit_w
 
 STORAGE = ("examples", "labels", "task_labels", "logits", "features", "group_ids", "losses")
 """The buffer's preallocated per-slot tensors."""
-INSERTIONS = ("reservoir", "class_balanced")
+INSERTIONS = ("reservoir", "class_balanced", "group_balanced")
 """Insertion policies (see :mod:`~avalanche_balanced.insertion`)."""
 SYNC_FREE_INSERTION_LIMIT = 4096  # reservoir buffers on the CPU up to this size write fixed-length rows
 
@@ -38,14 +38,16 @@ def insert(buffer, examples: Tensor, labels: Tensor, task_labels: Tensor, logits
         write_rows_masked(stores, (examples, labels, task_labels, logits, features, groups, losses), source, slots)
         placed = torch.where(source == torch.arange(n, device=buffer.device), slots, -1)
     else:
+        groups = buffer.grouping_rule(buffer, labels, features)
         if buffer.insertion == "reservoir":
             source, slots = reservoir_slots(buffer.num_seen, buffer.size, n, buffer.max_size,
                                             device=buffer.device, generator=buffer.generator)
-        else:
-            source, slots = class_balanced_slots(buffer.labels[: buffer.size], labels, buffer.max_size,
-                                                 buffer.num_classes, generator=buffer.generator)
-        groups = torch.zeros_like(labels)
-        groups[source] = buffer.grouping_rule(buffer, labels[source], features[source])
+        else:  # balanced storage: per class, or per semantic group (the groups of now, incoming included)
+            by_class = buffer.insertion == "class_balanced"
+            stored, incoming, width = ((buffer.labels, labels, buffer.num_classes) if by_class
+                                       else (buffer.group_ids, groups, buffer.group_width))
+            source, slots = class_balanced_slots(stored[: buffer.size], incoming, buffer.max_size, width,
+                                                 generator=buffer.generator)
         write_rows(stores, (examples, labels, task_labels, logits, features, groups, losses), source, slots)
         placed = torch.full_like(labels, -1).index_copy_(0, source, slots)
     buffer.num_seen += n

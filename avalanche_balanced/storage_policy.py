@@ -54,8 +54,9 @@ class StoragePolicyContract(ExemplarsBuffer):
 
     @torch.no_grad()
     def resize(self, strategy, new_size: int) -> None:
-        """Change the capacity. Shrinking keeps a uniform random subset (class-balanced
-        under ``insertion="class_balanced"``), which preserves each policy's invariant."""
+        """Change the capacity. Shrinking keeps a uniform random subset (class- or group-balanced
+        under ``insertion="class_balanced"`` or ``"group_balanced"``), which preserves each
+        policy's invariant."""
         if not isinstance(new_size, int) or new_size <= 0:
             raise ValueError(f"new_size must be a positive integer, got {new_size!r}")
         if not self.allocated:
@@ -64,9 +65,10 @@ class StoragePolicyContract(ExemplarsBuffer):
         n = self.size
         if new_size >= n:
             keep = torch.arange(n, device=self.device)
-        elif self.insertion == "class_balanced":
-            keep = torch.nonzero(balanced_keep_mask(self.labels[:n], new_size, self.num_classes,
-                                                    generator=self.generator)).squeeze(1)
+        elif self.insertion in ("class_balanced", "group_balanced"):
+            by_class = self.insertion == "class_balanced"
+            keys, width = (self.labels[:n], self.num_classes) if by_class else (self.group_ids[:n], self.group_width)
+            keep = torch.nonzero(balanced_keep_mask(keys, new_size, width, generator=self.generator)).squeeze(1)
         else:
             keep = torch.randperm(n, device=self.device, generator=self.generator)[:new_size].sort().values
         for name in STORAGE:

@@ -551,3 +551,57 @@ def test_options_change_the_distribution_as_documented():
     hard.record_losses(torch.tensor([0, 1]), torch.tensor([4.0, 0.5]))  # the rest: never replayed
     p = hard.replay_probabilities()
     assert p[0] > p[2] > p[1]  # harder than the mean, unknown (neutral), easier
+
+
+def _group_buffer(mapping, capacity=30, seed=0):
+    return BalancedBuffer(capacity, grouping="fixed", class_to_group=torch.tensor(mapping),
+                          insertion="group_balanced", seed=seed)
+
+
+def test_group_balanced_storage_keeps_equal_slots_per_group():
+    # classes 0-3 form group 0 (over-represented in the stream), 4 and 5 groups 1 and 2
+    buf = _group_buffer([0, 0, 0, 0, 1, 2])
+    offered = 0
+    for step in range(12):
+        x, y, logits, feats = batch(16, seed=step)
+        buf.add_data(x, y, logits, feats)
+        offered += 16
+        check_invariants(buf, offered)
+        assert buf.size <= buf.max_size
+    counts = torch.bincount(buf.group_ids[: buf.size], minlength=3)
+    assert int(counts.sum()) == 30 and int(counts.max() - counts.min()) <= 1  # 10 each, within one
+    by_class = torch.bincount(buf.labels[: buf.size], minlength=C)
+    assert int(by_class[:4].sum()) in (9, 10, 11) and int(by_class[4]) >= 9  # group 0's classes share its slots
+
+
+def test_group_balanced_storage_keeps_every_sample_of_a_group_under_its_quota():
+    buf = _group_buffer([0, 0, 0, 0, 0, 1])
+    x, y, logits, feats = batch(60, classes=range(5), seed=1)  # group 0 only: fills the buffer
+    buf.add_data(x, y, logits, feats)
+    rare_x, rare_y, rare_logits, rare_feats = batch(4, classes=[5], seed=2)  # group 1: 4 < quota 15
+    buf.add_data(rare_x, rare_y, rare_logits, rare_feats)
+    assert int((buf.labels[: buf.size] == 5).sum()) == 4  # none of the rare group's samples lost
+    x, y, logits, feats = batch(60, classes=range(5), seed=3)
+    buf.add_data(x, y, logits, feats)
+    assert int((buf.labels[: buf.size] == 5).sum()) == 4 and buf.size == 30
+
+
+def test_group_balanced_storage_rebalances_after_the_groups_change():
+    buf = _group_buffer([0, 0, 0, 1, 1, 1])
+    for step in range(6):
+        buf.add_data(*batch(16, seed=10 + step))
+    # new grouping: class 0 alone, the rest together; the next insertion balances the new groups
+    buf.grouping_rule.class_to_group = torch.tensor([0, 1, 1, 1, 1, 1])
+    buf.regroup()
+    assert torch.equal(buf.group_ids[: buf.size], (buf.labels[: buf.size] != 0).long())
+    incoming = batch(60, classes=[0, 1, 2, 3, 4, 5], seed=30)
+    pool_0 = int((buf.labels[: buf.size] == 0).sum() + (incoming[1] == 0).sum())
+    buf.add_data(*incoming)
+    counts = torch.bincount(buf.group_ids[: buf.size], minlength=2)
+    # the new group 0 keeps all it has up to its quota (15), group 1 takes the rest
+    assert pool_0 > 0 and counts.tolist() == [min(15, pool_0), 30 - min(15, pool_0)]
+    for step in range(4):  # more of class 0 arrives: the groups even out
+        buf.add_data(*batch(16, classes=[0], seed=40 + step))
+    assert torch.bincount(buf.group_ids[: buf.size], minlength=2).tolist() == [15, 15]
+    buf.resize(None, 10)  # shrinking keeps the groups balanced too
+    assert torch.bincount(buf.group_ids[: buf.size], minlength=2).tolist() == [5, 5]

@@ -19,7 +19,7 @@ from .buffer_state import buffer_state_dict, load_buffer_state
 from .grouping_rules import GroupingRule, majority_groups, make_grouping
 from .model_passes import stored_features
 from .replay_weights import past_importance, task_balanced_weights
-from .sampling import draw_proportional, replay_distribution, uniform_indices
+from .sampling import draw_proportional, group_share_weights, replay_distribution, uniform_indices
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SimilarityRule, make_similarity
 from .storage_policy import StoragePolicyContract
@@ -59,7 +59,8 @@ class BalancedBuffer(StoragePolicyContract):
     ``centered``), ``"learned"`` (``similarity_net``), ``"none"`` (1 for every
     sample, an ablation).
 
-    Replay distribution (:meth:`replay_probabilities`): the importance of
+    Replay distribution (:meth:`replay_probabilities`), ``share="sample"`` (the design
+    note's rule, default): the importance of
     :func:`balanced_importance` over the samples of *past* experiences (with
     ``eps`` bounding the similarity term at ``1 / eps``), capped at
     ``max_ratio`` times the uniform probability; the current experience's
@@ -69,6 +70,13 @@ class BalancedBuffer(StoragePolicyContract):
     ``hierarchical`` balances groups, then classes within a group;
     ``difficulty_weight`` multiplies by ``(loss / mean loss) ** weight`` of the
     loss each sample had at its latest replay (:meth:`record_losses`).
+    ``share="group"``: every group of past samples gets exactly the same share, split
+    inside the group by the similarity term and capped at ``max_ratio`` times the group's
+    uniform share (:func:`~avalanche_balanced.sampling.group_share_weights`); with
+    ``grouping="class"`` that is exactly class-balanced replay of the past. The per-sample
+    rule instead caps against the uniform share of the whole buffer, so a small group
+    (a tail class) can get less than an equal share, and a class with one stored sample has
+    the smallest similarity term (its prototype is its own feature, similarity 1).
 
     Insertion (``insertion``): ``"reservoir"`` per minibatch, as SARL does,
     ``"class_balanced"`` (equal slots per class, as Avalanche's ``ClassBalancedBuffer``), or
@@ -110,13 +118,15 @@ class BalancedBuffer(StoragePolicyContract):
         hierarchical: bool = False,
         difficulty_weight: float = 0.0,
         target_ess: float = 0.7,
+        share: str = "sample",
         feature_dtype: torch.dtype = torch.float32,
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
     ):
         check_buffer_options(max_size=max_size, insertion=insertion, insertions=INSERTIONS,
                              balance_weight=balance_weight, eps=eps, max_ratio=max_ratio,
-                             difficulty_weight=difficulty_weight, target_ess=target_ess)
+                             difficulty_weight=difficulty_weight, target_ess=target_ess, share=share,
+                             hierarchical=hierarchical)
         super().__init__(max_size)
         self.device = torch.device(device)
         self.similarity_rule = make_similarity(similarity, similarity_net=similarity_net, centered=centered)
@@ -128,6 +138,7 @@ class BalancedBuffer(StoragePolicyContract):
         self.eps, self.uniform_mix, self.max_ratio = float(eps), float(uniform_mix), max_ratio
         self.protect_current, self.hierarchical = protect_current, hierarchical
         self.difficulty_weight, self.target_ess = float(difficulty_weight), float(target_ess)
+        self.share = share
         self._current_classes: Optional[Tensor] = None  # class ids of the experience being trained
         self.feature_dtype = feature_dtype
         self.prototypes = prototypes.to(self.device) if prototypes is not None else None
@@ -384,6 +395,10 @@ class BalancedBuffer(StoragePolicyContract):
         if n == 0:
             return torch.zeros(0, device=self.device)
         past = ~self.current_mask() if self.protect_current and self._current_classes is not None else None
+        if self.share == "group":
+            return group_share_weights(self.stored_similarity(), self.group_ids[:n],
+                                       torch.ones_like(self.labels[:n], dtype=torch.bool) if past is None else past,
+                                       num_groups=self.group_width, eps=self.eps, max_ratio=self.max_ratio)
         return past_importance(self.stored_similarity(), self.group_ids[:n], self.labels[:n], self.losses[:n], past,
                                num_groups=self.group_width, eps=self.eps, balance_weight=self.balance_weight,
                                hierarchical=self.hierarchical, difficulty_weight=self.difficulty_weight,
@@ -405,8 +420,9 @@ class BalancedBuffer(StoragePolicyContract):
                self.losses._version if self.difficulty_weight > 0 else None)
         if self._distribution is None or self._distribution_version != key:
             protected = self.protect_current and self._current_classes is not None
-            self._distribution = replay_distribution(self.importance(), self.current_mask() if protected else None,
-                                                     max_ratio=self.max_ratio)
+            self._distribution = replay_distribution(  # share="group" caps within each group already
+                self.importance(), self.current_mask() if protected else None,
+                max_ratio=None if self.share == "group" else self.max_ratio)
             self._distribution_version = key
         return self._distribution
 

@@ -16,7 +16,7 @@ def buffer_config(buffer) -> dict:
                 eps=buffer.eps, max_ratio=buffer.max_ratio, protect_current=buffer.protect_current,
                 uniform_mix=buffer.uniform_mix, balance_weight=buffer.balance_weight,
                 hierarchical=buffer.hierarchical, difficulty_weight=buffer.difficulty_weight,
-                target_ess=buffer.target_ess, max_size=buffer.max_size)
+                target_ess=buffer.target_ess, share=buffer.share, max_size=buffer.max_size)
 
 
 def buffer_state_dict(buffer) -> dict:
@@ -33,6 +33,7 @@ def load_buffer_state(buffer, state: dict) -> None:
     """Restore :func:`buffer_state_dict` into ``buffer``; another configuration raises
     ``ValueError`` naming every setting that differs."""
     saved, now = dict(state["config"], max_size=state["max_size"]), buffer_config(buffer)
+    saved.setdefault("share", "sample")  # states written before the option existed
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "unrecorded") != now.get(k, "unrecorded"))
     if differ:
         detail = ", ".join(f"{k}: {saved.get(k, 'unrecorded')!r} (state) vs {now.get(k, 'unrecorded')!r} (buffer)"

@@ -29,6 +29,7 @@ __all__ = [
     "difficulty_factor",
     "cap_weights",
     "replay_distribution",
+    "group_share_weights",
     "auto_balance_weight",
     "combined_importance",
     "sample_indices",
@@ -292,6 +293,55 @@ def replay_distribution(
         # The cap is relative to the uniform probability over the past samples: p * n_past <= max_ratio.
         p_past = _cap_on_support(p_past, past, max_ratio)
     return p_past * (past_count.to(weights.dtype) / n) + is_current.to(weights.dtype) / n
+
+
+def group_share_weights(similarity: Tensor, group_ids: Tensor, mask: Tensor, *, num_groups: int,
+                        eps: float = 0.1, max_ratio: Optional[float] = None) -> Tensor:
+    """Weights in which every group present among the ``mask``-ed samples has the same total.
+
+    Each of the ``G`` groups gets ``1 / G``; inside a group the samples share it in
+    proportion to the similarity term ``1 / (sim + eps)``, each capped at ``max_ratio``
+    times the group's uniform share ``1 / (G * size)`` (exact water-filling per group, one
+    sort, no host sync). Sums to 1 over the masked samples, 0 elsewhere (all 0 when none is
+    masked). So the balance is exact per group, whatever the similarities, and a group of
+    one sample gets the whole share of its group; with two, they split it by similarity.
+    """
+    if max_ratio is not None and max_ratio < 1:
+        raise ValueError(f"max_ratio must be >= 1 (a cap below the uniform share cannot be met), got {max_ratio}")
+    _check_finite_unit(similarity)
+    dtype, tiny = torch.float32, torch.finfo(torch.float32).tiny
+    g = group_ids.long()
+    term = torch.where(mask, 1.0 / (similarity.to(dtype) + eps), torch.zeros((), dtype=dtype, device=g.device))
+    counts = torch.zeros(num_groups, dtype=dtype, device=g.device).index_add_(0, g, mask.to(dtype))
+    mass = torch.zeros(num_groups, dtype=dtype, device=g.device).index_add_(0, g, term)
+    p = term / mass[g].clamp_min(tiny)  # sums to 1 within every present group
+    if max_ratio is not None:
+        p = _cap_within_groups(p, g, mask, max_ratio / counts[g].clamp_min(1), num_groups)
+    return p / (counts > 0).sum().clamp_min(1).to(dtype)
+
+
+def _cap_within_groups(p: Tensor, g: Tensor, mask: Tensor, cap: Tensor, num_groups: int) -> Tensor:
+    """:func:`capped_by_sort` in every group at once (``p`` sums to 1 within each group, ``cap``
+    is per sample, constant within a group and at least ``1 / size``)."""
+    n = p.shape[0]
+    order = torch.argsort(p, descending=True, stable=True)
+    order = order[torch.argsort(g[order], stable=True)]  # by group, largest weight first within it
+    ps, gs, cs = p[order], g[order], cap[order]
+    sizes = torch.bincount(g, minlength=num_groups)
+    start = torch.cumsum(sizes, 0) - sizes
+    rank = torch.arange(n, device=p.device) - start[gs]  # position within the group
+    before = torch.cumsum(ps, 0) - ps
+    before = before - before[start[gs]]  # weight of the larger samples of the same group
+    # With the first `rank` samples of a group clipped to the cap, the others scale by this:
+    scale = (1.0 - rank.to(p.dtype) * cs) / (1.0 - before).clamp_min(torch.finfo(p.dtype).tiny)
+    feasible = (ps * scale <= cs * (1 + 1e-6)) | (ps <= 0)
+    big = torch.full((num_groups,), n, dtype=torch.long, device=p.device)
+    first = big.scatter_reduce(0, gs, torch.where(feasible, rank, torch.full_like(rank, n)), reduce="amin")
+    pick = (start + first.clamp_max(n - 1)).clamp_max(n - 1)
+    group_scale = scale[pick]
+    capped = torch.minimum(ps * group_scale[gs], cs)
+    out = torch.empty_like(p).scatter_(0, order, capped)
+    return torch.where(mask, out, torch.zeros_like(out))
 
 
 def _replay_distribution_sync_free(weights: Tensor, is_current: Optional[Tensor], max_ratio) -> Tensor:

@@ -75,9 +75,17 @@ def check_buffer_keywords(buffer_kwargs: dict, plugin_keywords=()) -> None:
                         f"{', '.join(own)} and the buffer's {', '.join(accepted)}")
 
 
+SHARES = ("sample", "group")
+
+
 def check_buffer_options(*, max_size, insertion, insertions, balance_weight, eps, max_ratio, difficulty_weight,
-                         target_ess) -> None:
+                         target_ess, share="sample", hierarchical=False) -> None:
     """The checks of a :class:`~avalanche_balanced.buffer.BalancedBuffer`'s arguments."""
+    if share not in SHARES:
+        raise ValueError(f"unknown share {share!r}; choose one of {SHARES}")
+    if share == "group" and (balance_weight != 1.0 or hierarchical or difficulty_weight > 0):
+        raise ValueError("share='group' balances groups exactly: it takes no balance_weight (other than 1), "
+                         "hierarchical or difficulty_weight")
     check_positive_int(max_size, "max_size (mem_size)")
     if insertion not in insertions:
         raise ValueError(f"unknown insertion {insertion!r}; choose one of {insertions}")

@@ -605,3 +605,51 @@ def test_group_balanced_storage_rebalances_after_the_groups_change():
     assert torch.bincount(buf.group_ids[: buf.size], minlength=2).tolist() == [15, 15]
     buf.resize(None, 10)  # shrinking keeps the groups balanced too
     assert torch.bincount(buf.group_ids[: buf.size], minlength=2).tolist() == [5, 5]
+
+
+def _class_buffer(share, counts=(20, 8, 4, 2, 1, 5), seed=0):
+    buf = BalancedBuffer(sum(counts), grouping="class", share=share, max_ratio=4.0, seed=seed)
+    y = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    g = torch.Generator().manual_seed(seed)
+    buf.add_data(torch.rand(len(y), 3, 2, 2, generator=g) + 0.01, y, torch.randn(len(y), C, generator=g),
+                 torch.randn(len(y), D, generator=g))
+    buf.refresh_prototypes()
+    buf.regroup()
+    buf.set_current_classes([5])  # the last class is the current experience's
+    return buf, torch.zeros(C).index_add_(0, buf.labels[: buf.size], buf.replay_probabilities())
+
+
+def test_class_grouping_with_group_share_is_exactly_class_balanced():
+    buf, per_class = _class_buffer("group")
+    n, past = buf.size, buf.size - 5
+    # every past class, from 20 stored samples down to 1, gets the same share of the past's n_past / n
+    torch.testing.assert_close(per_class[:5], torch.full((5,), past / n / 5))
+    torch.testing.assert_close(per_class[5], torch.tensor(5 / n))  # the current class: its uniform share
+    p = buf.replay_probabilities()
+    sizes = torch.bincount(buf.labels[:n], minlength=C).float()
+    cap = 4.0 * (past / n / 5) / sizes[buf.labels[:n]]  # max_ratio times the class's uniform share
+    is_past = buf.labels[:n] < 5
+    assert bool((p[is_past] <= cap[is_past] * (1 + 1e-5)).all())
+    # inside a class, the similarity term still orders the samples: less typical, more replay
+    big = torch.nonzero(buf.labels[:n] == 0).squeeze(1)
+    sim = buf.stored_similarity()[big]
+    assert float(torch.corrcoef(torch.stack([sim, p[big]]))[0, 1]) < 0
+
+
+def test_per_sample_share_under_class_grouping_misses_the_class_target():
+    """The design note's per-sample rule caps against the whole buffer's uniform share: the class
+    with one stored sample gets well under an equal share (the defect share='group' removes)."""
+    buf, per_class = _class_buffer("sample")
+    target = (buf.size - 5) / buf.size / 5  # 0.175
+    # the single sample is held at the cap, max_ratio / n = 0.1: 57% of an equal share
+    assert float(per_class[4]) == pytest.approx(4.0 / buf.size) and float(per_class[4]) < 0.6 * target
+
+
+def test_group_share_rejects_options_it_cannot_honour():
+    with pytest.raises(ValueError, match="unknown share"):
+        BalancedBuffer(10, share="class")
+    with pytest.raises(ValueError, match="share='group' balances groups exactly"):
+        BalancedBuffer(10, share="group", balance_weight=0.5)
+    state = BalancedBuffer(10, share="group").state_dict()
+    with pytest.raises(ValueError, match="share: 'group' \\(state\\) vs 'sample' \\(buffer\\)"):
+        BalancedBuffer(10).load_state_dict(state)

@@ -129,6 +129,14 @@ def er_ace(s, evaluator):
                   **_common(s, evaluator, _sgd(model, s)))
 
 
+def er_ace_reservoir(s, evaluator):
+    """ER-ACE's loss on ER's storage: Avalanche's ER_ACE with its ClassBalancedBuffer replaced by a
+    ReservoirSamplingBuffer (still filled before training on each experience, as ER_ACE does)."""
+    strategy = er_ace(s, evaluator)
+    strategy.storage_policy = ReservoirSamplingBuffer(s.mem_size)
+    return strategy
+
+
 # The sampler before issue 11, as configuration: every fix off. SARL-GELU's learned
 # similarity (binary targets) drove importance and grouping, features were overwritten
 # by replayed samples' train-mode ones, the threshold moved halfway from 0.8.
@@ -157,9 +165,12 @@ def _legacy_sarl(fix: Optional[str] = None):
 def _plugin(balanced: bool, timing: str = "after_experience", **options):
     def build(s, evaluator):
         model = _model(s, augmented=True)
+        kwargs = dict(options)
+        if kwargs.get("grouping") == "fixed":  # the oracle: the true superclasses as groups
+            kwargs["class_to_group"] = s.fine_to_coarse
         replay = BalancedReplayPlugin(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,
                                       use_balanced_sampling=balanced, seed=s.seed, insertion_timing=timing,
-                                      **options)
+                                      **kwargs)
         return Naive(model=model, **_common(s, evaluator, _sgd(model, s), [replay]))
     return build
 
@@ -249,6 +260,24 @@ METHODS: Dict[str, Method] = {
     "plugin_class_storage_balanced": Method(_plugin(True, insertion="class_balanced"), "Naive + "
                                             "BalancedReplayPlugin, class-balanced storage, semantic-balanced "
                                             "draws", lr_from=_PLUGIN),
+    # Issue 20: the oracle groups, exact per-group shares, group-balanced storage, ER-ACE on a reservoir.
+    "plugin_superclass_groups": Method(_plugin(True, grouping="fixed"), "Naive + BalancedReplayPlugin, balanced "
+                                       "draws over the true superclasses (oracle groups), reservoir storage",
+                                       lr_from=_PLUGIN),
+    "plugin_class_share": Method(_plugin(True, grouping="class", share="group"), "Naive + BalancedReplayPlugin, "
+                                 "exactly class-balanced draws (share='group', one group per class), reservoir "
+                                 "storage", lr_from=_PLUGIN),
+    "plugin_group_share": Method(_plugin(True, share="group"), "Naive + BalancedReplayPlugin, exactly "
+                                 "group-balanced draws (share='group'), reservoir storage", lr_from=_PLUGIN),
+    "plugin_group_storage_uniform": Method(_plugin(False, insertion="group_balanced"), "Naive + "
+                                           "BalancedReplayPlugin, group-balanced storage, uniform draws",
+                                           lr_from=_PLUGIN),
+    "plugin_group_storage_balanced": Method(_plugin(True, insertion="group_balanced"), "Naive + "
+                                            "BalancedReplayPlugin, group-balanced storage, semantic-balanced "
+                                            "draws", lr_from=_PLUGIN),
+    "er_ace_reservoir": Method(er_ace_reservoir, "Avalanche ER-ACE with a reservoir buffer "
+                               "(ReservoirSamplingBuffer) filled before training on each experience: ER-ACE's "
+                               "loss on ER's storage", lr_from="er_ace"),
     "sarl_similarity_only": Method(_sarl(True, balance_weight=0.0), "SARL-GELU balanced, balance_weight=0 "
                                    "(similarity term only)", lr_from=_SARL),
     "sarl_balance_only": Method(_sarl(True, similarity="none"), "SARL-GELU balanced, similarity=none (balance "

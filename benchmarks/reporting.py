@@ -23,7 +23,12 @@ PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"
          ("plugin_balanced", "plugin_class_balanced"), ("plugin_balanced", "er_class_balanced"),
          # class-balanced storage: semantic vs uniform draws, and against Avalanche's ClassBalancedBuffer
          ("plugin_class_storage_balanced", "plugin_class_storage_uniform"),
-         ("plugin_class_storage_balanced", "er_class_balanced"))
+         ("plugin_class_storage_balanced", "er_class_balanced"),
+         # issue 20: oracle groups, exact shares, group-balanced storage, ER-ACE's loss on ER's storage
+         ("plugin_superclass_groups", "plugin_uniform"), ("plugin_class_share", "plugin_uniform"),
+         ("plugin_group_share", "plugin_uniform"), ("plugin_group_storage_uniform", "plugin_uniform"),
+         ("plugin_group_storage_balanced", "plugin_uniform"), ("plugin_balanced", "plugin_class_storage_uniform"),
+         ("er_ace_reservoir", "er"))
 PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
                ("semantic_consistency", "sem. consistency", 3))
 BUCKET_KEYS = (("head_accuracy", "head acc.", 2), ("medium_accuracy", "medium acc.", 2),

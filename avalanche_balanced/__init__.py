@@ -3,7 +3,7 @@
 The public API:
 
 * sampling maths: :func:`balanced_importance`, :func:`replay_distribution`, :func:`sample_indices`,
-  :func:`cosine_to_unit`, :func:`effective_sample_size`;
+  :func:`group_share_weights`, :func:`cosine_to_unit`, :func:`effective_sample_size`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
 * storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``), with its policies:
   similarity rules (:class:`SimilarityRule`, ``SIMILARITIES``) and grouping rules
@@ -18,11 +18,12 @@ The public API:
   :func:`cifar_augment`, :func:`cifar_normalize`, :func:`gelu_resnet18`;
 * evaluation: :func:`semantic_metrics` and the metrics of :mod:`avalanche_balanced.metrics`;
   long-tailed streams: :func:`long_tail_counts`, :class:`FrequencyBucketAccuracy`;
+  superclass-skewed streams (``split_cifar100(superclass_skew=k)``): :class:`SuperclassSkewAccuracy`;
 * runs: :func:`seed_everything` (seed a run after building its benchmark).
 """
 from .sampling import (
-    balanced_importance, cosine_to_unit, effective_sample_size, normalized_entropy, replay_distribution,
-    sample_indices,
+    balanced_importance, cosine_to_unit, effective_sample_size, group_share_weights, normalized_entropy,
+    replay_distribution, sample_indices,
 )
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SIMILARITIES, SimilarityRule
@@ -37,6 +38,7 @@ from .data import load_cifar100, split_cifar100, with_test_subset
 from .models import gelu_resnet18
 from .metrics import semantic_metrics
 from .long_tail import FrequencyBucketAccuracy, long_tail_counts
+from .superclass_skew import SuperclassSkewAccuracy
 from .experiment import seed_everything
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __all__ = [
     "cosine_to_unit",
     "normalized_entropy",
     "replay_distribution",
+    "group_share_weights",
     "effective_sample_size",
     "GROUPINGS",
     "GroupingRule",
@@ -74,5 +77,6 @@ __all__ = [
     "semantic_metrics",
     "long_tail_counts",
     "FrequencyBucketAccuracy",
+    "SuperclassSkewAccuracy",
     "seed_everything",
 ]

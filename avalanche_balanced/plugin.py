@@ -10,6 +10,8 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.logging import TensorboardLogger
 
 from .buffer import BalancedBuffer, ReplayBatch
+from .distributed import (broadcast_buffer, check_divisible, check_same_settings, gather_rows, rank_and_world,
+                          shard_rows, unwrap)
 from .features import FeatureHook, classifier_of, model_version
 from .sampling import effective_sample_size, normalized_entropy
 from .validation import check_buffer_keywords, check_positive_int
@@ -119,6 +121,12 @@ class BalancedReplayPlugin(SupervisedPlugin):
       ``ReplayPlugin(storage_policy=ReservoirSamplingBuffer(mem_size))``.
     * ``"online"``, as SARL: every training minibatch goes through the reservoir
       at the end of its iteration, so the current experience is replayed too.
+
+    Under torch DDP (several processes, :mod:`~avalanche_balanced.distributed`) every rank
+    keeps an identical buffer: ``batch_size_mem`` is the *global* replay batch (each rank
+    draws its ``1 / world_size`` slice of one global draw), what a step writes to the buffer
+    is gathered from every rank and applied everywhere, and rank 0's buffer is broadcast at
+    the end of each experience.
 
     Every ``regroup_every`` iterations and at the end of each experience the
     whole buffer's features are recomputed in one no-grad eval-mode pass
@@ -245,20 +253,34 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self._iterations = 0
         self._current_classes: Optional[torch.Tensor] = None  # bool mask over classes, this experience
         self._replay_counts: Optional[torch.Tensor] = None  # [replayed, replayed of current classes]
+        self._rank, self._world = 0, 1  # torch DDP: this process and the number of processes
+        self._global_indices: Optional[torch.Tensor] = None  # the whole draw's indices (all ranks')
 
     @property
     def storage_policy(self) -> BalancedBuffer:
         """Avalanche's name for the buffer."""
         return self.buffer
 
+    supports_distributed = True
+
     def draw(self) -> ReplayBatch:
-        """One replay minibatch (non-augmented), balanced or uniform as configured."""
+        """One replay minibatch (non-augmented), balanced or uniform as configured; under DDP,
+        this rank's slice of the global draw (whose indices are kept in ``_global_indices``)."""
         k = self._replay_size if self._replay_size is not None else 32
         if self.task_balanced_dataloader:
-            return self.buffer.get_task_balanced_data(k, balanced=self.use_balanced_sampling)
-        if self.use_balanced_sampling:
-            return self.buffer.get_balanced_data(k)
-        return self.buffer.get_data(k)
+            batch = self.buffer.get_task_balanced_data(k, balanced=self.use_balanced_sampling)
+        elif self.use_balanced_sampling:
+            batch = self.buffer.get_balanced_data(k)
+        else:
+            batch = self.buffer.get_data(k)
+        self._global_indices = batch.indices
+        if self._world > 1:
+            if batch.indices.shape[0] % self._world:  # fewer stored than asked: an equal share each
+                keep = batch.indices.shape[0] - batch.indices.shape[0] % self._world
+                batch = ReplayBatch(*(t[:keep] for t in batch))
+                self._global_indices = batch.indices
+            batch = ReplayBatch(*shard_rows(list(batch), self._rank, self._world))
+        return batch
 
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
@@ -266,6 +288,10 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.buffer.to(strategy.device)
         self._classifier = None  # model adaptation may have replaced modules: find it again
         self._replay_size = self.batch_size_mem if self.batch_size_mem is not None else strategy.train_mb_size
+        self._rank, self._world = rank_and_world()
+        if self._world > 1:
+            check_divisible(self._replay_size, self._world)
+            check_same_settings(self.buffer)
         if self.batch_size is not None and self.batch_size != strategy.train_mb_size:
             # As ReplayPlugin: batch_size sets the current samples per iteration for this plugin's run.
             strategy.train_mb_size = self.batch_size
@@ -307,14 +333,17 @@ class BalancedReplayPlugin(SupervisedPlugin):
         self.step = ReplayStep(n, self._replay, features.flatten(1))
         feats = self.step.features.detach()
         if self._replay is not None:
-            if not self.refresh_features:
-                self.buffer.update_features(self._replay.indices, feats[n:])
             losses = F.cross_entropy(strategy.mb_output.detach()[n:].float(), self._replay.labels,
                                      reduction="none")
-            self.buffer.record_losses(self._replay.indices, losses)
+            # Under DDP every rank applies every rank's values: gathered in rank order, they
+            # line up with the global draw's indices.
+            if not self.refresh_features:
+                self.buffer.update_features(self._global_indices, *gather_rows(feats[n:]))
+            self.buffer.record_losses(self._global_indices, *gather_rows(losses))
         if self.insertion_timing == "online":
-            # Inserted at the end of the iteration (as SARL does): never replayed in their own step.
-            self._insert = (*self._current, strategy.mb_output.detach()[:n], feats[:n])
+            # Inserted at the end of the iteration (as SARL does): never replayed in their own step;
+            # under DDP, every rank's minibatch, in rank order.
+            self._insert = gather_rows(*self._current, strategy.mb_output.detach()[:n], feats[:n])
 
     def after_training_iteration(self, strategy, **kwargs):
         if self._insert is not None:
@@ -330,7 +359,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs):
         if self.insertion_timing == "after_experience":
             with explain_non_finite(strategy, "insertion at the end of the experience"):
-                self.buffer.add_dataset(strategy.model, strategy.experience.dataset, strategy.device,
+                self.buffer.add_dataset(unwrap(strategy.model), strategy.experience.dataset, strategy.device,
                                         preprocess=self.preprocess)
         if self._ess_sum is not None and not bool(self._ess_sum[1] > 0):
             self._record_ess()  # no regrouping during the experience: its replay distribution now
@@ -340,7 +369,8 @@ class BalancedReplayPlugin(SupervisedPlugin):
         # between (an update, a strategy's BatchNorm pass over the buffer) changes its version.
         with explain_non_finite(strategy, "values inserted online during the experience"):
             self.buffer.check_pending()
-        self._regroup(strategy.model, refresh=self._refreshed_version != model_version(strategy.model))
+        self._regroup(strategy.model, refresh=self._refreshed_version != model_version(unwrap(strategy.model)))
+        broadcast_buffer(self.buffer)  # DDP: every rank continues from rank 0's buffer
         self._publish(strategy)
 
     def remove_hook(self) -> None:
@@ -360,6 +390,7 @@ class BalancedReplayPlugin(SupervisedPlugin):
 
     # --------------------------------------------------------------- helpers
     def _regroup(self, model, refresh: bool = True):
+        model = unwrap(model)  # no-grad passes on the plain module: no collective in them
         if self.refresh_features and refresh:
             self.buffer.refresh_features(model, self.preprocess)
             self._refreshed_version = model_version(model)

@@ -1,0 +1,84 @@
+"""Worker of tests/test_distributed.py: one rank of a torch DDP run (gloo, CPU), spawned by the test."""
+import os
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def run(rank: int, world: int, port: int, out: str, scenario: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = {}
+    try:
+        from avalanche_balanced.distributed import init_distributed
+        init_distributed(seed=0, backend="gloo", timeout_s=20 if scenario == "consistency" else 5)
+        result = SCENARIOS[scenario](rank)
+    except Exception as error:  # the test reads what each rank saw
+        result["error"] = f"{type(error).__name__}: {error}"
+        result["traceback"] = traceback.format_exc()
+    finally:
+        torch.save(result, Path(out) / f"{scenario}_rank{rank}.pt")
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _strategy(plugins, seed=0):
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 6))
+    return model, Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=8,
+                        train_epochs=1, eval_mb_size=64, plugins=plugins, evaluator=EvaluationPlugin(loggers=[]))
+
+
+def consistency(rank):
+    from synthetic import blobs_benchmark
+    from avalanche_balanced import BalancedReplayPlugin
+    from avalanche_balanced.distributed import DataParallelPlugin, buffer_fingerprint, check_same_buffer
+    bm = blobs_benchmark(6, 8, n_per_class=24, n_experiences=3, seed=0)
+    out = {}
+    for timing in ("after_experience", "online"):
+        replay = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, insertion_timing=timing, regroup_every=5,
+                                      seed=0)
+        draws, original = [], replay.draw
+
+        def recorded():
+            batch = original()
+            draws.append((replay._global_indices.clone(), batch.indices.clone()))
+            return batch
+        replay.draw = recorded
+        model, strategy = _strategy([DataParallelPlugin(), replay])
+        fingerprints = []
+        for exp in bm.train_stream:
+            strategy.train(exp)
+            check_same_buffer(replay.buffer)  # raises if the ranks' buffers differ
+            fingerprints.append(buffer_fingerprint(replay.buffer))
+        state = replay.buffer.state_dict()
+        replay.draw()  # one more global draw, from that state
+        out[timing] = dict(fingerprints=fingerprints, draws=draws, state=state, next_draw=replay._global_indices,
+                           params=[p.detach().clone() for p in model.parameters()])
+    return out
+
+
+def mismatch(rank):
+    from avalanche_balanced import BalancedReplayPlugin
+    from synthetic import blobs_benchmark
+    bm = blobs_benchmark(6, 8, n_per_class=8, n_experiences=3, seed=0)
+    replay = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, eps=0.1 if rank == 0 else 0.2, seed=0)
+    _, strategy = _strategy([replay])
+    strategy.train(bm.train_stream[0])
+    return {}
+
+
+def failing_rank(rank):
+    from avalanche_balanced.distributed import gather_rows
+    if rank == 1:
+        raise RuntimeError("rank 1 fails before the collective")
+    gather_rows(torch.ones(3))  # rank 0 waits for rank 1, which never comes: the timeout ends it
+    return {}
+
+
+SCENARIOS = dict(consistency=consistency, mismatch=mismatch, failing_rank=failing_rank)

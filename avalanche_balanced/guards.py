@@ -73,6 +73,8 @@ class TrainingGuardPlugin(SupervisedPlugin):
     guard per strategy, after plugins that change the loss or the gradients.
     """
 
+    supports_distributed = True  # stateless per batch, or acting on DDP-averaged gradients
+
     def __init__(self, clip_grad_norm: Optional[float] = None, check_finite: bool = True):
         super().__init__()
         if clip_grad_norm is not None and not clip_grad_norm > 0:

@@ -88,6 +88,8 @@ class BatchTransformPlugin(SupervisedPlugin):
         eval_transform: applied in ``before_eval_forward`` (evaluation).
     """
 
+    supports_distributed = True  # stateless per batch, or acting on DDP-averaged gradients
+
     def __init__(self, train_transform: Optional[Callable] = None,
                  eval_transform: Optional[Callable] = None):
         super().__init__()

@@ -21,7 +21,9 @@ TINY = ["--model", "tiny", "--per_class", "3", "--test_per_class", "2", "--epoch
 
 def example(args, cwd, data_root):
     cmd = [sys.executable, str(EXAMPLE), "--data_root", str(data_root), *TINY, *args]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # one thread each: two runs side by side on two cores, and the same thread count on resume
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def _tensorboard_tags(run_dir: Path) -> set:

@@ -81,8 +81,9 @@ def test_a_draw_split_over_ranks_has_the_single_process_distribution():
 def test_bad_configurations_get_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"batch_size_mem=30\) must be divisible by the number of processes \(4\)"):
         check_divisible(30, 4)
-    mismatch = _spawn(tmp_path, "mismatch")
-    assert all("ranks have different buffer settings: eps" in r.get("error", "") for r in mismatch), mismatch
-    failing = _spawn(tmp_path, "failing_rank")
-    assert "rank 1 fails" in failing[1]["error"]
-    assert failing[0].get("error"), "rank 0 must stop with an error (a collective timeout), not hang"
+    ranks = _spawn(tmp_path, "bad_configurations")
+    for r in ranks:  # each rank is told which setting differs, and on which rank
+        assert "ranks have different buffer settings: eps: 0.1 (rank 0) vs 0.2 (rank 1)" in r.get("mismatch", "") \
+            or "ranks have different buffer settings: eps: 0.2 (rank 1) vs 0.1 (rank 0)" in r.get("mismatch", ""), r
+    assert "rank 1 fails" in ranks[1]["error"]
+    assert ranks[0].get("error"), "rank 0 must stop with an error (a collective timeout), not hang"

@@ -20,7 +20,8 @@ def test_plan_epochs_takes_the_largest_number_that_fits():
 
 def test_gpu_paper_runs_both_modes_on_the_cpu(cifar_root, tmp_path):
     out = tmp_path / "paper"
-    env = dict(os.environ, AVALANCHE_BALANCED_DATA=str(cifar_root), PYTHON=sys.executable)
+    # one thread per run: the two runs of each phase go side by side on two cores
+    env = dict(os.environ, AVALANCHE_BALANCED_DATA=str(cifar_root), PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_paper.sh"), str(out), "900", "--device", "cpu",
                            "--model", "tiny", "--per_class", "2", "--test_per_class", "1",
                            "--timing_iterations", "6", "--max_epochs", "1"],

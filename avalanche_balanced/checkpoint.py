@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+import torch.distributed as dist
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import LRSchedulerPlugin
 
@@ -86,7 +87,9 @@ def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Opt
 
     ``config`` (e.g. the run's arguments) is stored and checked on load;
     ``extra`` holds anything the caller wants back (e.g. results so far).
-    A state holding NaN or inf anywhere (weights, optimiser, buffer,
+    Under torch DDP every rank must call it: every rank's RNG states are gathered,
+    rank 0 alone writes (model, optimiser and buffer are the same on every rank), and
+    the ranks wait for the file before going on. A state holding NaN or inf anywhere (weights, optimiser, buffer,
     prototypes, teacher) is refused with ``ValueError`` naming the entries, and
     the file at ``path`` is left as it was: the last checkpoint on disk is
     always the last finite one.
@@ -104,6 +107,10 @@ def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Opt
         "metric_history": _scalar_history(strategy.evaluator),
         "rng": rng_state(),
     }
+    distributed = dist.is_initialized() and dist.get_world_size() > 1
+    if distributed:  # each rank's own generators, so that a resumed rank continues its own streams
+        state["rank_rng"] = [None] * dist.get_world_size()
+        dist.all_gather_object(state["rank_rng"], state["rng"])
     # Plugins with state of their own (the replay plugin: its buffer and counters).
     state["plugins"] = {i: p.state_dict() for i, p in enumerate(strategy.plugins) if hasattr(p, "state_dict")}
     for name in ("similarity_net", "threshold", "prototypes"):
@@ -116,12 +123,15 @@ def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Opt
     if bad:
         raise ValueError(f"refusing to checkpoint a non-finite state ({', '.join(bad[:5])}"
                          f"{', ...' if len(bad) > 5 else ''}); {path} keeps the last finite one")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+    if not distributed or dist.get_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+    if distributed:
+        dist.barrier()  # no rank goes on (or loads) before the file is complete
 
 
 def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
@@ -174,5 +184,12 @@ def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
     if history is not None:
         for name, (steps, values) in state.get("metric_history", {}).items():
             history[name] = (list(steps), list(values))
-    set_rng_state(state["rng"])
+    rank_rng = state.get("rank_rng")
+    if rank_rng is not None and dist.is_initialized():
+        if len(rank_rng) != dist.get_world_size():
+            raise ValueError(f"checkpoint {path} was written by {len(rank_rng)} processes, this run has "
+                             f"{dist.get_world_size()}")
+        set_rng_state(rank_rng[dist.get_rank()])
+    else:
+        set_rng_state(state["rng"])
     return state["extra"]

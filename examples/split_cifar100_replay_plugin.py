@@ -9,7 +9,8 @@ The quick setting (5 experiences, reduced GELU ResNet-18, 100 training images pe
 holds the same buffer (``avalanche_balanced.distributed``): ``--batch_size`` and
 ``--batch_size_mem`` stay the *global* batch sizes, each rank trains on ``1 / world_size``
 of both, the model is wrapped in DDP (``gloo`` on the CPU, ``nccl`` on GPUs) and only rank 0
-logs, prints and writes. Logs: ``runs/<experiment_id>/`` (TensorBoard).
+logs, prints and writes. Logs: ``runs/<experiment_id>/`` (TensorBoard); a checkpoint after
+every experience (``checkpoint.pt``, written by rank 0) continues with ``--resume``.
 """
 import argparse
 import os
@@ -23,6 +24,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from avalanche_balanced import (BalancedReplayPlugin, BatchTransformPlugin, cifar_augment, cifar_normalize,
                                 gelu_resnet18, seed_everything, split_cifar100)
+from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 from avalanche_balanced.distributed import DataParallelPlugin, check_same_buffer, init_distributed, rank_and_world
 
 
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--distributed", action="store_true", help="torch DDP; start with torchrun")
     p.add_argument("--experiment_id", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from runs/<experiment_id>/checkpoint.pt")
     return p.parse_args(argv)
 
 
@@ -70,10 +73,16 @@ def main(argv=None):
                      device=device, evaluator=evaluator,
                      plugins=[DataParallelPlugin(), replay, BatchTransformPlugin(eval_transform=cifar_normalize)])
 
-    start = time.time()
-    for experience in benchmark.train_stream:
+    checkpoint = f"runs/{name}/checkpoint.pt"
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "device")}
+    done = load_checkpoint(checkpoint, strategy, config=config)["completed"] if args.resume else 0
+    start, metrics = time.time(), None
+    for experience in benchmark.train_stream[done:]:
         strategy.train(experience)
         check_same_buffer(replay.buffer)  # under DDP: every rank's buffer is the same, or this raises
+        metrics = strategy.eval(benchmark.test_stream)
+        save_checkpoint(checkpoint, strategy, config=config, extra=dict(completed=experience.current_experience + 1))
+    if metrics is None:  # resumed after the last experience: evaluate the final model
         metrics = strategy.eval(benchmark.test_stream)
     if rank == 0:
         accuracy = metrics["Top1_Acc_Stream/eval_phase/test_stream/Task000"]

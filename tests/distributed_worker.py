@@ -15,7 +15,7 @@ def run(rank: int, world: int, port: int, out: str, scenario: str) -> None:
     try:
         from avalanche_balanced.distributed import init_distributed
         init_distributed(seed=0, backend="gloo", timeout_s=20 if scenario == "consistency" else 3)
-        SCENARIOS[scenario](rank, result)
+        SCENARIOS[scenario](rank, result, Path(out))
     except Exception as error:  # the test reads what each rank saw
         result["error"] = f"{type(error).__name__}: {error}"
         result["traceback"] = traceback.format_exc()
@@ -25,16 +25,16 @@ def run(rank: int, world: int, port: int, out: str, scenario: str) -> None:
             dist.destroy_process_group()
 
 
-def _strategy(plugins, seed=0):
+def _strategy(plugins, seed=0, evaluator=None):
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 6))
     return model, Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=8,
-                        train_epochs=1, eval_mb_size=64, plugins=plugins, evaluator=EvaluationPlugin(loggers=[]))
+                        train_epochs=1, eval_mb_size=64, plugins=plugins, evaluator=evaluator or EvaluationPlugin(loggers=[]))
 
 
-def consistency(rank, out):
+def consistency(rank, out, folder):
     from synthetic import blobs_benchmark
     from avalanche_balanced import BalancedReplayPlugin
     from avalanche_balanced.distributed import DataParallelPlugin, buffer_fingerprint, check_same_buffer
@@ -61,7 +61,7 @@ def consistency(rank, out):
                            params=[p.detach().clone() for p in model.parameters()])
 
 
-def bad_configurations(rank, out):
+def bad_configurations(rank, out, folder):
     """Ranks with other buffer settings (each rank sees the error), then a rank that fails
     before a collective (the other must stop at the timeout)."""
     from avalanche_balanced import BalancedReplayPlugin
@@ -79,4 +79,42 @@ def bad_configurations(rank, out):
     gather_rows(torch.ones(3))  # rank 0 waits for rank 1, which never comes: the timeout ends it
 
 
-SCENARIOS = dict(consistency=consistency, bad_configurations=bad_configurations)
+def resume(rank, out, folder):
+    """An uninterrupted 3-experience DDP run, and the same run stopped after experience 2 (a
+    checkpoint written by rank 0) and resumed in fresh strategies on both ranks."""
+    from avalanche_balanced import BalancedReplayPlugin
+    from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
+    from avalanche_balanced.distributed import DataParallelPlugin, buffer_fingerprint
+    from synthetic import blobs_benchmark
+    bm = blobs_benchmark(6, 8, n_per_class=24, n_experiences=3, seed=0)
+    name = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
+
+    def build():
+        from avalanche.evaluation.metrics import accuracy_metrics
+        from avalanche.training.plugins import EvaluationPlugin
+        replay = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, seed=0)
+        model, strategy = _strategy([DataParallelPlugin(), replay],
+                                    evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
+        return model, strategy, replay
+
+    def summary(model, metrics, replay):
+        return dict(accuracy=metrics[name], fingerprint=buffer_fingerprint(replay.buffer),
+                    params=[p.detach().clone() for p in model.parameters()])
+    model, strategy, replay = build()
+    for exp in bm.train_stream:
+        strategy.train(exp)
+        metrics = strategy.eval(bm.test_stream)
+    out["full"] = summary(model, metrics, replay)
+    model, strategy, replay = build()
+    for exp in bm.train_stream[:2]:
+        strategy.train(exp)
+        strategy.eval(bm.test_stream)
+        save_checkpoint(folder / "checkpoint.pt", strategy)
+    out["files"] = sorted(p.name for p in folder.iterdir() if p.name.startswith("checkpoint"))
+    model, strategy, replay = build()  # a fresh process would start here
+    load_checkpoint(folder / "checkpoint.pt", strategy)
+    strategy.train(bm.train_stream[2])
+    out["resumed"] = summary(model, strategy.eval(bm.test_stream), replay)
+
+
+SCENARIOS = dict(consistency=consistency, bad_configurations=bad_configurations, resume=resume)

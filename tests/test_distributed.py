@@ -87,3 +87,15 @@ def test_bad_configurations_get_clear_errors(tmp_path):
             or "ranks have different buffer settings: eps: 0.2 (rank 1) vs 0.1 (rank 0)" in r.get("mismatch", ""), r
     assert "rank 1 fails" in ranks[1]["error"]
     assert ranks[0].get("error"), "rank 0 must stop with an error (a collective timeout), not hang"
+
+
+def test_a_checkpoint_written_by_rank_0_resumes_every_rank_to_the_same_metrics(tmp_path):
+    ranks = _spawn(tmp_path, "resume")
+    for r in ranks:
+        assert "error" not in r, r.get("traceback")
+        assert r["files"] == ["checkpoint.pt"]  # one file, written once (rank 0), no temporary left
+        full, resumed = r["full"], r["resumed"]
+        assert resumed["accuracy"] == full["accuracy"]
+        assert torch.equal(resumed["fingerprint"], full["fingerprint"])
+        assert all(torch.equal(a, b) for a, b in zip(resumed["params"], full["params"]))
+    assert torch.equal(ranks[0]["resumed"]["fingerprint"], ranks[1]["resumed"]["fingerprint"])

@@ -45,56 +45,35 @@ class ReplayBatch(NamedTuple):
 class BalancedBuffer(StoragePolicyContract):
     """Replay buffer with semantic groups and importance-weighted sampling.
 
-    Groups (``grouping``, a name of ``GROUPINGS`` or a
-    :class:`~avalanche_balanced.grouping_rules.GroupingRule`):
-    ``"class_similarity"`` (default) clusters classes whose prototypes are
-    alike, ``"prototype_threshold"`` buckets each sample by its own similarity
-    to its prototype (the design note's literal rule), ``"class"`` makes one
-    group per class, ``"fixed"`` follows ``class_to_group``. ``threshold`` and
-    ``min_group_classes`` go to the named rule.
+    Groups (``grouping``: ``"class_similarity"``, default, ``"prototype_threshold"``,
+    ``"class"``, ``"fixed"`` with ``class_to_group``, or a
+    :class:`~avalanche_balanced.grouping_rules.GroupingRule`) and the similarity of a sample
+    to its class prototype (``similarity``: ``"cosine"``, ``"learned"`` with
+    ``similarity_net``, ``"none"``, or a :class:`~avalanche_balanced.similarity_rules.SimilarityRule`)
+    are policy objects the buffer calls.
 
-    Similarity of a sample to its class prototype (``similarity``, a name of
-    ``SIMILARITIES`` or a :class:`~avalanche_balanced.similarity_rules.SimilarityRule`):
-    ``"cosine"`` (``(cos + 1) / 2``, from the prototypes' common mean when
-    ``centered``), ``"learned"`` (``similarity_net``), ``"none"`` (1 for every
-    sample, an ablation).
+    Replay distribution (:meth:`replay_probabilities`): the current experience's samples
+    (:meth:`set_current_classes`) keep their uniform share when ``protect_current``; the past
+    samples share the rest. ``share="sample"`` (default, the design note's rule): in
+    proportion to :func:`~avalanche_balanced.sampling.balanced_importance` (``eps`` bounds
+    the similarity term), each capped at ``max_ratio`` times the uniform probability, with the
+    options ``balance_weight`` (``"auto"``: by ``target_ess``), ``hierarchical`` and
+    ``difficulty_weight``. ``share="group"``: every group exactly the same share, split inside
+    it by similarity, capped at ``max_ratio`` times the group's uniform share
+    (:func:`~avalanche_balanced.sampling.group_share_weights`; with ``grouping="class"``,
+    exactly class-balanced).
 
-    Replay distribution (:meth:`replay_probabilities`), ``share="sample"`` (the design
-    note's rule, default): the importance of
-    :func:`balanced_importance` over the samples of *past* experiences (with
-    ``eps`` bounding the similarity term at ``1 / eps``), capped at
-    ``max_ratio`` times the uniform probability; the current experience's
-    samples (:meth:`set_current_classes`) keep their uniform share when
-    ``protect_current``. Options: ``balance_weight="auto"`` picks the largest
-    exponent that keeps the effective sample size at ``target_ess``;
-    ``hierarchical`` balances groups, then classes within a group;
-    ``difficulty_weight`` multiplies by ``(loss / mean loss) ** weight`` of the
-    loss each sample had at its latest replay (:meth:`record_losses`).
-    ``share="group"``: every group of past samples gets exactly the same share, split
-    inside the group by the similarity term and capped at ``max_ratio`` times the group's
-    uniform share (:func:`~avalanche_balanced.sampling.group_share_weights`); with
-    ``grouping="class"`` that is exactly class-balanced replay of the past. The per-sample
-    rule instead caps against the uniform share of the whole buffer, so a small group
-    (a tail class) can get less than an equal share, and a class with one stored sample has
-    the smallest similarity term (its prototype is its own feature, similarity 1).
+    Insertion (``insertion``): ``"reservoir"``, ``"class_balanced"`` (equal slots per class)
+    or ``"group_balanced"`` (equal slots per semantic group of the moment). Tensors are
+    allocated at the first insertion, when the input shape, the number of classes (the
+    logits' width) and the feature width are known.
 
-    Insertion (``insertion``): ``"reservoir"`` per minibatch, as SARL does,
-    ``"class_balanced"`` (equal slots per class, as Avalanche's ``ClassBalancedBuffer``), or
-    ``"group_balanced"`` (equal slots per semantic group: the stored and incoming samples
-    form one pool, balanced over the groups of the moment, so groups changed by a
-    regrouping are re-balanced at the next insertion; unseen classes are groups of their own). Tensors are allocated at the first insertion, when the
-    input shape, the number of classes (the logits' width) and the feature
-    width are known.
-
-    Sampling: :meth:`get_balanced_data` draws from :meth:`replay_probabilities`;
-    :meth:`get_data` draws uniformly. Asking for
-    more samples than are stored draws every stored sample once (in random
-    order); sampling an empty buffer raises ``ValueError``.
-
-    As an Avalanche ``ExemplarsBuffer``, :attr:`buffer` is a dataset view of
-    the stored samples, :meth:`post_adapt` inserts an experience's data with
-    the agent's model, and :meth:`resize` changes the capacity, so the buffer
-    also serves as ``ReplayPlugin(storage_policy=...)``.
+    Sampling: :meth:`get_balanced_data` draws from :meth:`replay_probabilities`,
+    :meth:`get_data` uniformly; asking for more samples than are stored draws every stored
+    sample once; sampling an empty buffer raises ``ValueError``. As an Avalanche
+    ``ExemplarsBuffer`` (:class:`~avalanche_balanced.storage_policy.StoragePolicyContract`) it
+    also serves as ``ReplayPlugin(storage_policy=...)``. The rules and fallbacks in full:
+    ``docs/design.md``.
     """
 
     def __init__(

@@ -145,7 +145,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-class DataParallelPlugin(SupervisedPlugin):
+class DataParallelPlugin(SupervisedPlugin, supports_distributed=True):
     """Wraps the strategy's model in ``DistributedDataParallel`` for the training iterations of
     each experience, for any Avalanche ``SupervisedTemplate`` strategy.
 
@@ -155,8 +155,6 @@ class DataParallelPlugin(SupervisedPlugin):
     unwraps it after the experience, so evaluation, model adaptation, copies and checkpoints
     see the plain module. Put it first in ``plugins``. A no-op in a single process.
     """
-
-    supports_distributed = True
 
     def before_training_exp(self, strategy, **kwargs):
         if DistributedHelper.is_distributed and not isinstance(strategy.model, DistributedDataParallel):

@@ -77,7 +77,7 @@ def _experience_id(strategy) -> int:
         return exp.current_experience
 
 
-class FigureLoggerPlugin(SupervisedPlugin):
+class FigureLoggerPlugin(SupervisedPlugin, supports_distributed=True):
     """Per training experience, a group-size bar chart and the accuracy matrix,
     as PNG files in ``log_dir`` and as figures for the strategy's loggers.
 

@@ -54,7 +54,7 @@ def gradient_norm(parameters) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
-class TrainingGuardPlugin(SupervisedPlugin):
+class TrainingGuardPlugin(SupervisedPlugin, supports_distributed=True):
     """Fail-fast finite-loss check, optional gradient-norm clipping, and a divergence monitor.
 
     * ``before_backward``: a non-finite ``strategy.loss`` raises
@@ -72,8 +72,6 @@ class TrainingGuardPlugin(SupervisedPlugin):
     Clipping is off by default here; SARL-GELU sets its own default. Use one
     guard per strategy, after plugins that change the loss or the gradients.
     """
-
-    supports_distributed = True  # stateless per batch, or acting on DDP-averaged gradients
 
     def __init__(self, clip_grad_norm: Optional[float] = None, check_finite: bool = True):
         super().__init__()

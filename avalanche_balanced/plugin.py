@@ -92,7 +92,7 @@ def explain_non_finite(strategy, step: str):
         raise ValueError(f"BalancedReplayPlugin, experience {exp}, {step}: {err}; {cause}") from err
 
 
-class BalancedReplayPlugin(SupervisedPlugin):
+class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     """Experience replay from a :class:`BalancedBuffer`, joined to every training minibatch.
 
     Per training iteration:
@@ -260,8 +260,6 @@ class BalancedReplayPlugin(SupervisedPlugin):
     def storage_policy(self) -> BalancedBuffer:
         """Avalanche's name for the buffer."""
         return self.buffer
-
-    supports_distributed = True
 
     def draw(self) -> ReplayBatch:
         """One replay minibatch (non-augmented), balanced or uniform as configured; under DDP,

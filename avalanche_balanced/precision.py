@@ -7,7 +7,7 @@ from avalanche.core import SupervisedPlugin
 __all__ = ["MixedPrecisionPlugin"]
 
 
-class MixedPrecisionPlugin(SupervisedPlugin):
+class MixedPrecisionPlugin(SupervisedPlugin, supports_distributed=True):
     """Runs forward passes and the loss under ``torch.autocast``.
 
     Training: autocast opens in ``before_forward`` and closes in

@@ -71,7 +71,7 @@ def cifar_augment(x: Tensor, generator: Optional[torch.Generator] = None) -> Ten
 
 
 
-class BatchTransformPlugin(SupervisedPlugin):
+class BatchTransformPlugin(SupervisedPlugin, supports_distributed=True):
     """Applies a batched transform to ``strategy.mbatch[0]`` just before the forward pass.
 
     Avalanche's datasets transform one sample at a time on the CPU; with
@@ -87,8 +87,6 @@ class BatchTransformPlugin(SupervisedPlugin):
         train_transform: applied in ``before_forward`` (training).
         eval_transform: applied in ``before_eval_forward`` (evaluation).
     """
-
-    supports_distributed = True  # stateless per batch, or acting on DDP-averaged gradients
 
     def __init__(self, train_transform: Optional[Callable] = None,
                  eval_transform: Optional[Callable] = None):

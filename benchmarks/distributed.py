@@ -80,8 +80,7 @@ def worker(rank, world, port, timing, iterations, out):
     ds = _make_taskaware_tensor_classification_dataset(torch.rand(len(y), 3, 32, 32, generator=g), y)
     bm = nc_benchmark(ds, ds, n_experiences=2, task_labels=False, seed=0)
 
-    class Timer(SupervisedPlugin):
-        supports_distributed = True
+    class Timer(SupervisedPlugin, supports_distributed=True):
 
         def __init__(self):
             super().__init__()

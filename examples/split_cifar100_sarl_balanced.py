@@ -25,6 +25,7 @@ continues from the checkpoint written there after every experience.
 """
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from avalanche_balanced.precision import MixedPrecisionPlugin
 from avalanche_balanced.protocols import PROTOCOLS
 from avalanche_balanced.strategies import SARLGelu
 from avalanche_balanced.strategies.sarl import CLIP_GRAD_NORM, RAMP_ITERATIONS
+from avalanche_balanced.distributed import DataParallelPlugin, init_distributed, rank_and_world
 from avalanche_balanced.transforms import cifar_augment, cifar_normalize
 
 
@@ -105,6 +107,9 @@ def parse_args(argv=None):
                    help="continue from runs/<experiment_id>/checkpoint.pt (written after every experience)")
     p.add_argument("--stop_after", type=int, default=None, help="stop after this many experiences")
     p.add_argument("--no_progress", action="store_true", help="no InteractiveLogger progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="torch DDP under torchrun: --batch_size and --minibatch_size are global, only rank 0 "
+                        "logs and writes (see docs/distributed.md)")
     args = p.parse_args(argv)
     defaults = protocol_defaults(args.protocol)
     if args.buffer_size is not None and args.buffer_size <= 200:
@@ -146,7 +151,14 @@ class IterationTimer(SupervisedPlugin):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device)
+    if args.distributed and not init_distributed(args.seed):
+        raise SystemExit("--distributed needs torchrun's environment: torchrun --nproc_per_node=N ...")
+    rank, world = rank_and_world()
+    say = print if rank == 0 else (lambda *args, **kwargs: None)  # under DDP, rank 0 speaks
+    if args.batch_size % world:
+        raise SystemExit(f"--batch_size {args.batch_size} must be divisible by the {world} processes")
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if args.distributed and args.device == "cuda"
+                          else args.device)
     run_dir = Path("runs") / args.experiment_id
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -161,11 +173,13 @@ def main(argv=None):
         compile_model(model, mode=args.compile_mode)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     # The semantic metrics and the figures find the buffer through the strategy they are given.
-    evaluator, loggers = build_evaluator(str(run_dir), interactive=not args.no_progress,
+    evaluator, loggers = build_evaluator(str(run_dir) if rank == 0 else None,  # rank 0 logs, under DDP
+                                         interactive=not args.no_progress and rank == 0,
                                          extra_metrics=semantic_metrics(benchmark.fine_to_coarse))
-    figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse)
+    figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse) if rank == 0 else None
     timer = IterationTimer(args.max_iterations, device) if args.max_iterations else None
-    extra_plugins = [p for p in (MixedPrecisionPlugin() if args.amp else None, timer) if p is not None]
+    extra_plugins = [p for p in (DataParallelPlugin() if args.distributed else None, figures,
+                                 MixedPrecisionPlugin() if args.amp else None, timer) if p is not None]
     strategy = SARLGelu(
         model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,
         alpha=args.alpha, beta=args.beta, op_weight=args.op_weight, sm_weight=args.sm_weight,
@@ -174,15 +188,15 @@ def main(argv=None):
         use_balanced_sampling=bool(args.use_balanced_sampling), balance_weight=args.balance_weight,
         grouping=args.grouping, class_to_group=benchmark.fine_to_coarse if args.grouping == "fixed" else None,
         lr_steps=args.lr_steps, transform=cifar_augment, eval_transform=cifar_normalize, seed=args.seed,
-        train_mb_size=args.batch_size, train_epochs=args.epochs, eval_mb_size=256, device=device,
-        plugins=[figures, *extra_plugins], evaluator=evaluator)
+        train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256, device=device,
+        plugins=extra_plugins, evaluator=evaluator)
     if timer is not None:
         strategy.train(benchmark.train_stream[0])
-        print(f"seconds per iteration: {timer.seconds_per_iteration:.5f} "
+        say(f"seconds per iteration: {timer.seconds_per_iteration:.5f} "
               f"(iterations {timer.warmup}-{timer.count}, batch {args.batch_size} + {args.minibatch_size})")
         return {"seconds_per_iteration": timer.seconds_per_iteration}
 
-    print(f"Split CIFAR-100: {args.n_experiences} experiences, {args.model} GELU ResNet-18, "
+    say(f"Split CIFAR-100: {args.n_experiences} experiences, {args.model} GELU ResNet-18, "
           f"{'balanced' if args.use_balanced_sampling else 'uniform'} replay, buffer {args.buffer_size}")
     config = {k: v for k, v in vars(args).items() if k not in RUN_CONTROL}
     checkpoint = run_dir / "checkpoint.pt"
@@ -190,7 +204,7 @@ def main(argv=None):
     if args.resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint, strategy, config=config)
         done, results, elapsed = state["completed"], state["results"], state["seconds"]
-        print(f"Resumed from {checkpoint} after experience {done}")
+        say(f"Resumed from {checkpoint} after experience {done}")
     start = time.time() - elapsed
     for i, experience in enumerate(benchmark.train_stream):
         if i < done:
@@ -206,7 +220,7 @@ def main(argv=None):
                              f"--clip_grad_norm 1.0 (or another bound)") from err
         results = strategy.eval(benchmark.test_stream)
         summary = final_results(results)
-        print(f"experience {i}: accuracy {summary['accuracy']:.2f}%, forgetting {summary.get('forgetting', 0.0):.2f}%, "
+        say(f"experience {i}: accuracy {summary['accuracy']:.2f}%, forgetting {summary.get('forgetting', 0.0):.2f}%, "
               f"{int(strategy.buffer.group_counts.gt(0).sum())} groups in the buffer, effective sample size "
               f"{strategy.replay.effective_sample_size():.2f}", flush=True)
         save_checkpoint(checkpoint, strategy, config=config, extra=dict(
@@ -216,10 +230,11 @@ def main(argv=None):
         results = final_results(results)
 
     summary = dict(results, seconds=time.time() - start, **vars(args))
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\nFinal average accuracy: {summary['accuracy']:.2f}%")
-    print(f"Average forgetting:     {summary.get('forgetting', float('nan')):.2f}%")
-    print(f"Wall-clock: {summary['seconds']:.0f} s; TensorBoard: tensorboard --logdir {run_dir}")
+    if rank == 0:
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    say(f"\nFinal average accuracy: {summary['accuracy']:.2f}%")
+    say(f"Average forgetting:     {summary.get('forgetting', float('nan')):.2f}%")
+    say(f"Wall-clock: {summary['seconds']:.0f} s; TensorBoard: tensorboard --logdir {run_dir}")
     return summary
 
 

@@ -117,4 +117,25 @@ def resume(rank, out, folder):
     out["resumed"] = summary(model, strategy.eval(bm.test_stream), replay)
 
 
-SCENARIOS = dict(consistency=consistency, bad_configurations=bad_configurations, resume=resume)
+def sarl(rank, out, folder):
+    """SARL-GELU on 2 ranks: buffer, prototypes, similarity network and teacher end identical."""
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche_balanced import SARLGelu
+    from avalanche_balanced.distributed import DataParallelPlugin, buffer_fingerprint
+    from synthetic import blobs_benchmark
+    bm = blobs_benchmark(6, 8, n_per_class=24, n_experiences=3, seed=0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 6))
+    strategy = SARLGelu(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), mem_size=24,
+                        batch_size_mem=8, train_mb_size=8, train_epochs=2, warmup_epochs=1, regroup_every=5,
+                        plugins=[DataParallelPlugin()], evaluator=EvaluationPlugin(loggers=[]))
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    out.update(fingerprint=buffer_fingerprint(strategy.buffer),
+               similarity_net=[p.detach().clone() for p in strategy.similarity_net.parameters()],
+               prototypes=strategy.prototypes.prototypes.clone(),
+               teacher=[p.detach().clone() for p in strategy.old_model.parameters()],
+               model=[p.detach().clone() for p in model.parameters()], seen=strategy.buffer.num_seen)
+
+
+SCENARIOS = dict(consistency=consistency, bad_configurations=bad_configurations, resume=resume, sarl=sarl)

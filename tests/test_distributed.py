@@ -99,3 +99,25 @@ def test_a_checkpoint_written_by_rank_0_resumes_every_rank_to_the_same_metrics(t
         assert torch.equal(resumed["fingerprint"], full["fingerprint"])
         assert all(torch.equal(a, b) for a, b in zip(resumed["params"], full["params"]))
     assert torch.equal(ranks[0]["resumed"]["fingerprint"], ranks[1]["resumed"]["fingerprint"])
+
+
+def test_sarl_gelu_keeps_every_synchronised_part_identical_across_ranks(tmp_path):
+    a, b = _spawn(tmp_path, "sarl")
+    assert "error" not in a, a.get("traceback")
+    assert "error" not in b, b.get("traceback")
+    assert torch.equal(a["fingerprint"], b["fingerprint"])  # buffer (online insertion of both ranks' batches)
+    assert a["seen"] == 2 * 6 * 24  # two epochs over the whole stream, every rank's minibatches inserted
+    assert torch.equal(a["prototypes"], b["prototypes"])
+    for key in ("similarity_net", "teacher", "model"):
+        assert all(torch.equal(x, y) for x, y in zip(a[key], b[key])), key
+
+
+def test_our_plugins_declare_distributed_support():
+    """Avalanche warns about (and lists) every plugin without ``supports_distributed``; its
+    ``__init_subclass__`` resets a class attribute, so the flag must be a class keyword."""
+    from avalanche_balanced import BalancedReplayPlugin, BatchTransformPlugin, MixedPrecisionPlugin, TrainingGuardPlugin
+    from avalanche_balanced.distributed import DataParallelPlugin
+    from avalanche_balanced.figures import FigureLoggerPlugin
+    for plugin in (BalancedReplayPlugin, BatchTransformPlugin, MixedPrecisionPlugin, TrainingGuardPlugin,
+                   DataParallelPlugin, FigureLoggerPlugin):
+        assert plugin.supports_distributed is True, plugin.__name__

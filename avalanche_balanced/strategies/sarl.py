@@ -19,6 +19,7 @@ from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.utils import get_last_fc_layer
 
 from ..buffer import BalancedBuffer
+from ..distributed import gather_rows, unwrap
 from ..features import eval_mode, forward_with_features, frozen_copy
 from ..guards import TrainingGuardPlugin
 from ..plugin import BalancedReplayPlugin
@@ -109,7 +110,7 @@ def semantic_contrastive(features: Tensor, labels: Tensor, prototypes: ClassProt
     return torch.where(row_ok, pos / neg.clamp_min(eps), torch.zeros_like(pos)).sum()
 
 
-class _SarlEpochEvents(SupervisedPlugin):
+class _SarlEpochEvents(SupervisedPlugin, supports_distributed=True):
     """Publishes the mean of each SARL loss term over the epoch (TensorBoard scalars)."""
 
     def __init__(self, strategy: "SARLGelu"):
@@ -318,12 +319,6 @@ class SARLGelu(SupervisedTemplate):
 
     # ------------------------------------------------------------------ hooks
     def _before_training_exp(self, **kwargs):
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            # Its similarity network trains on each rank's own shard with its own optimiser, and
-            # the teacher copy is taken from the model in place: neither is synchronised yet.
-            raise NotImplementedError("SARL-GELU does not run under torch DDP yet (its similarity network and "
-                                      "teacher are not synchronised across ranks); BalancedReplayPlugin does, "
-                                      "with any Avalanche strategy")
         self._past_warmup_iterations = 0
         super()._before_training_exp(**kwargs)
 
@@ -333,7 +328,10 @@ class SARLGelu(SupervisedTemplate):
 
     def _after_training_iteration(self, **kwargs):
         # The similarity network learns from this step's current and replayed features.
-        sim_loss = self.similarity_net.train_step(self.replay.step.features.detach(), self.mb_y, self.prototypes)
+        # Under DDP the similarity network trains on every rank's samples (gathered in rank order),
+        # so its identical replicas take identical steps: no gradient of its own to all-reduce.
+        sim_loss = self.similarity_net.train_step(*gather_rows(self.replay.step.features.detach(), self.mb_y),
+                                                  self.prototypes)
         self.loss_terms["similarity"] = sim_loss
         for name, value in self.loss_terms.items():
             self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value
@@ -343,7 +341,7 @@ class SARLGelu(SupervisedTemplate):
         super()._after_training_iteration(**kwargs)
 
     def _after_training_exp(self, **kwargs):
-        self._update_teacher(frozen_copy(self.model))  # the copy carries none of the plugins' hooks
+        self._update_teacher(frozen_copy(unwrap(self.model)))  # the plain module, without the plugins' hooks
         self._refresh_batchnorm_on_buffer()
         self._set_prototypes_of_experience()
         super()._after_training_exp(**kwargs)  # the replay plugin regroups with the new prototypes
@@ -391,11 +389,12 @@ class SARLGelu(SupervisedTemplate):
         """One train-mode pass over the whole buffer without updates (BatchNorm statistics)."""
         if len(self.buffer) == 0:
             return
-        self.model.train()
+        model = unwrap(self.model)  # every rank passes over the same buffer: no collective needed
+        model.train()
         transform = self.transform
         for start in range(0, len(self.buffer), self.train_mb_size):
             x = self.buffer.examples[start: start + self.train_mb_size]
-            self.model(transform(x) if transform is not None else x)
+            model(transform(x) if transform is not None else x)
 
     @torch.no_grad()
     def _set_prototypes_of_experience(self):
@@ -403,12 +402,13 @@ class SARLGelu(SupervisedTemplate):
         loader = torch.utils.data.DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size or 256,
                                              shuffle=False)
         feats, labels = [], []
-        with eval_mode(self.model):
+        model = unwrap(self.model)
+        with eval_mode(model):
             for batch in loader:
                 x = batch[0].to(self.device)
                 if self.eval_transform is not None:
                     x = self.eval_transform(x)
-                feats.append(forward_with_features(self.model, x)[1].flatten(1))
+                feats.append(forward_with_features(model, x)[1].flatten(1))
                 labels.append(batch[1].to(self.device))
         self.prototypes.set_from_features(torch.cat(feats), torch.cat(labels))
 

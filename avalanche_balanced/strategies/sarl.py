@@ -33,9 +33,10 @@ __all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "sem
 
 # Defaults of the guards (docs: "Training guards"). The clip bound sits above every per-epoch
 # maximum gradient norm of the healthy quick-protocol runs at lr 0.1 (at most 17.1), so it
-# engages on spikes only; the ramp spans 25 iterations after the warm-up.
+# engages on spikes only. The warm-up ramp is off (SARL's switch): on validation images a ramp
+# of 25 or 100 iterations did no better in any of four runs (docs/results.md, "Training guards").
 CLIP_GRAD_NORM: Optional[float] = 25.0
-RAMP_ITERATIONS = 25
+RAMP_ITERATIONS = 0
 
 
 def ramp_factor(iterations_past_warmup: int, ramp_iterations: int) -> float:

@@ -326,19 +326,22 @@ def _cap_within_groups(p: Tensor, g: Tensor, mask: Tensor, cap: Tensor, num_grou
     n = p.shape[0]
     order = torch.argsort(p, descending=True, stable=True)
     order = order[torch.argsort(g[order], stable=True)]  # by group, largest weight first within it
-    ps, gs, cs = p[order], g[order], cap[order]
+    ps, gs, cs, ms = p[order], g[order], cap[order], mask[order]
     sizes = torch.bincount(g, minlength=num_groups)
     start = torch.cumsum(sizes, 0) - sizes
     rank = torch.arange(n, device=p.device) - start[gs]  # position within the group
-    before = torch.cumsum(ps, 0) - ps
-    before = before - before[start[gs]]  # weight of the larger samples of the same group
+    # Weight of this sample and the smaller ones of its group, as a suffix sum (accurate when small).
+    suffix = ps.flip(0).cumsum(0).flip(0)
+    after_group = torch.cat([suffix, suffix.new_zeros(1)])[(start + sizes)[gs]]
+    tail = (suffix - after_group).clamp_min(torch.finfo(p.dtype).tiny)
     # With the first `rank` samples of a group clipped to the cap, the others scale by this:
-    scale = (1.0 - rank.to(p.dtype) * cs) / (1.0 - before).clamp_min(torch.finfo(p.dtype).tiny)
-    feasible = (ps * scale <= cs * (1 + 1e-6)) | (ps <= 0)
-    big = torch.full((num_groups,), n, dtype=torch.long, device=p.device)
-    first = big.scatter_reduce(0, gs, torch.where(feasible, rank, torch.full_like(rank, n)), reduce="amin")
-    pick = (start + first.clamp_max(n - 1)).clamp_max(n - 1)
-    group_scale = scale[pick]
+    scale = ((1.0 - rank.to(p.dtype) * cs) / tail).clamp_min(0)
+    positives = torch.zeros(num_groups, dtype=torch.long, device=p.device).index_add_(0, g, mask.long())
+    last_positive = rank == positives[gs] - 1  # always feasible: the cap is at least 1 / size
+    feasible = ((ps * scale <= cs * (1 + 1e-6)) & ms) | last_positive
+    first = torch.full((num_groups,), n, dtype=torch.long, device=p.device).scatter_reduce(
+        0, gs, torch.where(feasible, rank, torch.full_like(rank, n)), reduce="amin")
+    group_scale = scale[(start + first.clamp_max(n - 1)).clamp_max(n - 1)]
     capped = torch.minimum(ps * group_scale[gs], cs)
     out = torch.empty_like(p).scatter_(0, order, capped)
     return torch.where(mask, out, torch.zeros_like(out))

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from avalanche_balanced import balanced_importance, cosine_to_unit, normalized_entropy, sample_indices
 
@@ -328,3 +329,28 @@ def test_replay_distribution_refuses_an_infeasible_cap():
     for current in (None, torch.tensor([True, False, False, False])):
         with pytest.raises(ValueError, match="max_ratio"):
             replay_distribution(torch.rand(4), current, max_ratio=0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 6), st.floats(1.0, 6.0))
+def test_group_share_weights_match_per_group_water_filling(seed, groups, max_ratio):
+    """Every group gets exactly 1 / G; inside it, the one-sort cap equals cap_weights run on the
+    group alone (the reference water-filling); unmasked samples get 0."""
+    from avalanche_balanced.sampling import cap_weights, group_share_weights
+    g = torch.Generator().manual_seed(seed)
+    n = 30
+    group_ids = torch.randint(groups, (n,), generator=g)
+    sim = torch.rand(n, generator=g)
+    mask = torch.rand(n, generator=g) < 0.8
+    w = group_share_weights(sim, group_ids, mask, num_groups=groups, eps=0.1, max_ratio=max_ratio)
+    present = torch.unique(group_ids[mask])
+    assert bool((w[~mask] == 0).all())
+    if present.numel() == 0:
+        assert float(w.sum()) == 0.0
+        return
+    torch.testing.assert_close(w.sum(), torch.tensor(1.0))
+    for k in present.tolist():
+        members = mask & (group_ids == k)
+        term = 1.0 / (sim[members] + 0.1)
+        expected = cap_weights(term, max_ratio) / present.numel()
+        torch.testing.assert_close(w[members], expected, rtol=1e-5, atol=1e-7)

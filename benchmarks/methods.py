@@ -212,6 +212,17 @@ class Method:
 CORE_NAMES = ("naive", "er", "der", "er_ace", "plugin_uniform", "plugin_balanced", "sarl_uniform",
               "sarl_balanced", "joint")
 _PLUGIN, _SARL = "plugin_uniform", "sarl_uniform"
+
+
+def _storage_rows(unit: str) -> dict:
+    """``plugin_<unit>_storage_uniform`` and ``..._balanced``: the plugin with ``<unit>``-balanced
+    storage (``insertion="<unit>_balanced"``) under uniform or semantic-balanced draws."""
+    return {f"plugin_{unit}_storage_{mode}": Method(
+        _plugin(balanced, insertion=f"{unit}_balanced"),
+        f"Naive + BalancedReplayPlugin, {unit}-balanced storage, {'semantic-balanced' if balanced else 'uniform'} "
+        "draws", lr_from=_PLUGIN) for mode, balanced in (("uniform", False), ("balanced", True))}
+
+
 METHODS: Dict[str, Method] = {
     "naive": Method(naive, "Avalanche Naive (fine-tuning, lower bound)"),
     "er": Method(er, "Avalanche Naive + ReplayPlugin; stores a reservoir buffer (ReservoirSamplingBuffer), "
@@ -254,12 +265,7 @@ METHODS: Dict[str, Method] = {
     "plugin_class_balanced": Method(_plugin(True, grouping="class"), "Naive + BalancedReplayPlugin, balanced "
                                     "draws with one group per class", lr_from=_PLUGIN),
     # Class-balanced storage (what ClassBalancedBuffer changes) under uniform or semantic draws.
-    "plugin_class_storage_uniform": Method(_plugin(False, insertion="class_balanced"), "Naive + "
-                                           "BalancedReplayPlugin, class-balanced storage, uniform draws",
-                                           lr_from=_PLUGIN),
-    "plugin_class_storage_balanced": Method(_plugin(True, insertion="class_balanced"), "Naive + "
-                                            "BalancedReplayPlugin, class-balanced storage, semantic-balanced "
-                                            "draws", lr_from=_PLUGIN),
+    **_storage_rows("class"),
     # Issue 20: the oracle groups, exact per-group shares, group-balanced storage, ER-ACE on a reservoir.
     "plugin_superclass_groups": Method(_plugin(True, grouping="fixed"), "Naive + BalancedReplayPlugin, balanced "
                                        "draws over the true superclasses (oracle groups), reservoir storage",
@@ -269,12 +275,7 @@ METHODS: Dict[str, Method] = {
                                  "storage", lr_from=_PLUGIN),
     "plugin_group_share": Method(_plugin(True, share="group"), "Naive + BalancedReplayPlugin, exactly "
                                  "group-balanced draws (share='group'), reservoir storage", lr_from=_PLUGIN),
-    "plugin_group_storage_uniform": Method(_plugin(False, insertion="group_balanced"), "Naive + "
-                                           "BalancedReplayPlugin, group-balanced storage, uniform draws",
-                                           lr_from=_PLUGIN),
-    "plugin_group_storage_balanced": Method(_plugin(True, insertion="group_balanced"), "Naive + "
-                                            "BalancedReplayPlugin, group-balanced storage, semantic-balanced "
-                                            "draws", lr_from=_PLUGIN),
+    **_storage_rows("group"),
     "er_ace_reservoir": Method(er_ace_reservoir, "Avalanche ER-ACE with a reservoir buffer "
                                "(ReservoirSamplingBuffer) filled before training on each experience: ER-ACE's "
                                "loss on ER's storage", lr_from="er_ace"),

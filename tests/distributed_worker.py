@@ -138,4 +138,11 @@ def sarl(rank, out, folder):
                model=[p.detach().clone() for p in model.parameters()], seen=strategy.buffer.num_seen)
 
 
-SCENARIOS = dict(consistency=consistency, bad_configurations=bad_configurations, resume=resume, sarl=sarl)
+def healthy(rank, out, folder):
+    """The healthy scenarios in one process group (one spawn: the ranks' start-up is paid once)."""
+    for name, scenario in (("consistency", consistency), ("resume", resume), ("sarl", sarl)):
+        out[name] = {}
+        scenario(rank, out[name], folder)
+
+
+SCENARIOS = dict(healthy=healthy, bad_configurations=bad_configurations)

@@ -308,7 +308,8 @@ def group_share_weights(similarity: Tensor, group_ids: Tensor, mask: Tensor, *, 
     """
     if max_ratio is not None and max_ratio < 1:
         raise ValueError(f"max_ratio must be >= 1 (a cap below the uniform share cannot be met), got {max_ratio}")
-    _check_finite_unit(similarity)
+    if similarity.device.type == "cpu":  # on an accelerator the check would stall the queue
+        _check_finite_unit(similarity)
     dtype, tiny = torch.float32, torch.finfo(torch.float32).tiny
     g = group_ids.long()
     term = torch.where(mask, 1.0 / (similarity.to(dtype) + eps), torch.zeros((), dtype=dtype, device=g.device))

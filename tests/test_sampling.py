@@ -354,3 +354,10 @@ def test_group_share_weights_match_per_group_water_filling(seed, groups, max_rat
         term = 1.0 / (sim[members] + 0.1)
         expected = cap_weights(term, max_ratio) / present.numel()
         torch.testing.assert_close(w[members], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_group_share_weights_reject_similarity_outside_the_unit_interval():
+    from avalanche_balanced.sampling import group_share_weights
+    with pytest.raises(ValueError):
+        group_share_weights(torch.tensor([0.5, float("nan")]), torch.tensor([0, 1]), torch.ones(2, dtype=torch.bool),
+                            num_groups=2)

@@ -42,6 +42,7 @@ interrupted comparison keeps what it finished, and a re-run skips finished
 runs unless ``--overwrite``), ``table.md``, and PNG plots.
 """
 import argparse
+import fcntl
 import json
 import multiprocessing
 import os
@@ -290,6 +291,23 @@ def run_all(todo, args, jobs, threads):
         pool.shutdown(wait=True, cancel_futures=True)  # a failed run stops the queue, not the running ones
 
 
+def record_run(out: Path, row: dict, protocol: str) -> list:
+    """Add ``row`` to ``out/results.json`` (replacing the same method and seed) and rewrite the
+    table and that method's figures; returns every stored run.
+
+    The file is re-read under an exclusive lock, so comparisons started separately with the same
+    ``--out`` (say, one per core) add to it without dropping each other's runs."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    with open(out / ".results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = out / "results.json"
+        runs = json.loads(saved.read_text())["runs"] if saved.is_file() else []
+        runs = [r for r in runs if (r["method"], r["seed"]) != (row["method"], row["seed"])] + [row]
+        runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
+        write_outputs(out, runs, protocol, [row["method"]])
+    return runs
+
+
 def load_lr_choice(path: Path) -> dict:
     """``{method: lr}`` chosen by ``--select_lr`` and saved at ``path``, or {} if there is none."""
     return json.loads(path.read_text())["chosen"] if path.is_file() else {}
@@ -416,13 +434,10 @@ def main(argv=None):
                 print(f"{method} seed {seed}: already in {saved}, skipped")
             else:
                 todo.append(((method, seed), method, seed, dict(lr=lr)))
-    order = {m: i for i, m in enumerate(METHODS)}
     for (method, seed), result in run_all(todo, args, jobs, threads):
-        runs = [r for r in runs if (r["method"], r["seed"]) != (method, seed)]
-        runs.append(dict(method=method, seed=seed, jobs=jobs, lr_source=lr_for(method, chosen, args.lr_pairing)[1],
-                         config=configs[method, seed], **result))
-        runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
-        write_outputs(out, runs, args.protocol, [method])  # after every run: an interruption loses only running runs
+        row = dict(method=method, seed=seed, jobs=jobs, lr_source=lr_for(method, chosen, args.lr_pairing)[1],
+                   config=configs[method, seed], **result)
+        runs = record_run(out, row, args.protocol)  # after every run: an interruption loses only running runs
         forgetting = result["forgetting"]
         print(f"{method} seed {seed}: acc {result['accuracy']:.2f}% forgetting "
               f"{'n/a' if forgetting is None else f'{forgetting:.2f}%'} ({result['seconds']:.0f} s)", flush=True)

@@ -275,6 +275,30 @@ def test_a_rerun_with_other_settings_never_reuses_a_finished_run(tmp_path, monke
     assert runs[0]["lr"] == 0.01 and runs[0]["config"]["lr"] == 0.01
 
 
+def test_comparisons_sharing_an_out_folder_keep_each_others_runs(tmp_path, monkeypatch):
+    """Two comparisons started separately into one ``--out`` (one per core): each finished run is
+    merged into the file as it is *now*, not into the list a comparison read when it started."""
+    compare = load("compare", monkeypatch)
+    base = ["--protocol", "tiny", "--out", str(tmp_path), "--jobs", "1"]
+    real_run_one = compare.run_one
+
+    def run_one_while_another_finishes(method, seed, *args, **kwargs):
+        result = real_run_one(method, seed, *args, **kwargs)
+        if method == "naive":  # meanwhile, the other comparison finishes its run
+            compare.main(base + ["--methods", "er", "--seeds", "1"])
+        return result
+    monkeypatch.setattr(compare, "run_one", run_one_while_another_finishes)
+    runs = compare.main(base + ["--methods", "naive", "--seeds", "0"])
+    assert {(r["method"], r["seed"]) for r in runs} == {("naive", 0), ("er", 1)}
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["method"], r["seed"]) for r in stored["runs"]} == {("naive", 0), ("er", 1)}
+    assert set(stored["summary"]) == {"naive", "er"}
+    # Re-recording a method and seed replaces its row instead of adding a second one.
+    row = dict(next(r for r in runs if r["method"] == "er"), accuracy=99.0)
+    rows = compare.record_run(tmp_path, row, "tiny")
+    assert [r["accuracy"] for r in rows if r["method"] == "er"] == [99.0] and len(rows) == 2
+
+
 def test_choose_lr_prefers_accuracy_then_the_smaller_rate(monkeypatch):
     compare = load("compare", monkeypatch)
     runs = [dict(method="a", lr=0.1, accuracy=5.0), dict(method="a", lr=0.01, accuracy=5.0),

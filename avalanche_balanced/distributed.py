@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader
 from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 from torch import Tensor
@@ -154,6 +155,12 @@ class DataParallelPlugin(SupervisedPlugin, supports_distributed=True):
     after model adaptation (``before_training_exp``: a head that grew is included) and
     unwraps it after the experience, so evaluation, model adaptation, copies and checkpoints
     see the plain module. Put it first in ``plugins``. A no-op in a single process.
+
+    Evaluation: Avalanche's evaluation loader also takes a ``DistributedSampler``, and its
+    metrics are not gathered across ranks, so every rank would report the accuracy of its own
+    ``1 / W`` of the test set. Here every rank evaluates the whole stream instead
+    (``before_eval_exp`` rebuilds the loader without the sampler): the metrics are those of a
+    single-process run, identical on every rank.
     """
 
     def before_training_exp(self, strategy, **kwargs):
@@ -162,3 +169,9 @@ class DataParallelPlugin(SupervisedPlugin, supports_distributed=True):
 
     def after_training_exp(self, strategy, **kwargs):
         strategy.model = unwrap(strategy.model)
+
+    def before_eval_exp(self, strategy, **kwargs):
+        loader = strategy.dataloader
+        if DistributedHelper.is_distributed and getattr(loader, "distributed_sampling", False):
+            strategy.dataloader = SingleDatasetDataLoader(loader.datasets[0], loader.batch_sizes[0],
+                                                          distributed_sampling=False, **loader.loader_kwargs)

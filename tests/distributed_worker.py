@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from avalanche.core import SupervisedPlugin
 
 
 def run(rank: int, world: int, port: int, out: str, scenario: str) -> None:
@@ -89,17 +90,23 @@ def resume(rank, out, folder):
     bm = blobs_benchmark(6, 8, n_per_class=24, n_experiences=3, seed=0)
     name = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
 
+    counter = EvaluatedSamples()
+
     def build():
         from avalanche.evaluation.metrics import accuracy_metrics
         from avalanche.training.plugins import EvaluationPlugin
         replay = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, seed=0)
-        model, strategy = _strategy([DataParallelPlugin(), replay],
+        model, strategy = _strategy([DataParallelPlugin(), replay, counter],
                                     evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
         return model, strategy, replay
 
     def summary(model, metrics, replay):
-        return dict(accuracy=metrics[name], fingerprint=buffer_fingerprint(replay.buffer),
-                    params=[p.detach().clone() for p in model.parameters()])
+        x, y = (torch.cat(t) for t in zip(*[(x, y) for e in bm.test_stream for x, y, *_ in
+                                             torch.utils.data.DataLoader(e.dataset, batch_size=1000)]))
+        with torch.no_grad():
+            direct = (model(x).argmax(1) == y).float().mean().item()  # the whole test stream, this rank's model
+        return dict(accuracy=metrics[name], direct_accuracy=direct, evaluated=counter.seen, test_size=len(y),
+                    fingerprint=buffer_fingerprint(replay.buffer), params=[p.detach().clone() for p in model.parameters()])
     model, strategy, replay = build()
     for exp in bm.train_stream:
         strategy.train(exp)
@@ -115,6 +122,18 @@ def resume(rank, out, folder):
     load_checkpoint(folder / "checkpoint.pt", strategy)
     strategy.train(bm.train_stream[2])
     out["resumed"] = summary(model, strategy.eval(bm.test_stream), replay)
+
+
+class EvaluatedSamples(SupervisedPlugin, supports_distributed=True):
+    """Counts the samples of the latest ``eval`` call on this rank."""
+
+    seen = 0
+
+    def before_eval(self, strategy, **kwargs):
+        self.seen = 0
+
+    def after_eval_iteration(self, strategy, **kwargs):
+        self.seen += len(strategy.mb_y)
 
 
 def sarl(rank, out, folder):

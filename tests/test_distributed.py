@@ -102,6 +102,9 @@ def test_a_checkpoint_written_by_rank_0_resumes_every_rank_to_the_same_metrics(h
         assert r["files"] == ["checkpoint.pt"]  # one file, written once (rank 0), no temporary left
         full, resumed = r["full"], r["resumed"]
         assert resumed["accuracy"] == full["accuracy"]
+        # Every rank evaluates the whole test stream (Avalanche would give each rank half of it).
+        assert full["evaluated"] == resumed["evaluated"] == full["test_size"]
+        assert abs(full["accuracy"] - full["direct_accuracy"]) < 1e-6
         assert torch.equal(resumed["fingerprint"], full["fingerprint"])
         assert all(torch.equal(a, b) for a, b in zip(resumed["params"], full["params"]))
     assert torch.equal(ranks[0]["resumed"]["fingerprint"], ranks[1]["resumed"]["fingerprint"])

@@ -37,6 +37,13 @@ Runs are independent processes: ``--jobs`` of them at a time, each with
 train about 1.25x faster in total than one run on two threads). A run's
 numbers depend only on its method, seed, settings and thread count.
 
+Several processes per run (``--world_size W``, torch DDP over ``gloo`` on a CPU, ``nccl``
+on GPUs): each run starts ``W`` processes, every rank holds the same buffer and trains on
+``1 / W`` of the same global batch (see ``avalanche_balanced.distributed``), every rank
+evaluates the whole test set, and rank 0's numbers are recorded. Only our plugin's and
+SARL-GELU's rows run this way; a ``W``-process run and a one-process run differ in
+BatchNorm statistics (computed per rank) and in floating-point order, nothing else.
+
 Writes ``results/<protocol>/results.json`` after every finished run (an
 interrupted comparison keeps what it finished, and a re-run skips finished
 runs unless ``--overwrite``), ``table.md``, and PNG plots.
@@ -46,6 +53,8 @@ import fcntl
 import json
 import multiprocessing
 import os
+import socket
+import tempfile
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -54,6 +63,7 @@ from pathlib import Path
 import torch
 
 from avalanche_balanced.data import preserved_global_rng, split_cifar100, with_test_subset
+from avalanche_balanced.distributed import init_distributed, rank_and_world
 from avalanche_balanced.experiment import accuracy_matrix, build_evaluator, final_results, seed_everything
 from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_tail_counts
 from avalanche_balanced.metrics import semantic_metrics
@@ -175,6 +185,9 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     evaluates on held-out training images, once, after the last experience
     (learning-rate selection); otherwise on the test set after every experience.
     """
+    world = getattr(args, "world_size", 1)
+    if world > 1 and not rank_and_world()[1] > 1:
+        return run_ranks(method, seed, protocol, args, threads, lr, validation)
     if threads is not None:
         torch.set_num_threads(threads)
     quiet_avalanche_deprecations()
@@ -183,13 +196,16 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     bm, eval_bm = build_benchmark(protocol, order_seed, args, validation)
     seed_everything(seed)  # after the benchmark: nothing of the class-order seed reaches the run
     lr = p["lr"] if lr is None else lr
+    device = torch.device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     setting = Setting(num_classes=len(bm.fine_to_coarse), nf=p["nf"], epochs=p["epochs"], lr=lr,
                       mem_size=args.buffer_size or p["mem_size"], batch_size=p["batch_size"],
                       batch_size_mem=p["batch_size_mem"], warmup_epochs=p["warmup_epochs"],
                       sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse, seed=seed,
-                      device=torch.device(args.device), lr_steps=p["lr_steps"],
+                      device=device, lr_steps=p["lr_steps"],
                       guards=getattr(args, "guards", "on") == "on", compile=getattr(args, "compile", False),
-                      ramp_iterations=getattr(args, "ramp_iterations", None))
+                      ramp_iterations=getattr(args, "ramp_iterations", None), world_size=world)
     extra = semantic_metrics(bm.fine_to_coarse)  # group agreement: only where the strategy has our buffer
     if getattr(bm, "imbalance_ratio", None) is not None:
         extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))
@@ -231,6 +247,44 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     return result
 
 
+def run_ranks(method, seed, protocol, args, threads=None, lr=None, validation=False) -> dict:
+    """:func:`run_one` in ``args.world_size`` fresh processes joined by torch DDP; returns rank 0's
+    results. A rank that fails stops the others at the collective timeout, and this raises
+    naming the ranks that failed."""
+    world = args.world_size
+    threads = max(1, (threads or _cpu_count()) // world)
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as folder:
+        port = _free_port()
+        ranks = [context.Process(target=_rank_main, args=(rank, world, port, folder, method, seed, protocol, args,
+                                                           threads, lr, validation)) for rank in range(world)]
+        for process in ranks:
+            process.start()
+        for process in ranks:
+            process.join()
+        failed = [rank for rank, process in enumerate(ranks) if process.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"{method} seed {seed} on {world} processes: rank(s) {failed} failed (exit codes "
+                               f"{[ranks[r].exitcode for r in failed]}); see their tracebacks above")
+        return json.loads((Path(folder) / "rank0.json").read_text())
+
+
+def _rank_main(rank, world, port, folder, method, seed, protocol, args, threads, lr, validation):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    init_distributed(seed, backend="gloo" if args.device == "cpu" else None)
+    result = run_one(method, seed, protocol, args, threads, lr, validation)
+    if rank == 0:
+        (Path(folder) / "rank0.json").write_text(json.dumps(dict(result, world_size=world)))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_config(method, seed, lr, args) -> dict:
     """What a finished run's numbers depend on besides its method and seed: a stored run is
     reused only when all of it matches (see :func:`reusable`)."""
@@ -244,7 +298,8 @@ def run_config(method, seed, lr, args) -> dict:
                 buffer_size=args.buffer_size or p["mem_size"], guards=getattr(args, "guards", "on"),
                 **({"compile": True} if getattr(args, "compile", False) else {}),  # absent: eager
                 **({"ramp_iterations": ramp} if (ramp := getattr(args, "ramp_iterations", None)) is not None
-                   else {}))  # absent: SARL-GELU's default
+                   else {}),  # absent: SARL-GELU's default
+                **({"world_size": args.world_size} if getattr(args, "world_size", 1) > 1 else {}))  # absent: 1
 
 
 def reusable(stored: dict, config: dict, where) -> bool:
@@ -253,16 +308,21 @@ def reusable(stored: dict, config: dict, where) -> bool:
     Rows written before the settings were recorded count as unknown settings."""
     saved = stored.get("config", {})
     differ = sorted(k for k in config if saved.get(k, "unrecorded") != config[k])
-    if not differ:
+    # A setting recorded only when it is not its default (compile, ramp, world size) and absent from
+    # what is asked: the stored run used another value than the default asked for now.
+    extra = sorted(k for k in saved if k not in config)
+    if not differ and not extra:
         return True
-    detail = ", ".join(f"{k}: {saved.get(k, 'unrecorded')!r} stored vs {config[k]!r} asked" for k in differ)
+    detail = ", ".join([f"{k}: {saved.get(k, 'unrecorded')!r} stored vs {config[k]!r} asked" for k in differ]
+                       + [f"{k}: {saved[k]!r} stored vs the default asked" for k in extra])
     raise ValueError(f"{stored['method']} seed {stored['seed']} in {where} was run with other settings "
                      f"({detail}); use another --out, or --overwrite to replace it")
 
 
-def default_jobs(device: str) -> int:
-    """Two single-thread runs at a time on a CPU with two or more cores; one run on a GPU."""
-    return 1 if device != "cpu" else min(2, _cpu_count())
+def default_jobs(device: str, world_size: int = 1) -> int:
+    """Two single-thread runs at a time on a CPU with two or more cores (a run of ``world_size``
+    processes takes that many cores); one run on a GPU."""
+    return 1 if device != "cpu" else max(1, min(2, _cpu_count() // world_size))
 
 
 def _cpu_count() -> int:
@@ -400,15 +460,30 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile every method's network")
     parser.add_argument("--data_root", default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--world_size", type=int, default=1,
+                        help="torch DDP processes per run (gloo on a CPU, nccl on GPUs); our plugin's and "
+                             "SARL-GELU's rows only; batch sizes stay global")
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs at a time (default: 2 on a CPU with 2+ cores, 1 on a GPU)")
     parser.add_argument("--out", default=None, help="default results/<protocol>")
     parser.add_argument("--overwrite", action="store_true", help="re-run runs already in results.json")
     args = parser.parse_args(argv)
-    jobs = args.jobs if args.jobs is not None else default_jobs(args.device)
+    jobs = args.jobs if args.jobs is not None else default_jobs(args.device, args.world_size)
     if jobs < 1:
         parser.error(f"--jobs must be >= 1, got {jobs}")
-    threads = max(1, _cpu_count() // jobs)
+    if args.world_size < 1:
+        parser.error(f"--world_size must be >= 1, got {args.world_size}")
+    if args.world_size > 1:
+        single = [m for m in args.methods if not METHODS[m].distributed]
+        if single:
+            parser.error(f"--world_size {args.world_size}: {single} run in one process only (Avalanche's replay "
+                         "loaders give each rank its own replay batch); use our plugin's or SARL-GELU's rows")
+        p = PROTOCOLS[args.protocol]
+        for name in ("batch_size", "batch_size_mem"):
+            if p[name] % args.world_size:
+                parser.error(f"--world_size {args.world_size} does not divide the {args.protocol} protocol's "
+                             f"{name} {p[name]}")
+    threads = max(1, _cpu_count() // (jobs * args.world_size))
     default_out = {"split": f"results/{args.protocol}", "lt": f"results/{args.protocol}_lt_{args.imbalance_order}",
                    "skew": f"results/{args.protocol}_skew{args.superclass_skew}"}[args.scenario]
     out = Path(args.out or default_out)

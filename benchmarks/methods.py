@@ -19,6 +19,7 @@ from avalanche.training.storage_policy import ClassBalancedBuffer, ReservoirSamp
 from avalanche_balanced import AdaptiveThreshold, BalancedReplayPlugin, SARLGelu
 from avalanche_balanced.compiled import compile_model
 from avalanche_balanced.data import cifar_augment, cifar_normalize
+from avalanche_balanced.distributed import DataParallelPlugin
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.transforms import AugmentedModel
 
@@ -44,6 +45,7 @@ class Setting:
     guards: bool = True  # SARL-GELU's training guards at their defaults; False: as SARL (none)
     compile: bool = False  # torch.compile the network (avalanche_balanced.compiled)
     ramp_iterations: Optional[int] = None  # SARL-GELU's warm-up ramp; None: its default
+    world_size: int = 1  # torch DDP processes; batch sizes stay global (each rank trains on 1 / world_size)
 
 
 def _model(s: Setting, augmented: bool):
@@ -68,10 +70,12 @@ def _scheduler(optimizer, s: Setting, scale: int = 1) -> List[LRSchedulerPlugin]
 
 def _common(s, evaluator, optimizer, plugins=(), epoch_scale: int = 1):
     """Strategy arguments every method shares; ``epoch_scale`` stretches the epochs and the
-    schedule's milestones alike (joint training)."""
-    return dict(optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=s.batch_size,
+    schedule's milestones alike (joint training). Under DDP (``s.world_size > 1``) each rank
+    takes ``1 / world_size`` of the current batch and the model is wrapped for training."""
+    parallel = [DataParallelPlugin()] if s.world_size > 1 else []
+    return dict(optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=s.batch_size // s.world_size,
                 train_epochs=s.epochs * epoch_scale, eval_mb_size=512, device=s.device, evaluator=evaluator,
-                plugins=[*plugins, *_scheduler(optimizer, s, epoch_scale)])
+                plugins=[*parallel, *plugins, *_scheduler(optimizer, s, epoch_scale)])
 
 
 def joint_budget(s: Setting):
@@ -172,6 +176,7 @@ def _plugin(balanced: bool, timing: str = "after_experience", **options):
                                       use_balanced_sampling=balanced, seed=s.seed, insertion_timing=timing,
                                       **kwargs)
         return Naive(model=model, **_common(s, evaluator, _sgd(model, s), [replay]))
+    build.distributed = True  # BalancedReplayPlugin draws one global batch and keeps this rank's slice
     return build
 
 
@@ -196,6 +201,7 @@ def _sarl(balanced: bool = True, **overrides):
         kwargs.update(_common(replace(s, lr_steps=None), evaluator, _sgd(model, s)),
                       lr_steps=s.lr_steps, lr_gamma=s.lr_gamma)
         return SARLGelu(model=model, **kwargs)
+    build.distributed = True
     return build
 
 
@@ -207,6 +213,12 @@ class Method:
     description: str
     lr_from: Optional[str] = None  # train at this method's validated rate (a pair differs in the sampler only)
     joint: bool = False  # trains on the whole stream at once (no per-experience evaluations)
+
+    @property
+    def distributed(self) -> bool:
+        """Runs under torch DDP with one buffer on every rank (our plugin and SARL-GELU; Avalanche's
+        replay loaders give each rank its own replay batch, so its rows are single-process only)."""
+        return getattr(self.build, "distributed", False)
 
 
 CORE_NAMES = ("naive", "er", "der", "er_ace", "plugin_uniform", "plugin_balanced", "sarl_uniform",

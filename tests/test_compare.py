@@ -299,6 +299,25 @@ def test_comparisons_sharing_an_out_folder_keep_each_others_runs(tmp_path, monke
     assert [r["accuracy"] for r in rows if r["method"] == "er"] == [99.0] and len(rows) == 2
 
 
+def test_world_size_runs_our_rows_under_ddp_and_refuses_the_others(tmp_path, monkeypatch):
+    """``--world_size 2``: two gloo processes per run, recorded as such (never mixed with a
+    one-process row); Avalanche's replay rows and batch sizes that do not split are refused."""
+    compare = load("compare", monkeypatch)
+    base = ["--protocol", "tiny", "--seeds", "0", "--out", str(tmp_path), "--jobs", "1"]
+    for bad, message in ((["--methods", "er", "plugin_uniform"], r"\['er'\] run in one process only"),
+                         (["--methods", "plugin_uniform", "--world_size", "3"], "does not divide"),
+                         (["--methods", "plugin_uniform", "--world_size", "0"], "must be >= 1")):
+        argv = base + bad + ([] if "--world_size" in bad else ["--world_size", "2"])
+        with pytest.raises(SystemExit):
+            compare.main(argv)
+    runs = compare.main(base + ["--methods", "plugin_balanced", "--world_size", "2"])
+    for r in runs:
+        assert r["world_size"] == 2 and r["config"]["world_size"] == 2
+        assert math.isfinite(r["accuracy"]) and 0.0 <= r["accuracy"] <= 100.0
+    with pytest.raises(ValueError, match=r"world_size: 2 stored vs the default asked"):
+        compare.main(base + ["--methods", "plugin_balanced"])  # a one-process run never reuses the DDP row
+
+
 def test_choose_lr_prefers_accuracy_then_the_smaller_rate(monkeypatch):
     compare = load("compare", monkeypatch)
     runs = [dict(method="a", lr=0.1, accuracy=5.0), dict(method="a", lr=0.01, accuracy=5.0),

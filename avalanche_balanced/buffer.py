@@ -19,7 +19,7 @@ from .buffer_state import buffer_state_dict, load_buffer_state
 from .grouping_rules import GroupingRule, majority_groups, make_grouping
 from .model_passes import stored_features
 from .replay_weights import past_importance, task_balanced_weights
-from .sampling import draw_proportional, group_share_weights, replay_distribution, uniform_indices
+from .sampling import draw_proportional, group_share_weights, next_in_pass, replay_distribution, uniform_indices
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SimilarityRule, make_similarity
 from .storage_policy import StoragePolicyContract
@@ -29,6 +29,7 @@ from .validation import (PendingChecks, check_buffer_options, check_finite, chec
 __all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS"]
 
 INSERTIONS = buffer_storage.INSERTIONS
+REPLAY_ORDERS = ("independent", "passes")  # of uniform draws (get_data)
 
 
 class ReplayBatch(NamedTuple):
@@ -69,7 +70,9 @@ class BalancedBuffer(StoragePolicyContract):
     logits' width) and the feature width are known.
 
     Sampling: :meth:`get_balanced_data` draws from :meth:`replay_probabilities`,
-    :meth:`get_data` uniformly; asking for more samples than are stored draws every stored
+    :meth:`get_data` uniformly, in independent batches or, with ``replay_order="passes"``, in
+    reshuffled passes over the buffer (every stored sample once per pass, as Avalanche's
+    ``ReplayDataLoader`` replays); asking for more samples than are stored draws every stored
     sample once; sampling an empty buffer raises ``ValueError``. As an Avalanche
     ``ExemplarsBuffer`` (:class:`~avalanche_balanced.storage_policy.StoragePolicyContract`) it
     also serves as ``ReplayPlugin(storage_policy=...)``. The rules and fallbacks in full:
@@ -98,6 +101,7 @@ class BalancedBuffer(StoragePolicyContract):
         difficulty_weight: float = 0.0,
         target_ess: float = 0.7,
         share: str = "sample",
+        replay_order: str = "independent",
         feature_dtype: torch.dtype = torch.float32,
         device: Union[str, torch.device] = "cpu",
         seed: int = 0,
@@ -118,6 +122,10 @@ class BalancedBuffer(StoragePolicyContract):
         self.protect_current, self.hierarchical = protect_current, hierarchical
         self.difficulty_weight, self.target_ess = float(difficulty_weight), float(target_ess)
         self.share = share
+        if replay_order not in REPLAY_ORDERS:
+            raise ValueError(f"unknown replay_order {replay_order!r}; choose one of {REPLAY_ORDERS}")
+        self.replay_order = replay_order
+        self._pass: tuple = (None, 0, None)  # uniform draws in passes: (order, position, contents it is for)
         self._current_classes: Optional[Tensor] = None  # class ids of the experience being trained
         self.feature_dtype = feature_dtype
         self.prototypes = prototypes.to(self.device) if prototypes is not None else None
@@ -180,6 +188,7 @@ class BalancedBuffer(StoragePolicyContract):
         generator is reseeded from the old one (a generator cannot change device)."""
         if torch.device(device) != self.device:
             buffer_storage.move(self, torch.device(device))
+            self._pass = (None, 0, None)  # a new generator: the next uniform draw starts a new pass
         return self
 
     def grow_classes(self, num_classes: int) -> None:
@@ -421,9 +430,20 @@ class BalancedBuffer(StoragePolicyContract):
 
     @torch.no_grad()
     def get_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:
-        """Uniform replay minibatch of ``min(minibatch_size, len(self))`` distinct samples."""
+        """Uniform replay minibatch of ``min(minibatch_size, len(self))`` distinct samples:
+        independent batches, or the next ones of a reshuffled pass over the buffer
+        (``replay_order="passes"``, see :func:`~avalanche_balanced.sampling.next_in_pass`; a pass
+        restarts whenever the contents change, so with online insertion every batch starts one)."""
         k = self._check_sample_size(minibatch_size)
-        return self._gather(uniform_indices(self.size, k, generator=self.generator, device=self.device), transform)
+        if self.replay_order == "independent":
+            idx = uniform_indices(self.size, k, generator=self.generator, device=self.device)
+        else:
+            order, position, contents = self._pass
+            now = (self.step, self.size, self.max_size)
+            idx, order, position = next_in_pass(order if contents == now else None, position, self.size, k,
+                                                generator=self.generator, device=self.device)
+            self._pass = (order, position, now)
+        return self._gather(idx, transform)
 
     @torch.no_grad()
     def get_balanced_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:

@@ -16,7 +16,8 @@ def buffer_config(buffer) -> dict:
                 eps=buffer.eps, max_ratio=buffer.max_ratio, protect_current=buffer.protect_current,
                 uniform_mix=buffer.uniform_mix, balance_weight=buffer.balance_weight,
                 hierarchical=buffer.hierarchical, difficulty_weight=buffer.difficulty_weight,
-                target_ess=buffer.target_ess, share=buffer.share, max_size=buffer.max_size)
+                target_ess=buffer.target_ess, share=buffer.share, replay_order=buffer.replay_order,
+                max_size=buffer.max_size)
 
 
 def buffer_state_dict(buffer) -> dict:
@@ -25,7 +26,8 @@ def buffer_state_dict(buffer) -> dict:
     state.update(current_classes=buffer._current_classes, max_size=buffer.max_size, size=buffer.size,
                  num_seen=buffer.num_seen, step=buffer.step, config=buffer_config(buffer),
                  generator=buffer.generator.get_state(), grouping=buffer.grouping_rule.state_dict(),
-                 prototypes=buffer.prototypes.state_dict() if buffer.prototypes is not None else None)
+                 prototypes=buffer.prototypes.state_dict() if buffer.prototypes is not None else None,
+                 replay_pass=buffer._pass)
     return state
 
 
@@ -33,7 +35,8 @@ def load_buffer_state(buffer, state: dict) -> None:
     """Restore :func:`buffer_state_dict` into ``buffer``; another configuration raises
     ``ValueError`` naming every setting that differs."""
     saved, now = dict(state["config"], max_size=state["max_size"]), buffer_config(buffer)
-    saved.setdefault("share", "sample")  # states written before the option existed
+    saved.setdefault("share", "sample")  # states written before these options existed
+    saved.setdefault("replay_order", "independent")
     differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "unrecorded") != now.get(k, "unrecorded"))
     if differ:
         detail = ", ".join(f"{k}: {saved.get(k, 'unrecorded')!r} (state) vs {now.get(k, 'unrecorded')!r} (buffer)"
@@ -53,4 +56,6 @@ def load_buffer_state(buffer, state: dict) -> None:
     buffer.size, buffer.num_seen, buffer.step = state["size"], state["num_seen"], state["step"]
     buffer.generator.set_state(state["generator"].cpu())  # a generator state is a CPU byte tensor
     buffer.grouping_rule.load_state_dict(state["grouping"])
+    order, position, contents = state.get("replay_pass", (None, 0, None))
+    buffer._pass = (None if order is None else order.to(buffer.device), position, contents)
     buffer.invalidate_caches()

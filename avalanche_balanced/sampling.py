@@ -13,7 +13,7 @@ The design note's importance of a stored sample ``i`` is::
 and ``total_groups`` the number of non-empty groups. Samples far from their
 prototype (hard, atypical) and samples of small groups are drawn more often.
 """
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -35,6 +35,7 @@ __all__ = [
     "sample_indices",
     "draw_proportional",
     "uniform_indices",
+    "next_in_pass",
     "normalized_entropy",
     "effective_sample_size",
 ]
@@ -554,6 +555,33 @@ def _draw_sync_free(weights: Tensor, k: int, generator, uniform_mix: float, max_
     # log p >= log(smallest normal float) > -104 for positive p; zeros sit a thousand below.
     keys = torch.where(p > 0, torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)), p.new_tensor(-1000.0)) + gumbel
     return torch.topk(keys, k).indices
+
+
+def next_in_pass(order: Optional[Tensor], position: int, n: int, k: int, *,
+                 generator: Optional[torch.Generator] = None, device=None) -> Tuple[Tensor, Tensor, int]:
+    """Uniform draws in reshuffled passes: ``min(k, n)`` distinct indices of ``range(n)``, the
+    next ones of the pass ``order`` (a permutation of ``range(n)``) from ``position`` on, and
+    the pass and position to continue from.
+
+    Every index is drawn exactly once per pass, as by Avalanche's ``ReplayDataLoader`` (which
+    cycles through the buffer), but every batch is full: when a pass runs out mid-batch, a new
+    permutation starts with indices not in the batch's tail of the old pass, and those tail
+    indices go to the end of the new pass. ``order=None`` (or of another length) starts a pass.
+    One permutation per pass, no host sync.
+    """
+    k = min(k, n)
+    if order is None or order.shape[0] != n:
+        order, position = torch.randperm(n, device=device, generator=generator), 0
+    if position + k <= n:
+        return order[position:position + k], order, position + k
+    tail = order[position:]
+    fresh = torch.randperm(n, device=device, generator=generator)
+    in_tail = torch.zeros(n, dtype=torch.bool, device=fresh.device)
+    in_tail[tail] = True
+    # A stable sort by the mask moves the old pass's tail to the end of the new pass, in order.
+    fresh = fresh[torch.sort(in_tail[fresh].to(torch.uint8), stable=True).indices]
+    need = k - tail.shape[0]
+    return torch.cat([tail, fresh[:need]]), fresh, need
 
 
 def uniform_indices(n: int, k: int, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:

@@ -252,7 +252,7 @@ def run_ranks(method, seed, protocol, args, threads=None, lr=None, validation=Fa
     results. A rank that fails stops the others at the collective timeout, and this raises
     naming the ranks that failed."""
     world = args.world_size
-    threads = max(1, (threads or _cpu_count()) // world)
+    threads = threads or max(1, _cpu_count() // world)
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
         port = _free_port()
@@ -465,6 +465,9 @@ def main(argv=None):
                              "SARL-GELU's rows only; batch sizes stay global")
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs at a time (default: 2 on a CPU with 2+ cores, 1 on a GPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: the cores shared out over --jobs x --world_size); "
+                             "1 when other comparisons share the machine")
     parser.add_argument("--out", default=None, help="default results/<protocol>")
     parser.add_argument("--overwrite", action="store_true", help="re-run runs already in results.json")
     args = parser.parse_args(argv)
@@ -483,7 +486,7 @@ def main(argv=None):
             if p[name] % args.world_size:
                 parser.error(f"--world_size {args.world_size} does not divide the {args.protocol} protocol's "
                              f"{name} {p[name]}")
-    threads = max(1, _cpu_count() // (jobs * args.world_size))
+    threads = args.threads or max(1, _cpu_count() // (jobs * args.world_size))
     default_out = {"split": f"results/{args.protocol}", "lt": f"results/{args.protocol}_lt_{args.imbalance_order}",
                    "skew": f"results/{args.protocol}_skew{args.superclass_skew}"}[args.scenario]
     out = Path(args.out or default_out)

@@ -288,6 +288,10 @@ METHODS: Dict[str, Method] = {
     "plugin_group_share": Method(_plugin(True, share="group"), "Naive + BalancedReplayPlugin, exactly "
                                  "group-balanced draws (share='group'), reservoir storage", lr_from=_PLUGIN),
     **_storage_rows("group"),
+    "plugin_class_storage_passes": Method(_plugin(False, insertion="class_balanced", replay_order="passes"),
+                                          "Naive + BalancedReplayPlugin, class-balanced storage, uniform draws in "
+                                          "reshuffled passes over the buffer (as Avalanche's ReplayDataLoader)",
+                                          lr_from=_PLUGIN),
     "er_ace_reservoir": Method(er_ace_reservoir, "Avalanche ER-ACE with a reservoir buffer "
                                "(ReservoirSamplingBuffer) filled before training on each experience: ER-ACE's "
                                "loss on ER's storage", lr_from="er_ace"),

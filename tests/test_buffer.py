@@ -653,3 +653,29 @@ def test_group_share_rejects_options_it_cannot_honour():
     state = BalancedBuffer(10, share="group").state_dict()
     with pytest.raises(ValueError, match="share: 'group' \\(state\\) vs 'sample' \\(buffer\\)"):
         BalancedBuffer(10).load_state_dict(state)
+
+
+def test_uniform_draws_in_passes_cover_the_buffer_and_resume_exactly():
+    """replay_order="passes": every stored sample once per pass, a new pass when the contents
+    change, the pass saved with the state; an unknown order raises naming it."""
+    buf = BalancedBuffer(12, replay_order="passes", seed=0)
+    buf.add_data(*batch(12, seed=0))
+    first = torch.cat([buf.get_data(4).indices for _ in range(3)])
+    assert torch.equal(first.sort().values, torch.arange(12))  # one full pass in three batches
+    buf.get_data(4)
+    clone = BalancedBuffer(12, replay_order="passes", seed=5)
+    clone.load_state_dict(buf.state_dict())
+    assert torch.equal(torch.cat([clone.get_data(4).indices for _ in range(3)]),
+                       torch.cat([buf.get_data(4).indices for _ in range(3)]))
+    buf.get_data(4)
+    buf.add_data(*batch(3, seed=1))  # new contents: the pass in progress is dropped
+    after = torch.cat([buf.get_data(4).indices for _ in range(3)])
+    assert torch.equal(after.sort().values, torch.arange(12))
+    independent = BalancedBuffer(12, seed=0)
+    independent.add_data(*batch(12, seed=0))
+    draws = torch.cat([independent.get_data(4).indices for _ in range(30)])
+    assert torch.bincount(draws, minlength=12).max() - torch.bincount(draws, minlength=12).min() > 1
+    with pytest.raises(ValueError, match="unknown replay_order 'epochs'"):
+        BalancedBuffer(12, replay_order="epochs")
+    with pytest.raises(ValueError, match="replay_order: 'passes' \\(state\\) vs 'independent' \\(buffer\\)"):
+        BalancedBuffer(12).load_state_dict(buf.state_dict())

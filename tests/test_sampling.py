@@ -361,3 +361,33 @@ def test_group_share_weights_reject_similarity_outside_the_unit_interval():
     with pytest.raises(ValueError):
         group_share_weights(torch.tensor([0.5, float("nan")]), torch.tensor([0, 1]), torch.ones(2, dtype=torch.bool),
                             num_groups=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), k=st.integers(1, 40), steps=st.integers(1, 25), seed=st.integers(0, 1000))
+def test_passes_draw_every_index_once_per_pass(n, k, steps, seed):
+    """Reshuffled passes: every batch distinct and full (min(k, n)); at any point the replay
+    counts of any two indices differ by at most one (each pass is a permutation)."""
+    from avalanche_balanced.sampling import next_in_pass
+    g = torch.Generator().manual_seed(seed)
+    order, position, counts = None, 0, torch.zeros(n, dtype=torch.long)
+    for _ in range(steps):
+        idx, order, position = next_in_pass(order, position, n, k, generator=g)
+        assert idx.shape[0] == min(k, n) and idx.unique().shape[0] == idx.shape[0]
+        assert torch.equal(order.sort().values, torch.arange(n))
+        counts += torch.bincount(idx, minlength=n)
+        assert int(counts.max() - counts.min()) <= 1
+
+
+def test_passes_are_reproducible_and_restart_on_another_length():
+    from avalanche_balanced.sampling import next_in_pass
+    draws = []
+    for _ in range(2):
+        g, order, position, seq = torch.Generator().manual_seed(3), None, 0, []
+        for _ in range(7):
+            idx, order, position = next_in_pass(order, position, 10, 4, generator=g)
+            seq.append(idx)
+        draws.append(torch.cat(seq))
+    assert torch.equal(draws[0], draws[1])
+    idx, order, position = next_in_pass(order, position, 12, 4, generator=torch.Generator().manual_seed(0))
+    assert order.shape[0] == 12 and position == 4  # a buffer of another size starts a new pass

@@ -115,11 +115,11 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
 
     * ``"after_experience"`` (default), as Avalanche's ``ReplayPlugin``: the
       buffer takes the finished experience's data at the end of the experience
-      (reservoir over everything seen so far, logits and features from one
-      eval-mode pass), so an experience replays past experiences only and the
-      first one replays nothing. With uniform draws this is a drop-in for
-      ``ReplayPlugin(storage_policy=ReservoirSamplingBuffer(mem_size))``.
-    * ``"online"``, as SARL: every training minibatch goes through the reservoir
+      (by the ``insertion`` rule, logits and features from one eval-mode pass), so an
+      experience replays past experiences only and the first one replays nothing. With the
+      defaults this is a drop-in for ``ReplayPlugin(storage_policy=ClassBalancedBuffer(mem_size))``,
+      with ``insertion="reservoir"`` for ``ReservoirSamplingBuffer``.
+    * ``"online"``, as SARL: every training minibatch goes through the buffer
       at the end of its iteration, so the current experience is replayed too.
 
     Under torch DDP (several processes, :mod:`~avalanche_balanced.distributed`) every rank
@@ -145,8 +145,12 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     (:meth:`replay_group_entropy`) is published by
     :class:`~avalanche_balanced.metrics.ReplayGroupEntropyMetric`.
 
-    ``use_balanced_sampling=False`` is plain uniform reservoir replay, the
-    baseline balanced replay is measured against.
+    Defaults: class-balanced storage and uniform draws, the configuration that measured best
+    across the four streams of ``docs/results.md`` (balanced, long-tailed shuffled and ordered,
+    superclass-skewed); semantic draws (``use_balanced_sampling=True``) are the library's
+    option for streams whose semantic groups are known or learned well (``grouping="fixed"``
+    with ``class_to_group``). ``insertion="reservoir"`` with uniform draws is plain reservoir
+    replay, Avalanche's ``ReplayPlugin(storage_policy=ReservoirSamplingBuffer(mem_size))``.
 
     Replayed samples are joined to the minibatch before the strategy's forward
     pass, so a criterion that takes one mean over the batch (``Naive``) weighs
@@ -172,7 +176,11 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             from ``mem_size``, ``grouping``, ``balance_weight`` and ``buffer_kwargs``
             (keywords of :class:`BalancedBuffer`; an unknown one raises ``TypeError``
             naming it).
-        use_balanced_sampling: importance-weighted (True) or uniform draws.
+        use_balanced_sampling: importance-weighted (True) or uniform draws (False, the default).
+        insertion: what is stored: ``"class_balanced"`` (the default: equal slots per class,
+            as Avalanche's ``ClassBalancedBuffer``), ``"reservoir"`` (a uniform sample of
+            everything seen, as ``ReservoirSamplingBuffer``) or ``"group_balanced"`` (equal
+            slots per semantic group). Ignored with ``storage_policy``.
         balance_weight: exponent of the balance factor (0 = similarity only).
         grouping: one of ``GROUPINGS`` (see :class:`BalancedBuffer`).
         transform: batched callable applied to the joint input batch, or None
@@ -203,7 +211,8 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         task_balanced_dataloader: bool = False,
         storage_policy: Optional[BalancedBuffer] = None,
         *,
-        use_balanced_sampling: bool = True,
+        use_balanced_sampling: bool = False,
+        insertion: str = "class_balanced",
         balance_weight: float = 1.0,
         grouping: str = "class_similarity",
         transform: Optional[Callable] = None,
@@ -226,7 +235,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
                 check_positive_int(value, name)
         if storage_policy is None:
             storage_policy = BalancedBuffer(mem_size, grouping=grouping, balance_weight=balance_weight,
-                                            seed=seed, **buffer_kwargs)
+                                            insertion=insertion, seed=seed, **buffer_kwargs)
         if regroup_every is not None and regroup_every <= 0:
             raise ValueError(f"regroup_every must be positive or None, got {regroup_every}")
         self.buffer = storage_policy

@@ -169,7 +169,7 @@ def _legacy_sarl(fix: Optional[str] = None):
 def _plugin(balanced: bool, timing: str = "after_experience", **options):
     def build(s, evaluator):
         model = _model(s, augmented=True)
-        kwargs = dict(options)
+        kwargs = dict(dict(insertion="reservoir"), **options)  # a row names its storage; reservoir unless said
         if kwargs.get("grouping") == "fixed":  # the oracle: the true superclasses as groups
             kwargs["class_to_group"] = s.fine_to_coarse
         replay = BalancedReplayPlugin(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,

@@ -1,7 +1,7 @@
 """Balanced replay for any Avalanche strategy: ``Naive`` + ``BalancedReplayPlugin`` on Split CIFAR-100.
 
-    python examples/split_cifar100_replay_plugin.py                       # one process
-    python examples/split_cifar100_replay_plugin.py --use_balanced_sampling 0   # uniform draws
+    python examples/split_cifar100_replay_plugin.py                       # one process, the defaults
+    python examples/split_cifar100_replay_plugin.py --use_balanced_sampling 1 --insertion reservoir   # semantic draws
     torchrun --nproc_per_node=2 examples/split_cifar100_replay_plugin.py --distributed   # torch DDP
 
 The quick setting (5 experiences, reduced GELU ResNet-18, 100 training images per class,
@@ -30,7 +30,10 @@ from avalanche_balanced.distributed import DataParallelPlugin, check_same_buffer
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--use_balanced_sampling", type=int, choices=(0, 1), default=1)
+    p.add_argument("--use_balanced_sampling", type=int, choices=(0, 1), default=0,
+                   help="semantic-balanced (1) or uniform (0, the plugin's default) draws")
+    p.add_argument("--insertion", choices=("class_balanced", "reservoir", "group_balanced"), default="class_balanced",
+                   help="what the buffer stores (the plugin's default: class_balanced)")
     p.add_argument("--mem_size", type=int, default=500)
     p.add_argument("--batch_size", type=int, default=32, help="current samples per step (global)")
     p.add_argument("--batch_size_mem", type=int, default=32, help="replayed samples per step (global)")
@@ -61,13 +64,14 @@ def main(argv=None):
     seed_everything(args.seed)  # after the benchmark: the run's seed alone sets weights and data order
     model = gelu_resnet18(100, nf=args.nf).to(device)
 
-    name = args.experiment_id or f"plugin_{'balanced' if args.use_balanced_sampling else 'uniform'}_s{args.seed}"
+    draws = "semantic" if args.use_balanced_sampling else "uniform"
+    name = args.experiment_id or f"plugin_{args.insertion}_{draws}_s{args.seed}"
     loggers = [InteractiveLogger(), TensorboardLogger(f"runs/{name}")] if rank == 0 else []
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
                                  forgetting_metrics(experience=True, stream=True), loggers=loggers)
     replay = BalancedReplayPlugin(mem_size=args.mem_size, batch_size_mem=args.batch_size_mem,
-                                  use_balanced_sampling=bool(args.use_balanced_sampling), seed=args.seed,
-                                  transform=cifar_augment, preprocess=cifar_normalize)
+                                  use_balanced_sampling=bool(args.use_balanced_sampling), insertion=args.insertion,
+                                  seed=args.seed, transform=cifar_augment, preprocess=cifar_normalize)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr),
                      train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256,
                      device=device, evaluator=evaluator,

@@ -8,6 +8,10 @@ import torch.distributed as dist
 from avalanche.core import SupervisedPlugin
 
 
+# The design note's configuration (the plugin's defaults are class-balanced storage and uniform draws).
+SEMANTIC = dict(use_balanced_sampling=True, insertion="reservoir")
+
+
 def run(rank: int, world: int, port: int, out: str, scenario: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -41,8 +45,8 @@ def consistency(rank, out, folder):
     from avalanche_balanced.distributed import DataParallelPlugin, buffer_fingerprint, check_same_buffer
     bm = blobs_benchmark(6, 8, n_per_class=24, n_experiences=3, seed=0)
     for timing in ("after_experience", "online"):
-        replay = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, insertion_timing=timing, regroup_every=5,
-                                      seed=0)
+        replay = BalancedReplayPlugin(**SEMANTIC, mem_size=24, batch_size_mem=8, insertion_timing=timing,
+                                      regroup_every=5, seed=0)
         draws, original = [], replay.draw
 
         def recorded():
@@ -69,7 +73,7 @@ def bad_configurations(rank, out, folder):
     from avalanche_balanced.distributed import gather_rows
     from synthetic import blobs_benchmark
     bm = blobs_benchmark(6, 8, n_per_class=8, n_experiences=3, seed=0)
-    replay = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, eps=0.1 if rank == 0 else 0.2, seed=0)
+    replay = BalancedReplayPlugin(**SEMANTIC, mem_size=24, batch_size_mem=8, eps=0.1 if rank == 0 else 0.2, seed=0)
     _, strategy = _strategy([replay])
     try:
         strategy.train(bm.train_stream[0])
@@ -95,7 +99,7 @@ def resume(rank, out, folder):
     def build():
         from avalanche.evaluation.metrics import accuracy_metrics
         from avalanche.training.plugins import EvaluationPlugin
-        replay = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, seed=0)
+        replay = BalancedReplayPlugin(**SEMANTIC, mem_size=24, batch_size_mem=8, seed=0)
         model, strategy = _strategy([DataParallelPlugin(), replay, counter],
                                     evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
         return model, strategy, replay

@@ -47,6 +47,36 @@ def test_replay_plugin_signature_and_defaults():
     default = BalancedReplayPlugin()
     assert (default.buffer.max_size, default.batch_size, default.batch_size_mem,
             default.task_balanced_dataloader) == (200, None, None, False)  # ReplayPlugin's defaults
+    # The best-measured configuration (docs/results.md): class-balanced storage, uniform draws.
+    assert (default.buffer.insertion, default.use_balanced_sampling) == ("class_balanced", False)
+
+
+def test_default_storage_is_class_balanced_and_fills_what_class_balanced_buffer_leaves_empty():
+    """With its defaults the plugin stores every class at least as many samples as Avalanche's
+    ClassBalancedBuffer after every experience; where a class has fewer samples than its equal
+    quota, ClassBalancedBuffer leaves the slots empty and the plugin gives them to the larger
+    classes (water-level quotas), so its buffer is full. Draws are uniform."""
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([40, 3, 25, 9, 30, 2])  # unequal classes, two experiences of three
+    y = torch.arange(6).repeat_interleave(sizes)
+    x = torch.randn(len(y), D, generator=g)
+    bm = nc_benchmark(_make_taskaware_tensor_classification_dataset(x, y),
+                      _make_taskaware_tensor_classification_dataset(x, y), n_experiences=2, task_labels=False,
+                      seed=0, fixed_class_order=list(range(6)))
+    plugin, reference = BalancedReplayPlugin(mem_size=12, batch_size_mem=4), ClassBalancedBuffer(12)
+    strategy = naive(mlp(6), [plugin], mb=8)
+    theirs_total = {0: 11, 1: 12}  # after experience 0, class 1 (3 samples) leaves one of its 4 slots empty
+    for exp in bm.train_stream:
+        strategy.train(exp)
+        reference.update_from_dataset(exp.dataset)
+        ours = torch.bincount(plugin.buffer.labels[: len(plugin.buffer)], minlength=6)
+        theirs = torch.bincount(torch.tensor([int(t) for t in reference.buffer.targets]), minlength=6)
+        assert bool((ours >= theirs).all()) and int(ours.sum()) == 12
+        assert int(theirs.sum()) == theirs_total[exp.current_experience]
+        seen = ours[: 3 * (exp.current_experience + 1)]
+        assert int(seen.max() - seen[seen < sizes[: seen.numel()]].min()) <= 1  # equal up to one, unless all kept
+    assert plugin.use_balanced_sampling is False and plugin.effective_sample_size() == 1.0
 
 
 def test_batch_size_mem_none_is_the_strategy_minibatch_and_larger_than_the_buffer_draws_it_all():

@@ -31,8 +31,12 @@ PRED = torch.tensor([0, 1, 2, 4, 5, 3, 1, 5])
 TARGET = torch.tensor([0, 0, 3, 0, 5, 1, 1, 4])
 # consistent: 0,1,2,4,6,7 -> 6/8; wrong: 1,2,3,5,7 -> 5, of which same super: 1,2,7 -> 3/5
 
+# The design note's configuration (the plugin's defaults are class-balanced storage and uniform draws).
+SEMANTIC = dict(use_balanced_sampling=True, insertion="reservoir")
+
 
 # ------------------------------------------------------------ pure functions
+
 def test_semantic_consistency_hand_made():
     assert semantic_consistency(PRED, TARGET, F2C).item() == pytest.approx(0.75)
     assert semantic_consistency(TARGET, TARGET, F2C).item() == 1.0
@@ -228,7 +232,7 @@ def run(tmp_path_factory):
     bm = tiny_benchmark()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(D, 16), nn.ReLU(), nn.Linear(16, C))
-    plugin = BalancedReplayPlugin(mem_size=20, batch_size_mem=8)
+    plugin = BalancedReplayPlugin(**SEMANTIC, mem_size=20, batch_size_mem=8)
     figures = FigureLoggerPlugin(log_dir, fine_to_coarse=F2C)
     evaluator = EvaluationPlugin(*semantic_metrics(F2C), accuracy_metrics(experience=True, stream=True), loggers=[])
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=16,

@@ -18,6 +18,10 @@ from synthetic import blobs_benchmark
 C, D = 6, 8
 
 
+# The design note's configuration (the plugin's defaults are class-balanced storage and uniform draws).
+SEMANTIC = dict(use_balanced_sampling=True, insertion="reservoir")
+
+
 def tiny_benchmark(seed=0):
     return blobs_benchmark(C, D, separation=2.0, seed=seed)
 
@@ -78,7 +82,7 @@ def test_after_experience_storage_uses_one_eval_pass_with_preprocessing():
     bm = tiny_benchmark()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(D, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, C))
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, preprocess=lambda x: 2 * x)
+    plugin = BalancedReplayPlugin(**SEMANTIC, mem_size=30, batch_size_mem=8, preprocess=lambda x: 2 * x)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
                      train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
     strategy.train(bm.train_stream[0])
@@ -101,7 +105,7 @@ def test_insertion_timing_is_checked():
 
 def test_features_and_logits_come_from_the_same_forward_pass():
     bm = tiny_benchmark()
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, insertion_timing="online")
+    plugin = BalancedReplayPlugin(**SEMANTIC, mem_size=30, batch_size_mem=8, insertion_timing="online")
     model = mlp()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
                      train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
@@ -121,7 +125,7 @@ def test_transform_applies_to_the_joint_batch_but_raw_inputs_are_stored():
         seen_inputs.append(x)
         return x + 100.0
 
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, transform=shift)
+    plugin = BalancedReplayPlugin(**SEMANTIC, mem_size=30, batch_size_mem=8, transform=shift)
     model = mlp()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      train_mb_size=10, train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
@@ -164,7 +168,7 @@ class HistogramRecorder(TensorboardLogger):
 def test_plugin_with_lwf_and_monitoring_metrics(tmp_path):
     """Guards the published num_groups, group_sizes and replay group entropy values exactly."""
     bm = tiny_benchmark()
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
+    plugin = BalancedReplayPlugin(**SEMANTIC, mem_size=30, batch_size_mem=8)
     tally = ReplayedGroups(plugin)
     model = mlp()
     tensorboard = HistogramRecorder(tmp_path)
@@ -248,7 +252,7 @@ class ReplayedLabels(SupervisedPlugin):
 @pytest.mark.parametrize("timing", ["after_experience", "online"])
 def test_current_share_and_effective_sample_size_are_published(timing):
     bm = tiny_benchmark()
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, insertion_timing=timing, regroup_every=2)
+    plugin = BalancedReplayPlugin(**SEMANTIC, mem_size=30, batch_size_mem=8, insertion_timing=timing, regroup_every=2)
     labels = ReplayedLabels(n_current=10)
     # An independent record of the replay distribution's ESS at every point the plugin samples it.
     from avalanche_balanced.sampling import effective_sample_size

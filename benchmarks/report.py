@@ -3,8 +3,12 @@
     python benchmarks/report.py results/quick_gpu_v2 results/quick_gpu_v2_fixes \\
         --pairs sarl_balanced:sarl_uniform sarl_legacy_share:sarl_legacy
 
+    python benchmarks/report.py results/quick_cpu_default_split_ddp2 results/quick_cpu_default_split --tag_folders \
+        --pairs plugin_class_storage_uniform@0:plugin_class_storage_uniform@1   # 2 processes vs 1
+
 Merges the runs of every folder's ``results.json`` (a method and seed present twice is an
-error: the folders must hold disjoint runs), prints the paired differences of ``--pairs``
+error: the folders must hold disjoint runs; with ``--tag_folders`` every method is named
+``method@i`` after its folder's position instead, to pair a method with itself), prints the paired differences of ``--pairs``
 (first minus second, by seed, over their common seeds) and, per method, the mean over seeds
 of the current experience's share of replay, the effective sample size and the group
 agreement after each experience.
@@ -20,10 +24,12 @@ HISTORY = (("current_share", "current share of replay"), ("effective_sample_size
            ("group_agreement_per_experience", "group agreement (ARI)"))
 
 
-def load_runs(folders):
+def load_runs(folders, tag_folders: bool = False):
     runs, seen = [], set()
-    for folder in folders:
+    for i, folder in enumerate(folders):
         for run in json.loads((Path(folder) / "results.json").read_text())["runs"]:
+            if tag_folders:
+                run = dict(run, method=f"{run['method']}@{i}")
             key = (run["method"], run["seed"])
             if key in seen:
                 raise ValueError(f"{key} appears in more than one folder")
@@ -50,8 +56,9 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--pairs", nargs="+", default=[], help="first:second method names")
     parser.add_argument("--history", nargs="*", default=None, help="methods (default: all)")
+    parser.add_argument("--tag_folders", action="store_true", help="name each run's method method@<folder index>")
     args = parser.parse_args(argv)
-    runs = load_runs(args.folders)
+    runs = load_runs(args.folders, args.tag_folders)
     pairs = [tuple(p.split(":")) for p in args.pairs]
     if pairs:
         print(markdown_paired(paired_differences(runs, pairs)))

@@ -28,7 +28,12 @@ PAIRS = (("plugin_balanced", "plugin_uniform"), ("sarl_balanced", "sarl_uniform"
          ("plugin_superclass_groups", "plugin_uniform"), ("plugin_class_share", "plugin_uniform"),
          ("plugin_group_share", "plugin_uniform"), ("plugin_group_storage_uniform", "plugin_uniform"),
          ("plugin_group_storage_balanced", "plugin_uniform"), ("plugin_balanced", "plugin_class_storage_uniform"),
-         ("er_ace_reservoir", "er"))
+         ("er_ace_reservoir", "er"),
+         # the plugin's defaults (class-balanced storage, uniform draws) against reservoir storage;
+         # uniform draws in passes against independent ones and against ClassBalancedBuffer ER
+         ("plugin_class_storage_uniform", "plugin_uniform"), ("plugin_class_storage_uniform", "er_class_balanced"),
+         ("plugin_class_storage_passes", "plugin_class_storage_uniform"),
+         ("plugin_class_storage_passes", "er_class_balanced"))
 PAIRED_KEYS = (("accuracy", "final acc.", 2), ("forgetting", "forgetting", 2),
                ("semantic_consistency", "sem. consistency", 3))
 BUCKET_KEYS = (("head_accuracy", "head acc.", 2), ("medium_accuracy", "medium acc.", 2),

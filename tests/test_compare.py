@@ -400,3 +400,19 @@ def test_training_probe_only_reads_and_logs_every_iteration(tmp_path, monkeypatc
     assert sum(n for _, _, n, _ in summary) == len(rows)
     assert all(mx >= mean for *_, stats in summary for mx, mean in stats.values())
     assert json.loads((tmp_path / "probe.json").read_text())["rows"] == rows
+
+
+def test_report_pairs_a_method_with_itself_across_folders(tmp_path, monkeypatch, capsys):
+    """``report.py --tag_folders``: the same method in two folders (2 processes vs 1) pairs by seed;
+    without the flag, a method and seed in two folders is refused."""
+    report = load("report", monkeypatch)
+    for name, accuracies in (("ddp", [13.5, 9.0]), ("single", [12.0, 10.5])):
+        (tmp_path / name).mkdir()
+        runs = [dict(method="plugin_uniform", seed=s, accuracy=a, forgetting=1.0, semantic_consistency=0.3)
+                for s, a in enumerate(accuracies)]
+        (tmp_path / name / "results.json").write_text(json.dumps({"runs": runs}))
+    folders = [str(tmp_path / "ddp"), str(tmp_path / "single")]
+    with pytest.raises(ValueError, match="more than one folder"):
+        report.main(folders)
+    report.main(folders + ["--tag_folders", "--pairs", "plugin_uniform@0:plugin_uniform@1"])
+    assert "| plugin_uniform@0 - plugin_uniform@1 | 0,1 | +0.00 ± 2.12 [+1.50, -1.50] |" in capsys.readouterr().out

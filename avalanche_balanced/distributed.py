@@ -33,12 +33,13 @@ from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from .buffer_state import buffer_config
 
 __all__ = ["init_distributed", "rank_and_world", "shard_rows", "gather_rows", "check_divisible",
-           "check_same_settings", "broadcast_buffer", "buffer_fingerprint", "check_same_buffer", "unwrap",
-           "DataParallelPlugin"]
+           "check_same_settings", "broadcast_buffer", "buffer_fingerprint", "check_same_buffer",
+           "seeded_shard_loader", "unwrap", "DataParallelPlugin"]
 
 
 def init_distributed(seed: int, backend: Optional[str] = None, timeout_s: float = 300.0) -> bool:
@@ -141,6 +142,16 @@ def check_same_buffer(buffer) -> None:
         raise ValueError(f"the ranks' replay buffers differ (fingerprints by rank: {everyone.tolist()})")
 
 
+def seeded_shard_loader(dataset, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                        drop_last: bool = False, **loader_kwargs) -> torch.utils.data.DataLoader:
+    """This rank's shard of ``dataset`` for one epoch, in the order a ``DistributedSampler``
+    seeded with ``seed`` gives at ``epoch`` (every rank the same permutation, disjoint shards)."""
+    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                                       **loader_kwargs)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (the model itself otherwise)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
@@ -161,11 +172,35 @@ class DataParallelPlugin(SupervisedPlugin, supports_distributed=True):
     ``1 / W`` of the test set. Here every rank evaluates the whole stream instead
     (``before_eval_exp`` rebuilds the loader without the sampler): the metrics are those of a
     single-process run, identical on every rank.
+
+    Data order: Avalanche builds a new ``DistributedSampler`` (torch's default seed 0, epoch 0)
+    every time its loader is iterated, so every epoch of every run would see the current
+    data in the same order. For a single-dataset training loader (one task: ``Naive`` and the
+    strategies built on it, SARL-GELU) each epoch here gets a ``DistributedSampler`` seeded
+    with ``seed`` and set to the epoch's number within the run, so the order changes every
+    epoch and follows the run's seed, the same on resume. Loaders over several datasets
+    (Avalanche's replay loaders, several tasks) keep Avalanche's sampling.
     """
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+        self._train_loader = None  # Avalanche's training loader of the experience
 
     def before_training_exp(self, strategy, **kwargs):
         if DistributedHelper.is_distributed and not isinstance(strategy.model, DistributedDataParallel):
             strategy.model = DistributedHelper.wrap_model(strategy.model)
+        self._train_loader = strategy.dataloader
+
+    def before_training_epoch(self, strategy, **kwargs):
+        loader = self._train_loader
+        if not (DistributedHelper.is_distributed and getattr(loader, "distributed_sampling", False)
+                and len(loader.datasets) == 1):
+            return
+        # The epoch's number within the run: experiences and epochs are restored on resume.
+        epoch = strategy.experience.current_experience * strategy.train_epochs + strategy.clock.train_exp_epochs
+        strategy.dataloader = seeded_shard_loader(loader.datasets[0], loader.batch_sizes[0], self.seed, epoch,
+                                                  **loader.loader_kwargs)
 
     def after_training_exp(self, strategy, **kwargs):
         strategy.model = unwrap(strategy.model)

@@ -72,7 +72,7 @@ def _common(s, evaluator, optimizer, plugins=(), epoch_scale: int = 1):
     """Strategy arguments every method shares; ``epoch_scale`` stretches the epochs and the
     schedule's milestones alike (joint training). Under DDP (``s.world_size > 1``) each rank
     takes ``1 / world_size`` of the current batch and the model is wrapped for training."""
-    parallel = [DataParallelPlugin()] if s.world_size > 1 else []
+    parallel = [DataParallelPlugin(seed=s.seed)] if s.world_size > 1 else []
     return dict(optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=s.batch_size // s.world_size,
                 train_epochs=s.epochs * epoch_scale, eval_mb_size=512, device=s.device, evaluator=evaluator,
                 plugins=[*parallel, *plugins, *_scheduler(optimizer, s, epoch_scale)])

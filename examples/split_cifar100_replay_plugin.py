@@ -75,7 +75,7 @@ def main(argv=None):
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr),
                      train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256,
                      device=device, evaluator=evaluator,
-                     plugins=[DataParallelPlugin(), replay, BatchTransformPlugin(eval_transform=cifar_normalize)])
+                     plugins=[DataParallelPlugin(seed=args.seed), replay, BatchTransformPlugin(eval_transform=cifar_normalize)])
 
     checkpoint = f"runs/{name}/checkpoint.pt"
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "device")}

@@ -178,7 +178,7 @@ def main(argv=None):
                                          extra_metrics=semantic_metrics(benchmark.fine_to_coarse))
     figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse) if rank == 0 else None
     timer = IterationTimer(args.max_iterations, device) if args.max_iterations else None
-    extra_plugins = [p for p in (DataParallelPlugin() if args.distributed else None, figures,
+    extra_plugins = [p for p in (DataParallelPlugin(seed=args.seed) if args.distributed else None, figures,
                                  MixedPrecisionPlugin() if args.amp else None, timer) if p is not None]
     strategy = SARLGelu(
         model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,

@@ -66,6 +66,36 @@ def consistency(rank, out, folder):
                            params=[p.detach().clone() for p in model.parameters()])
 
 
+def data_order(rank, out, folder):
+    """The first minibatch of each epoch, two epochs of one experience, for run seeds 0 and 1,
+    and every sample this rank trained on in the first epoch."""
+    from avalanche.core import SupervisedPlugin
+    from avalanche_balanced.distributed import DataParallelPlugin
+    from synthetic import blobs_benchmark
+    bm = blobs_benchmark(6, 8, n_per_class=8, n_experiences=1, seed=0)
+
+    class Record(SupervisedPlugin, supports_distributed=True):
+        def __init__(self):
+            super().__init__()
+            self.first, self.seen = [], []
+
+        def before_training_epoch(self, strategy, **kwargs):
+            self.first.append(None)
+
+        def after_training_iteration(self, strategy, **kwargs):
+            if self.first[-1] is None:
+                self.first[-1] = strategy.mb_x.clone()
+            if len(self.first) == 1:
+                self.seen.append(strategy.mb_x.clone())
+    for seed in (0, 1):
+        record = Record()
+        _, strategy = _strategy([DataParallelPlugin(seed=seed), record])
+        strategy.train_epochs = 2
+        strategy.train(bm.train_stream[0])
+        out[seed] = dict(first=record.first, seen=torch.cat(record.seen),
+                         dataset=torch.stack([x for x, *_ in bm.train_stream[0].dataset]))
+
+
 def bad_configurations(rank, out, folder):
     """Ranks with other buffer settings (each rank sees the error), then a rank that fails
     before a collective (the other must stop at the timeout)."""
@@ -163,7 +193,8 @@ def sarl(rank, out, folder):
 
 def healthy(rank, out, folder):
     """The healthy scenarios in one process group (one spawn: the ranks' start-up is paid once)."""
-    for name, scenario in (("consistency", consistency), ("resume", resume), ("sarl", sarl)):
+    for name, scenario in (("consistency", consistency), ("resume", resume), ("sarl", sarl),
+                           ("data_order", data_order)):
         out[name] = {}
         scenario(rank, out[name], folder)
 

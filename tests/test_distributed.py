@@ -110,6 +110,20 @@ def test_a_checkpoint_written_by_rank_0_resumes_every_rank_to_the_same_metrics(h
     assert torch.equal(ranks[0]["resumed"]["fingerprint"], ranks[1]["resumed"]["fingerprint"])
 
 
+def test_the_current_data_order_changes_every_epoch_and_follows_the_run_seed(healthy):
+    """Avalanche gives every epoch a fresh DistributedSampler with seed 0 (the same order every
+    epoch and every run); DataParallelPlugin seeds each epoch's sampler from the run's seed."""
+    ranks = [r["data_order"] for r in healthy]
+    for r in ranks:
+        assert not torch.equal(r[0]["first"][0], r[0]["first"][1])  # epoch 1 is not epoch 0 again
+        assert not torch.equal(r[0]["first"][0], r[1]["first"][0])  # the run's seed sets the order
+    # In one epoch the two ranks' shards are disjoint and together the whole experience.
+    together = torch.cat([ranks[0][0]["seen"], ranks[1][0]["seen"]])
+    dataset = ranks[0][0]["dataset"]
+    assert together.shape == dataset.shape
+    assert torch.equal(torch.sort(together.sum(1)).values, torch.sort(dataset.sum(1)).values)
+
+
 def test_sarl_gelu_keeps_every_synchronised_part_identical_across_ranks(healthy):
     a, b = (r["sarl"] for r in healthy)
     assert torch.equal(a["fingerprint"], b["fingerprint"])  # buffer (online insertion of both ranks' batches)

@@ -23,6 +23,7 @@ The model is wrapped in ``DistributedDataParallel`` for the training iterations 
 use the plain module, so they run no collective.
 """
 import os
+import socket
 from datetime import timedelta
 from typing import Optional, Sequence
 
@@ -37,7 +38,7 @@ from torch.utils.data import DistributedSampler
 
 from .buffer_state import buffer_config
 
-__all__ = ["init_distributed", "rank_and_world", "shard_rows", "gather_rows", "check_divisible",
+__all__ = ["init_distributed", "free_port", "rank_and_world", "shard_rows", "gather_rows", "check_divisible",
            "check_same_settings", "broadcast_buffer", "buffer_fingerprint", "check_same_buffer",
            "seeded_shard_loader", "unwrap", "DataParallelPlugin"]
 
@@ -57,6 +58,13 @@ def init_distributed(seed: int, backend: Optional[str] = None, timeout_s: float 
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     DistributedHelper.set_random_seeds(seed)
     return True
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for ``MASTER_PORT`` when spawning ranks without torchrun."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def rank_and_world() -> tuple:

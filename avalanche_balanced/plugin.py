@@ -178,7 +178,8 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             naming it).
         use_balanced_sampling: importance-weighted (True) or uniform draws (False, the default).
         insertion: what is stored: ``"class_balanced"`` (the default: equal slots per class,
-            as Avalanche's ``ClassBalancedBuffer``), ``"reservoir"`` (a uniform sample of
+            as Avalanche's ``ClassBalancedBuffer``, except that slots a small class cannot fill
+            go to the larger classes), ``"reservoir"`` (a uniform sample of
             everything seen, as ``ReservoirSamplingBuffer``) or ``"group_balanced"`` (equal
             slots per semantic group). Ignored with ``storage_policy``.
         balance_weight: exponent of the balance factor (0 = similarity only).

@@ -41,8 +41,9 @@ Several processes per run (``--world_size W``, torch DDP over ``gloo`` on a CPU,
 on GPUs): each run starts ``W`` processes, every rank holds the same buffer and trains on
 ``1 / W`` of the same global batch (see ``avalanche_balanced.distributed``), every rank
 evaluates the whole test set, and rank 0's numbers are recorded. Only our plugin's and
-SARL-GELU's rows run this way; a ``W``-process run and a one-process run differ in
-BatchNorm statistics (computed per rank) and in floating-point order, nothing else.
+SARL-GELU's rows run this way; a ``W``-process run and a one-process run of the same seed
+differ in BatchNorm statistics (computed per rank), in the order of the current data (a
+``DistributedSampler`` seeded from the run's seed) and in floating-point order.
 
 Writes ``results/<protocol>/results.json`` after every finished run (an
 interrupted comparison keeps what it finished, and a re-run skips finished
@@ -53,7 +54,6 @@ import fcntl
 import json
 import multiprocessing
 import os
-import socket
 import tempfile
 import time
 import warnings
@@ -63,7 +63,7 @@ from pathlib import Path
 import torch
 
 from avalanche_balanced.data import preserved_global_rng, split_cifar100, with_test_subset
-from avalanche_balanced.distributed import init_distributed, rank_and_world
+from avalanche_balanced.distributed import free_port, init_distributed, rank_and_world
 from avalanche_balanced.experiment import accuracy_matrix, build_evaluator, final_results, seed_everything
 from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_tail_counts
 from avalanche_balanced.metrics import semantic_metrics
@@ -255,7 +255,7 @@ def run_ranks(method, seed, protocol, args, threads=None, lr=None, validation=Fa
     threads = threads or max(1, _cpu_count() // world)
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
-        port = _free_port()
+        port = free_port()
         ranks = [context.Process(target=_rank_main, args=(rank, world, port, folder, method, seed, protocol, args,
                                                            threads, lr, validation)) for rank in range(world)]
         for process in ranks:
@@ -277,12 +277,6 @@ def _rank_main(rank, world, port, folder, method, seed, protocol, args, threads,
     if rank == 0:
         (Path(folder) / "rank0.json").write_text(json.dumps(dict(result, world_size=world)))
     torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_config(method, seed, lr, args) -> dict:

@@ -16,7 +16,6 @@ Prints a table; ratios against one process are what carries over between machine
 import argparse
 import os
 import pickle
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,12 +24,6 @@ import torch
 import torch.multiprocessing as mp
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _count_bytes(counter: dict) -> None:
@@ -121,10 +114,11 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--out", default="/tmp/avalanche_balanced_distributed.pt")
     args = p.parse_args(argv)
+    from avalanche_balanced.distributed import free_port
     rows = []
     for timing in ("after_experience", "online"):
         for world in args.worlds:
-            mp.spawn(worker, args=(world, _free_port(), timing, args.iterations, args.out), nprocs=world, join=True)
+            mp.spawn(worker, args=(world, free_port(), timing, args.iterations, args.out), nprocs=world, join=True)
             r = torch.load(args.out, weights_only=False)
             rows.append((timing, world, r))
     base = {timing: r["seconds"] for timing, world, r in rows if world == 1}

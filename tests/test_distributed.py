@@ -1,5 +1,4 @@
 """Torch DDP with 2 CPU processes (gloo): one buffer, identical on every rank; sharded draws."""
-import socket
 import sys
 from pathlib import Path
 
@@ -8,21 +7,15 @@ import torch
 import torch.multiprocessing as mp
 
 from avalanche_balanced import BalancedBuffer
-from avalanche_balanced.distributed import check_divisible, shard_rows
+from avalanche_balanced.distributed import check_divisible, free_port, shard_rows
 
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spawn(tmp_path, scenario, world=2):
     sys.path.insert(0, str(HERE))  # the spawned ranks import distributed_worker and synthetic
     import distributed_worker
-    mp.spawn(distributed_worker.run, args=(world, _free_port(), str(tmp_path), scenario), nprocs=world, join=True)
+    mp.spawn(distributed_worker.run, args=(world, free_port(), str(tmp_path), scenario), nprocs=world, join=True)
     return [torch.load(tmp_path / f"{scenario}_rank{r}.pt", weights_only=False) for r in range(world)]
 
 

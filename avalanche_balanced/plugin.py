@@ -128,8 +128,9 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     is gathered from every rank and applied everywhere, and rank 0's buffer is broadcast at
     the end of each experience.
 
-    Every ``regroup_every`` iterations and at the end of each experience the
-    whole buffer's features are recomputed in one no-grad eval-mode pass
+    At the end of each experience, and every ``regroup_every`` iterations when
+    training reads the groups (:attr:`reads_groups`: semantic draws or group-balanced
+    storage), the whole buffer's features are recomputed in one no-grad eval-mode pass
     (``refresh_features``, with ``preprocess``), the class prototypes from
     them, and the samples regrouped. During an experience the buffer knows its
     classes, so their stored samples keep a uniform share of balanced replay.
@@ -186,7 +187,9 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         grouping: one of ``GROUPINGS`` (see :class:`BalancedBuffer`).
         transform: batched callable applied to the joint input batch, or None
             when the dataset already augments each sample.
-        regroup_every: iterations between regroupings (None: per experience only).
+        regroup_every: iterations between regroupings when training reads the groups
+            (None: per experience only); with uniform draws from class or reservoir storage
+            only the deferred checks of online insertion run at this interval.
         refresh_prototypes: recompute the buffer's class prototypes from its
             features before regrouping. A strategy that owns the prototypes
             (SARL sets them once per task) passes False.
@@ -265,6 +268,15 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self._replay_counts: Optional[torch.Tensor] = None  # [replayed, replayed of current classes]
         self._rank, self._world = 0, 1  # torch DDP: this process and the number of processes
         self._global_indices: Optional[torch.Tensor] = None  # the whole draw's indices (all ranks')
+
+    @property
+    def reads_groups(self) -> bool:
+        """Whether training reads the stored samples' groups and similarities during an
+        experience: semantic draws weigh by them, group-balanced storage allocates slots by
+        them. Only then is the buffer regrouped every ``regroup_every`` iterations; otherwise
+        (uniform draws from class-balanced or reservoir storage) once, at the end of each
+        experience, for the published group metrics, and the skipped passes change no draw."""
+        return self.use_balanced_sampling or self.buffer.insertion == "group_balanced"
 
     @property
     def storage_policy(self) -> BalancedBuffer:
@@ -361,7 +373,10 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self._iterations += 1
         if self.regroup_every and self._iterations % self.regroup_every == 0:
             with explain_non_finite(strategy, f"values inserted online up to iteration {self._iterations}"):
-                self._regroup(strategy.model)
+                if self.reads_groups:
+                    self._regroup(strategy.model)
+                else:  # nothing reads the groups before the experience ends: only the checks are due
+                    self.buffer.check_pending()
             self._record_ess()
 
     def after_training_exp(self, strategy, **kwargs):

@@ -12,7 +12,9 @@ Prints, in one run on this machine:
    ResNet-18 at batch 32 + 32 replayed with a 500-sample buffer, balanced vs
    uniform, measured interleaved so machine noise hits both alike;
 3. the mean iteration time of balanced replay with the whole buffer's features
-   recomputed at every regrouping vs without (the cost of fresh state).
+   recomputed at every regrouping vs without (the cost of fresh state);
+4. the mean iteration time of uniform replay (the plugin's defaults), which skips the
+   within-experience regroupings, vs the same with them forced back (what they cost).
 Ratios are the figures to quote: this machine is shared and noisy.
 """
 import argparse
@@ -120,26 +122,46 @@ def plugin_iterations(iterations, rounds):
     print(f"balanced {1000 * bal:.1f} ms | uniform {1000 * uni:.1f} ms | ratio balanced/uniform {bal / uni:.3f}")
 
 
-def refresh_cost(iterations, rounds):
-    """Balanced replay with the whole buffer's features recomputed at every regrouping (every 50
-    iterations, one eval-mode pass over 500 stored samples) vs replayed samples' features only.
-    Mean iteration time, regroupings included (a median would hide them)."""
-    print("\n3. Feature refresh at every regrouping (every 50 iterations), balanced, same setting as 2")
+def mean_iteration_ms(make_plugins, iterations, rounds):
+    """Mean iteration time (ms) of Naive with each plugin of ``make_plugins`` (name -> factory),
+    regroupings and experience ends included (a median would hide them), interleaved so that
+    drifts in machine load hit every configuration alike."""
     g = torch.Generator().manual_seed(0)
     bm = _random_stream(32 * iterations // 10, g)
-    runs = {}
-    for refresh in (True, False):
-        plugin = BalancedReplayPlugin(mem_size=500, batch_size_mem=32, transform=cifar_augment,
-                                      insertion_timing="online", regroup_every=50, refresh_features=refresh)
-        runs[refresh] = [_prefilled_naive(plugin, g), 0.0]
-    for _ in range(rounds):  # interleaved; each round is `iterations` iterations and one experience end
-        for refresh in (True, False):
+    runs = {name: [_prefilled_naive(make(), g), 0.0] for name, make in make_plugins.items()}
+    for _ in range(rounds):  # each round is `iterations` iterations and one experience end
+        for run in runs.values():
             t0 = time.perf_counter()
-            runs[refresh][0].train(bm.train_stream[0])
-            runs[refresh][1] += time.perf_counter() - t0
-    with_refresh, without = (runs[r][1] / (rounds * iterations) for r in (True, False))
-    print(f"with refresh {1000 * with_refresh:.1f} ms | without {1000 * without:.1f} ms | "
-          f"ratio {with_refresh / without:.3f} (target <= 1.10)")
+            run[0].train(bm.train_stream[0])
+            run[1] += time.perf_counter() - t0
+    return {name: 1000 * total / (rounds * iterations) for name, (_, total) in runs.items()}
+
+
+def refresh_cost(iterations, rounds):
+    """Balanced replay with the whole buffer's features recomputed at every regrouping (every 50
+    iterations, one eval-mode pass over 500 stored samples) vs replayed samples' features only."""
+    print("\n3. Feature refresh at every regrouping (every 50 iterations), balanced, same setting as 2")
+    ms = mean_iteration_ms({refresh: (lambda refresh=refresh: BalancedReplayPlugin(
+        mem_size=500, batch_size_mem=32, use_balanced_sampling=True, transform=cifar_augment,
+        insertion_timing="online", regroup_every=50, refresh_features=refresh)) for refresh in (True, False)},
+        iterations, rounds)
+    print(f"with refresh {ms[True]:.1f} ms | without {ms[False]:.1f} ms | "
+          f"ratio {ms[True] / ms[False]:.3f} (target <= 1.10)")
+
+
+def skipped_regroup_cost(iterations, rounds):
+    """The plugin's defaults (uniform draws) skip the within-experience regroupings, which no
+    uniform draw reads; forcing them back measures what they cost."""
+    print("\n4. Uniform draws (the defaults): within-experience regroupings skipped vs forced every 50")
+
+    class AlwaysRegroup(BalancedReplayPlugin):
+        reads_groups = True
+
+    ms = mean_iteration_ms({cls.__name__: (lambda cls=cls: cls(
+        mem_size=500, batch_size_mem=32, transform=cifar_augment, insertion_timing="online", regroup_every=50))
+        for cls in (BalancedReplayPlugin, AlwaysRegroup)}, iterations, rounds)
+    skipped, forced = ms["BalancedReplayPlugin"], ms["AlwaysRegroup"]
+    print(f"skipped {skipped:.1f} ms | forced {forced:.1f} ms | ratio skipped/forced {skipped / forced:.3f}")
 
 
 def main():
@@ -150,6 +172,7 @@ def main():
     draw_table(repeats=20 if args.quick else 100)
     plugin_iterations(iterations=20 if args.quick else 40, rounds=2 if args.quick else 3)
     refresh_cost(iterations=50 if args.quick else 100, rounds=2 if args.quick else 3)
+    skipped_regroup_cost(iterations=50 if args.quick else 100, rounds=2 if args.quick else 3)
 
 
 if __name__ == "__main__":

@@ -296,3 +296,62 @@ def test_uniform_replay_has_full_effective_sample_size():
     for exp in bm.train_stream[:2]:
         strategy.train(exp)
     assert evaluator.get_all_metrics()["BalancedReplay/effective_sample_size"][1] == [1.0, 1.0]
+
+
+class CallCounter:
+    """Wraps a bound method and counts its calls, with the plugin's iteration count at each."""
+
+    def __init__(self, plugin, name):
+        self.plugin, self.wrapped, self.at = plugin, getattr(plugin.buffer, name), []
+        setattr(plugin.buffer, name, self)
+
+    def __call__(self, *args, **kwargs):
+        self.at.append(self.plugin._iterations)
+        return self.wrapped(*args, **kwargs)
+
+
+@pytest.mark.parametrize("config, regrouped_within", [
+    (dict(), False),  # the defaults: uniform draws from class-balanced storage
+    (dict(insertion="reservoir"), False),
+    (SEMANTIC, True),
+    (dict(insertion="group_balanced"), True),  # storage allocates by group
+])
+def test_buffer_is_regrouped_within_an_experience_only_when_training_reads_the_groups(config, regrouped_within):
+    bm = tiny_benchmark()
+    plugin = BalancedReplayPlugin(mem_size=40, batch_size_mem=8, regroup_every=2, insertion_timing="online",
+                                  **config)
+    assert plugin.reads_groups == regrouped_within
+    refreshes, checks = CallCounter(plugin, "refresh_features"), CallCounter(plugin, "check_pending")
+    model = mlp()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
+                     train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
+    strategy.train(bm.train_stream[0])
+    n = plugin._iterations
+    assert n == 5
+    # The deferred checks of online insertion keep their interval whatever the draws read.
+    assert sorted(set(checks.at)) == [2, 4, 5]
+    # Every stored feature is refreshed every 2 iterations only when something reads the groups;
+    # always once at the end of the experience (the group metrics are published then).
+    assert refreshes.at == ([2, 4, 5] if regrouped_within else [5])
+
+
+def test_skipping_the_regroupings_changes_nothing_uniform_draws_use():
+    """Uniform draws with the within-experience regroupings forced back on train the same model
+    and store the same samples as without them: the skipped passes were pure cost."""
+
+    class AlwaysRegroup(BalancedReplayPlugin):
+        reads_groups = True
+
+    results = []
+    for cls in (BalancedReplayPlugin, AlwaysRegroup):
+        bm = tiny_benchmark()
+        plugin = cls(mem_size=40, batch_size_mem=8, regroup_every=2, insertion_timing="online")
+        model = mlp()
+        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
+                         train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
+        for exp in bm.train_stream[:2]:
+            strategy.train(exp)
+        results.append((torch.cat([p.flatten() for p in model.parameters()]), plugin.buffer.stored_labels.clone(),
+                        plugin.buffer.examples[: len(plugin.buffer)].clone()))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -2,8 +2,9 @@
 
 The public API:
 
-* sampling maths: :func:`balanced_importance`, :func:`replay_distribution`, :func:`sample_indices`,
+* importance maths (``sampling``): :func:`balanced_importance`, :func:`replay_distribution`,
   :func:`group_share_weights`, :func:`cosine_to_unit`, :func:`effective_sample_size`;
+  draws from weights (``draws``): :func:`sample_indices`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
 * storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``), with its policies:
   similarity rules (:class:`SimilarityRule`, ``SIMILARITIES``) and grouping rules
@@ -23,8 +24,9 @@ The public API:
 """
 from .sampling import (
     balanced_importance, cosine_to_unit, effective_sample_size, group_share_weights, normalized_entropy,
-    replay_distribution, sample_indices,
+    replay_distribution,
 )
+from .draws import sample_indices
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SIMILARITIES, SimilarityRule
 from .grouping_rules import GROUPINGS, GroupingRule

@@ -19,7 +19,8 @@ from .buffer_state import buffer_state_dict, load_buffer_state
 from .grouping_rules import GroupingRule, majority_groups, make_grouping
 from .model_passes import stored_features
 from .replay_weights import past_importance, task_balanced_weights
-from .sampling import draw_proportional, group_share_weights, next_in_pass, replay_distribution, uniform_indices
+from .draws import draw_proportional, next_in_pass, uniform_indices
+from .sampling import group_share_weights, replay_distribution
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SimilarityRule, make_similarity
 from .storage_policy import StoragePolicyContract
@@ -432,7 +433,7 @@ class BalancedBuffer(StoragePolicyContract):
     def get_data(self, minibatch_size: int, transform: Optional[Callable] = None) -> ReplayBatch:
         """Uniform replay minibatch of ``min(minibatch_size, len(self))`` distinct samples:
         independent batches, or the next ones of a reshuffled pass over the buffer
-        (``replay_order="passes"``, see :func:`~avalanche_balanced.sampling.next_in_pass`; a pass
+        (``replay_order="passes"``, see :func:`~avalanche_balanced.draws.next_in_pass`; a pass
         restarts whenever the contents change, so with online insertion every batch starts one)."""
         k = self._check_sample_size(minibatch_size)
         if self.replay_order == "independent":

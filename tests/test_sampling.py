@@ -188,7 +188,7 @@ def test_zero_weights_fill_in_only_when_needed():
 
 
 def test_uniform_indices_are_distinct_and_uniform():
-    from avalanche_balanced.sampling import uniform_indices
+    from avalanche_balanced.draws import uniform_indices
     gen = torch.Generator().manual_seed(0)
     counts = torch.zeros(100)
     for _ in range(3000):
@@ -368,7 +368,7 @@ def test_group_share_weights_reject_similarity_outside_the_unit_interval():
 def test_passes_draw_every_index_once_per_pass(n, k, steps, seed):
     """Reshuffled passes: every batch distinct and full (min(k, n)); at any point the replay
     counts of any two indices differ by at most one (each pass is a permutation)."""
-    from avalanche_balanced.sampling import next_in_pass
+    from avalanche_balanced.draws import next_in_pass
     g = torch.Generator().manual_seed(seed)
     order, position, counts = None, 0, torch.zeros(n, dtype=torch.long)
     for _ in range(steps):
@@ -380,7 +380,7 @@ def test_passes_draw_every_index_once_per_pass(n, k, steps, seed):
 
 
 def test_passes_are_reproducible_and_restart_on_another_length():
-    from avalanche_balanced.sampling import next_in_pass
+    from avalanche_balanced.draws import next_in_pass
     draws = []
     for _ in range(2):
         g, order, position, seq = torch.Generator().manual_seed(3), None, 0, []

@@ -183,6 +183,11 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             go to the larger classes), ``"reservoir"`` (a uniform sample of
             everything seen, as ``ReservoirSamplingBuffer``) or ``"group_balanced"`` (equal
             slots per semantic group). Ignored with ``storage_policy``.
+        replay_order: how uniform draws go through the buffer: ``"independent"`` batches (the
+            default) or ``"passes"`` (every stored sample once per reshuffled pass, full batches,
+            as Avalanche's ``ReplayDataLoader`` cycles its buffer; ahead on two of the four
+            streams of ``docs/results.md``, behind on the superclass-skewed one). Semantic draws
+            are independent by nature; ignored with ``storage_policy``.
         balance_weight: exponent of the balance factor (0 = similarity only).
         grouping: one of ``GROUPINGS`` (see :class:`BalancedBuffer`).
         transform: batched callable applied to the joint input batch, or None
@@ -217,6 +222,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         *,
         use_balanced_sampling: bool = False,
         insertion: str = "class_balanced",
+        replay_order: str = "independent",
         balance_weight: float = 1.0,
         grouping: str = "class_similarity",
         transform: Optional[Callable] = None,
@@ -239,7 +245,8 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
                 check_positive_int(value, name)
         if storage_policy is None:
             storage_policy = BalancedBuffer(mem_size, grouping=grouping, balance_weight=balance_weight,
-                                            insertion=insertion, seed=seed, **buffer_kwargs)
+                                            insertion=insertion, replay_order=replay_order, seed=seed,
+                                            **buffer_kwargs)
         if regroup_every is not None and regroup_every <= 0:
             raise ValueError(f"regroup_every must be positive or None, got {regroup_every}")
         self.buffer = storage_policy

@@ -169,7 +169,8 @@ def _legacy_sarl(fix: Optional[str] = None):
 def _plugin(balanced: bool, timing: str = "after_experience", **options):
     def build(s, evaluator):
         model = _model(s, augmented=True)
-        kwargs = dict(dict(insertion="reservoir"), **options)  # a row names its storage; reservoir unless said
+        # A row names what it stores and how it replays: reservoir, independent batches unless said.
+        kwargs = dict(dict(insertion="reservoir", replay_order="independent"), **options)
         if kwargs.get("grouping") == "fixed":  # the oracle: the true superclasses as groups
             kwargs["class_to_group"] = s.fine_to_coarse
         replay = BalancedReplayPlugin(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,

@@ -34,6 +34,8 @@ def parse_args(argv=None):
                    help="semantic-balanced (1) or uniform (0, the plugin's default) draws")
     p.add_argument("--insertion", choices=("class_balanced", "reservoir", "group_balanced"), default="class_balanced",
                    help="what the buffer stores (the plugin's default: class_balanced)")
+    p.add_argument("--replay_order", choices=("independent", "passes"), default="independent",
+                   help="uniform draws in independent batches (the default) or in passes over the buffer")
     p.add_argument("--mem_size", type=int, default=500)
     p.add_argument("--batch_size", type=int, default=32, help="current samples per step (global)")
     p.add_argument("--batch_size_mem", type=int, default=32, help="replayed samples per step (global)")
@@ -65,13 +67,15 @@ def main(argv=None):
     model = gelu_resnet18(100, nf=args.nf).to(device)
 
     draws = "semantic" if args.use_balanced_sampling else "uniform"
+    if args.replay_order == "passes":
+        draws += "_passes"
     name = args.experiment_id or f"plugin_{args.insertion}_{draws}_s{args.seed}"
     loggers = [InteractiveLogger(), TensorboardLogger(f"runs/{name}")] if rank == 0 else []
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
                                  forgetting_metrics(experience=True, stream=True), loggers=loggers)
     replay = BalancedReplayPlugin(mem_size=args.mem_size, batch_size_mem=args.batch_size_mem,
                                   use_balanced_sampling=bool(args.use_balanced_sampling), insertion=args.insertion,
-                                  seed=args.seed, transform=cifar_augment, preprocess=cifar_normalize)
+                                  replay_order=args.replay_order, seed=args.seed, transform=cifar_augment, preprocess=cifar_normalize)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr),
                      train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256,
                      device=device, evaluator=evaluator,

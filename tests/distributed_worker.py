@@ -8,10 +8,6 @@ import torch.distributed as dist
 from avalanche.core import SupervisedPlugin
 
 
-# The design note's configuration (the plugin's defaults are class-balanced storage and uniform draws).
-SEMANTIC = dict(use_balanced_sampling=True, insertion="reservoir")
-
-
 def run(rank: int, world: int, port: int, out: str, scenario: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -40,7 +36,7 @@ def _strategy(plugins, seed=0, evaluator=None):
 
 
 def consistency(rank, out, folder):
-    from synthetic import blobs_benchmark
+    from synthetic import SEMANTIC, blobs_benchmark
     from avalanche_balanced import BalancedReplayPlugin
     from avalanche_balanced.distributed import DataParallelPlugin, buffer_fingerprint, check_same_buffer
     bm = blobs_benchmark(6, 8, n_per_class=24, n_experiences=3, seed=0)
@@ -101,7 +97,7 @@ def bad_configurations(rank, out, folder):
     before a collective (the other must stop at the timeout)."""
     from avalanche_balanced import BalancedReplayPlugin
     from avalanche_balanced.distributed import gather_rows
-    from synthetic import blobs_benchmark
+    from synthetic import SEMANTIC, blobs_benchmark
     bm = blobs_benchmark(6, 8, n_per_class=8, n_experiences=3, seed=0)
     replay = BalancedReplayPlugin(**SEMANTIC, mem_size=24, batch_size_mem=8, eps=0.1 if rank == 0 else 0.2, seed=0)
     _, strategy = _strategy([replay])
@@ -120,7 +116,7 @@ def resume(rank, out, folder):
     from avalanche_balanced import BalancedReplayPlugin
     from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
     from avalanche_balanced.distributed import DataParallelPlugin, buffer_fingerprint
-    from synthetic import blobs_benchmark
+    from synthetic import SEMANTIC, blobs_benchmark
     bm = blobs_benchmark(6, 8, n_per_class=24, n_experiences=3, seed=0)
     name = "Top1_Acc_Stream/eval_phase/test_stream/Task000"
 

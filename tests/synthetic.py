@@ -1,7 +1,11 @@
-"""A tiny class-incremental benchmark of separable Gaussian blobs, for strategy tests."""
+"""A tiny class-incremental benchmark of separable Gaussian blobs, and the plugin settings, for strategy tests."""
 import torch
 from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+# The design note's configuration of BalancedReplayPlugin: semantic draws from a reservoir buffer
+# (the plugin's defaults are class-balanced storage and uniform draws).
+SEMANTIC = dict(use_balanced_sampling=True, insertion="reservoir", replay_order="independent")
 
 
 def blobs_benchmark(num_classes: int, dim: int, *, n_per_class: int = 40, separation: float = 2.0,

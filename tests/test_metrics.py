@@ -21,6 +21,7 @@ from avalanche_balanced.metrics import (
     SuperclassErrorShare, SuperclassErrorShareMetric, adjusted_rand_index, group_agreement,
     find_balanced_buffer, find_replay_plugin, semantic_consistency, semantic_metrics, superclass_error_share,
 )
+from synthetic import SEMANTIC
 
 F2C = torch.tensor([0, 0, 1, 1, 2, 2])  # 6 classes, 3 superclasses of 2
 C, D = 6, 8
@@ -30,9 +31,6 @@ C, D = 6, 8
 PRED = torch.tensor([0, 1, 2, 4, 5, 3, 1, 5])
 TARGET = torch.tensor([0, 0, 3, 0, 5, 1, 1, 4])
 # consistent: 0,1,2,4,6,7 -> 6/8; wrong: 1,2,3,5,7 -> 5, of which same super: 1,2,7 -> 3/5
-
-# The design note's configuration (the plugin's defaults are class-balanced storage and uniform draws).
-SEMANTIC = dict(use_balanced_sampling=True, insertion="reservoir")
 
 
 # ------------------------------------------------------------ pure functions

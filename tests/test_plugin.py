@@ -13,13 +13,9 @@ from avalanche.training.supervised import LwF, Naive
 
 from avalanche_balanced import BalancedReplayPlugin
 from avalanche_balanced.metrics import ReplayGroupEntropyMetric
-from synthetic import blobs_benchmark
+from synthetic import SEMANTIC, blobs_benchmark
 
 C, D = 6, 8
-
-
-# The design note's configuration (the plugin's defaults are class-balanced storage and uniform draws).
-SEMANTIC = dict(use_balanced_sampling=True, insertion="reservoir")
 
 
 def tiny_benchmark(seed=0):
@@ -355,3 +351,33 @@ def test_skipping_the_regroupings_changes_nothing_uniform_draws_use():
                         plugin.buffer.examples[: len(plugin.buffer)].clone()))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_replay_in_passes_goes_through_the_buffer_before_repeating():
+    """With ``replay_order="passes"`` every stored sample is replayed once before any is replayed
+    twice (as Avalanche's ReplayDataLoader cycles its buffer); with ``"independent"`` batches
+    (the default) some sample repeats within the first pass's worth of draws."""
+    repeats = {}
+    for order in ("passes", "independent"):
+        bm = tiny_benchmark()
+        plugin = BalancedReplayPlugin(mem_size=40, batch_size_mem=8, replay_order=order)
+        drawn, original = [], plugin.draw
+
+        def recorded(original=original, drawn=drawn):
+            batch = original()
+            drawn.append(batch.indices.clone())
+            return batch
+
+        plugin.draw = recorded
+        model = mlp()
+        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
+                         train_epochs=2, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
+        strategy.train(bm.train_stream[0])
+        strategy.train(bm.train_stream[1])  # replays the 40 samples stored after experience 0
+        assert len(drawn) >= 10
+        passes = torch.cat(drawn[:10]).view(2, 40)  # two passes' worth of 8-sample batches
+        if order == "passes":
+            for one_pass in passes:
+                assert sorted(one_pass.tolist()) == list(range(40))
+        repeats[order] = 40 - len(set(passes[0].tolist()))
+    assert repeats["passes"] == 0 and repeats["independent"] > 0

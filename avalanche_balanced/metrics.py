@@ -356,6 +356,13 @@ class ReplayGroupEntropyMetric(PluginMetric[Optional[float]]):
     the samples replayed during the experience; 1 = balanced) as
     ``ReplayGroupEntropy_Exp/train_phase/train_stream/Task000/Exp000``; nothing
     for a strategy without such a plugin.
+
+    Each replayed sample counts in the group it had when it was drawn. Semantic
+    draws regroup every ``regroup_every`` iterations, so theirs are current;
+    uniform draws skip those regroupings (nothing reads the groups), so theirs
+    are the groups of the last end-of-experience regrouping, or, for samples
+    inserted during the experience, the groups the rule gave them on insertion.
+    Compare the two modes with that in mind.
     """
 
     def __init__(self):

@@ -283,6 +283,12 @@ METHODS: Dict[str, Method] = {
     "plugin_superclass_groups": Method(_plugin(True, grouping="fixed"), "Naive + BalancedReplayPlugin, balanced "
                                        "draws over the true superclasses (oracle groups), reservoir storage",
                                        lr_from=_PLUGIN),
+    "plugin_class_storage_superclass_groups": Method(
+        _plugin(True, grouping="fixed", insertion="class_balanced"), "Naive + BalancedReplayPlugin, balanced draws "
+        "over the true superclasses (oracle groups), class-balanced storage", lr_from=_PLUGIN),
+    "plugin_superclass_storage_uniform": Method(
+        _plugin(False, grouping="fixed", insertion="group_balanced"), "Naive + BalancedReplayPlugin, equal slots "
+        "per true superclass (oracle group-balanced storage), uniform draws", lr_from=_PLUGIN),
     "plugin_class_share": Method(_plugin(True, grouping="class", share="group"), "Naive + BalancedReplayPlugin, "
                                  "exactly class-balanced draws (share='group', one group per class), reservoir "
                                  "storage", lr_from=_PLUGIN),

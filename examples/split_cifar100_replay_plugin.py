@@ -75,7 +75,8 @@ def main(argv=None):
                                  forgetting_metrics(experience=True, stream=True), loggers=loggers)
     replay = BalancedReplayPlugin(mem_size=args.mem_size, batch_size_mem=args.batch_size_mem,
                                   use_balanced_sampling=bool(args.use_balanced_sampling), insertion=args.insertion,
-                                  replay_order=args.replay_order, seed=args.seed, transform=cifar_augment, preprocess=cifar_normalize)
+                                  replay_order=args.replay_order, seed=args.seed, transform=cifar_augment,
+                                  preprocess=cifar_normalize)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr),
                      train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256,
                      device=device, evaluator=evaluator,

@@ -5,6 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# One torch thread for the whole suite: the tests' networks are tiny, so intra-op threads only
+# add overhead, and on a loaded machine (CI, or comparisons running beside the suite) two threads
+# per test process oversubscribe the cores (a tiny comparison ran 5-8x slower on two threads).
+torch.set_num_threads(1)
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100"
 

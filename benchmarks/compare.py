@@ -176,6 +176,23 @@ def quiet_avalanche_deprecations():
     warnings.filterwarnings("ignore", message="No loggers specified")
 
 
+def run_setting(protocol, bm, seed, args, lr=None) -> Setting:
+    """What every method of one run shares: the protocol's sizes and schedule, ``bm``'s classes,
+    the command line's buffer size, device and guards; ``lr`` None: the protocol's rate."""
+    p = PROTOCOLS[protocol]
+    world = getattr(args, "world_size", 1)
+    device = torch.device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return Setting(num_classes=len(bm.fine_to_coarse), nf=p["nf"], epochs=p["epochs"],
+                   lr=p["lr"] if lr is None else lr, mem_size=args.buffer_size or p["mem_size"],
+                   batch_size=p["batch_size"], batch_size_mem=p["batch_size_mem"],
+                   warmup_epochs=p["warmup_epochs"], sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse,
+                   seed=seed, device=device, lr_steps=p["lr_steps"],
+                   guards=getattr(args, "guards", "on") == "on", compile=getattr(args, "compile", False),
+                   ramp_iterations=getattr(args, "ramp_iterations", None), world_size=world)
+
+
 def run_one(method, seed, protocol, args, threads=None, lr=None, validation=False):
     """One method, one seed: returns its results (the row of ``results.json``).
 
@@ -191,21 +208,11 @@ def run_one(method, seed, protocol, args, threads=None, lr=None, validation=Fals
     if threads is not None:
         torch.set_num_threads(threads)
     quiet_avalanche_deprecations()
-    p = PROTOCOLS[protocol]
     order_seed = seed if args.class_order_seed is None else args.class_order_seed
     bm, eval_bm = build_benchmark(protocol, order_seed, args, validation)
     seed_everything(seed)  # after the benchmark: nothing of the class-order seed reaches the run
-    lr = p["lr"] if lr is None else lr
-    device = torch.device(args.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    setting = Setting(num_classes=len(bm.fine_to_coarse), nf=p["nf"], epochs=p["epochs"], lr=lr,
-                      mem_size=args.buffer_size or p["mem_size"], batch_size=p["batch_size"],
-                      batch_size_mem=p["batch_size_mem"], warmup_epochs=p["warmup_epochs"],
-                      sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse, seed=seed,
-                      device=device, lr_steps=p["lr_steps"],
-                      guards=getattr(args, "guards", "on") == "on", compile=getattr(args, "compile", False),
-                      ramp_iterations=getattr(args, "ramp_iterations", None), world_size=world)
+    setting = run_setting(protocol, bm, seed, args, lr)
+    lr = setting.lr
     extra = semantic_metrics(bm.fine_to_coarse)  # group agreement: only where the strategy has our buffer
     if getattr(bm, "imbalance_ratio", None) is not None:
         extra.append(FrequencyBucketAccuracy(bm.class_counts, bm.n_max))

@@ -1,4 +1,4 @@
-"""Smoke run of benchmarks/compare.py on its tiny synthetic protocol: every method, finite numbers."""
+"""benchmarks/compare.py on its tiny synthetic protocol: every registry row, finite numbers, the harness."""
 import argparse
 import dataclasses
 import importlib.util
@@ -25,9 +25,18 @@ def load(name, monkeypatch):
     return module
 
 
-def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
+# One row per builder and per code path of the harness: each of Avalanche's strategies, joint
+# training, the plugin's uniform, semantic, oracle-group and group-balanced-storage paths, and
+# SARL-GELU's. The other rows are configurations of these builders (see the next test).
+FULL_RUN = ("naive", "er", "der", "er_ace", "er_ace_reservoir", "er_class_balanced", "joint", "plugin_uniform",
+            "plugin_balanced", "plugin_superclass_groups", "plugin_group_storage_balanced", "sarl_uniform",
+            "sarl_balanced", "sarl_superclass_groups")
+
+
+def test_every_code_path_appears_with_finite_numbers(tmp_path, monkeypatch):
     compare = load("compare", monkeypatch)
-    methods = list(compare.METHODS)
+    methods = list(FULL_RUN)
+    assert set(methods) <= set(compare.METHODS)
     compare.main(["--protocol", "tiny", "--methods", *methods, "--out", str(tmp_path), "--jobs", "1"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert {r["method"] for r in saved["runs"]} == set(methods)
@@ -49,14 +58,16 @@ def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
         else:
             assert run["group_agreement"] is None
     # grouping by the true superclasses agrees perfectly with them
-    fixed = next(r for r in saved["runs"] if r["method"] == "sarl_superclass_groups")
-    assert fixed["group_agreement"] == 1.0
+    for name in ("sarl_superclass_groups", "plugin_superclass_groups"):
+        assert next(r for r in saved["runs"] if r["method"] == name)["group_agreement"] == 1.0, name
     table = (tmp_path / "table.md").read_text()
     assert all(f"| {m} |" in table for m in methods)
-    # balanced minus uniform, seed by seed, in the JSON and the table
+    # first minus second, seed by seed, in the JSON and the table, for every pair with both rows
     by = {r["method"]: r for r in saved["runs"]}
     import reporting
-    for first, second in reporting.PAIRS:
+    both = [(a, b) for a, b in reporting.PAIRS if a in by and b in by]
+    assert len(both) >= 5 and set(saved["paired"]) == {f"{a} - {b}" for a, b in both}
+    for first, second in both:
         diff = saved["paired"][f"{first} - {second}"]
         assert diff["seeds"] == [0]
         assert diff["accuracy"] == [by[first]["accuracy"] - by[second]["accuracy"]]
@@ -70,6 +81,31 @@ def test_every_method_appears_with_finite_numbers(tmp_path, monkeypatch):
     before = (tmp_path / "results.json").read_text()
     compare.main(["--protocol", "tiny", "--methods", "naive", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").read_text() == before
+
+
+def test_every_other_row_builds_trains_and_replays(monkeypatch):
+    """Each remaining registry row trains on two experiences (the second replays what the first
+    stored) to finite weights, its buffer holding classes of both experiences and no other. (All of
+    them are configurations of our plugin or of SARL-GELU.)"""
+    compare = load("compare", monkeypatch)
+    from avalanche_balanced import BalancedReplayPlugin
+    from avalanche_balanced.experiment import seed_everything
+    bm, _ = compare.build_benchmark("tiny", 0, _args())
+    others = [m for m in compare.METHODS if m not in FULL_RUN]
+    assert others
+    for name in others:
+        seed_everything(0)
+        strategy = compare.METHODS[name].build(compare.run_setting("tiny", bm, 0, _args()), None)
+        for exp in bm.train_stream[:2]:
+            strategy.train(exp)
+        assert torch.isfinite(strategy.loss), name
+        assert all(torch.isfinite(p).all() for p in strategy.model.parameters()), name
+        replay = getattr(strategy, "replay", None) or next(
+            (p for p in strategy.plugins if isinstance(p, BalancedReplayPlugin)), None)
+        assert replay is not None, name
+        stored = set(replay.buffer.stored_labels.tolist())
+        first, second = (set(e.classes_in_this_experience) for e in bm.train_stream[:2])
+        assert stored <= first | second and stored & first and stored & second, name
 
 
 def test_parallel_runs_match_in_process_runs(tmp_path, monkeypatch):
@@ -193,11 +229,12 @@ def test_every_method_gets_the_same_model_augmentation_and_sample_budget(monkeyp
 
 
 def test_paper_protocol_steps_the_rate_at_35_and_45(monkeypatch):
-    """SARL's MultiStepLR, for every kind of method: would fail if a scheduler never stepped."""
+    """SARL's MultiStepLR, for every kind of method: would fail if a scheduler never stepped.
+    The paper's milestones are 35 and 45 of 50 epochs; the steps are checked at 3 and 5 of 6."""
     from avalanche.core import SupervisedPlugin
     compare = load("compare", monkeypatch)
     import methods
-    assert compare.PROTOCOLS["paper"]["lr_steps"] == [35, 45]
+    assert compare.PROTOCOLS["paper"]["lr_steps"] == [35, 45] and compare.PROTOCOLS["paper"]["epochs"] == 50
 
     class LrRecorder(SupervisedPlugin):
         def __init__(self):
@@ -209,19 +246,20 @@ def test_paper_protocol_steps_the_rate_at_35_and_45(monkeypatch):
 
     bm = compare.tiny_benchmark(0)
     for name in ("naive", "er", "sarl_uniform", "joint"):
-        s = methods.Setting(num_classes=20, nf=8, epochs=46, lr=0.1, mem_size=20, batch_size=8, batch_size_mem=8,
+        s = methods.Setting(num_classes=20, nf=8, epochs=6, lr=0.1, mem_size=20, batch_size=8, batch_size_mem=8,
                             warmup_epochs=0, sarl_alpha=0.2, fine_to_coarse=bm.fine_to_coarse, seed=0,
-                            device=torch.device("cpu"), lr_steps=compare.PROTOCOLS["paper"]["lr_steps"])
+                            device=torch.device("cpu"), lr_steps=[3, 5])
         strategy = methods.METHODS[name].build(s, None)
         rec = LrRecorder()
         strategy.plugins.append(rec)
         scale = 2 if name == "joint" else 1  # joint: twice the epochs, milestones stretched alike
         strategy.train(bm.train_stream[0] if name != "joint" else bm.train_stream[:1])
         lrs = rec.lrs
-        assert len(lrs) == 46 * scale
-        assert lrs[35 * scale - 1] == pytest.approx(0.1), name
-        assert lrs[35 * scale] == pytest.approx(0.01), name
-        assert lrs[45 * scale] == pytest.approx(0.001), name
+        assert len(lrs) == 6 * scale
+        assert lrs[3 * scale - 1] == pytest.approx(0.1), name
+        assert lrs[3 * scale] == pytest.approx(0.01), name
+        assert lrs[5 * scale - 1] == pytest.approx(0.01), name
+        assert lrs[5 * scale] == pytest.approx(0.001), name
 
 
 def test_learning_rates_are_chosen_on_validation_and_used(tmp_path, monkeypatch):

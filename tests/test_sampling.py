@@ -81,10 +81,10 @@ def test_cosine_to_unit_maps_range():
 def test_single_draw_frequencies_match_weights():
     weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 10.0])
     gen = torch.Generator().manual_seed(0)
-    n = 40000
+    n = 10000  # binomial s.d. at most 0.005: the tolerance is four of them
     draws = torch.cat([sample_indices(weights, 1, generator=gen) for _ in range(n)])
     freq = torch.bincount(draws, minlength=6).float() / n
-    torch.testing.assert_close(freq, weights / weights.sum(), atol=0.01, rtol=0)
+    torch.testing.assert_close(freq, weights / weights.sum(), atol=0.02, rtol=0)
     assert freq[4] == 0  # zero weight never drawn while positive weights remain
 
 
@@ -122,14 +122,15 @@ def test_all_zero_weights_fall_back_to_uniform():
 def test_uniform_mix_and_cap():
     weights = torch.tensor([100.0, 1.0, 1.0, 1.0])
     gen = torch.Generator().manual_seed(0)
-    n = 20000
-    draws = torch.cat([sample_indices(weights, 1, generator=gen, uniform_mix=1.0) for _ in range(n)])
-    torch.testing.assert_close(torch.bincount(draws, minlength=4).float() / n, torch.full((4,), 0.25),
-                               atol=0.015, rtol=0)
-    # Cap at 2x the mean: p = [0.5, 1/6, 1/6, 1/6] exactly (water-filling).
-    draws = torch.cat([sample_indices(weights, 1, generator=gen, max_ratio=2.0) for _ in range(n)])
-    torch.testing.assert_close(torch.bincount(draws, minlength=4).float() / n,
-                               torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6]), atol=0.015, rtol=0)
+    # uniform_mix=1: uniform; a cap at 2x the mean: p = [0.5, 1/6, 1/6, 1/6] exactly (water-filling)
+    for options, expected in ((dict(uniform_mix=1.0), torch.full((4,), 0.25)),
+                              (dict(max_ratio=2.0), torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6]))):
+        # k > n draws with replacement: each index follows p (tight: 20000 draws in one call)...
+        draws = sample_indices(weights, 20000, generator=gen, **options)
+        torch.testing.assert_close(torch.bincount(draws, minlength=4).float() / 20000, expected, atol=0.015, rtol=0)
+        # ...and so does a single draw without replacement (looser: 2000 calls)
+        draws = torch.cat([sample_indices(weights, 1, generator=gen, **options) for _ in range(2000)])
+        torch.testing.assert_close(torch.bincount(draws, minlength=4).float() / 2000, expected, atol=0.05, rtol=0)
 
 
 def test_cap_weights_is_exact():

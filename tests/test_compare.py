@@ -228,7 +228,7 @@ def test_every_method_gets_the_same_model_augmentation_and_sample_budget(monkeyp
                 for s in map(stats.get, methods)}) == 1
 
 
-def test_paper_protocol_steps_the_rate_at_35_and_45(monkeypatch):
+def test_every_kind_of_method_steps_its_rate_at_the_milestones(monkeypatch):
     """SARL's MultiStepLR, for every kind of method: would fail if a scheduler never stepped.
     The paper's milestones are 35 and 45 of 50 epochs; the steps are checked at 3 and 5 of 6."""
     from avalanche.core import SupervisedPlugin

@@ -232,6 +232,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         insertion_timing: str = "after_experience",
         preprocess: Optional[Callable] = None,
         refresh_features: bool = True,
+        group_metrics: bool = False,
         verbose: bool = False,
         **buffer_kwargs,
     ):
@@ -259,10 +260,16 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self.insertion_timing = insertion_timing
         self.preprocess = preprocess
         self.refresh_features = refresh_features
+        self.group_metrics = bool(group_metrics)
         self.verbose = verbose
         self._replay_size = batch_size_mem  # resolved against the strategy at each experience
         self._ess_sum: Optional[torch.Tensor] = None  # [sum of ESS, count] over this experience's regroups
         self._refreshed_version: Optional[tuple] = None  # model_version() at the latest feature refresh
+        self._trained_since_refresh = 0  # current samples trained since the latest feature refresh
+        self._groups_fresh = False  # a regrouping ran since this experience began (group metrics may publish)
+        self._new_classes = False  # this experience brings classes no earlier one had: regroup at its end
+        self._regroup_requested = False  # a strategy asked for a regrouping at the end of this experience
+        self._seen_classes: Optional[torch.Tensor] = None  # bool mask over the classes of past experiences
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None  # on the model from before_forward to after_forward only
         self._classifier = self._classifier_of = None  # the hooked module, and the model it belongs to
@@ -278,12 +285,16 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
 
     @property
     def reads_groups(self) -> bool:
-        """Whether training reads the stored samples' groups and similarities during an
-        experience: semantic draws weigh by them, group-balanced storage allocates slots by
-        them. Only then is the buffer regrouped every ``regroup_every`` iterations; otherwise
-        (uniform draws from class-balanced or reservoir storage) once, at the end of each
-        experience, for the published group metrics, and the skipped passes change no draw."""
-        return self.use_balanced_sampling or self.buffer.insertion == "group_balanced"
+        """Whether anything reads the stored samples' groups and similarities: semantic draws
+        weigh by them, group-balanced storage allocates slots by them, ``group_metrics``
+        publishes them. Only then is the buffer ever regrouped (:meth:`regroup_due`); the
+        defaults (uniform draws from class-balanced storage) make no pass over it at all."""
+        return self.use_balanced_sampling or self.buffer.insertion == "group_balanced" or self.group_metrics
+
+    def request_regroup(self) -> None:
+        """Regroup (and refresh the stored features) at the end of this experience, whatever the
+        schedule says: a strategy that changed the prototypes or the model asks for it (SARL)."""
+        self._regroup_requested = True
 
     @property
     def storage_policy(self) -> BalancedBuffer:
@@ -329,6 +340,8 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
                     if classes.numel() else 0)
         self._current_classes = torch.zeros(width, dtype=torch.bool, device=strategy.device)
         self._current_classes[classes] = True
+        self._new_classes = self._note_classes(self._current_classes)
+        self._groups_fresh = False
         self._replay_counts = torch.zeros(2, dtype=torch.long, device=strategy.device)
         self._ess_sum = torch.zeros(2, dtype=torch.float64, device=strategy.device)
         self.buffer.set_current_classes(classes)
@@ -353,6 +366,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
 
     def after_forward(self, strategy, **kwargs):
         n = self._current[0].shape[0]
+        self._trained_since_refresh += n
         features = self._hook.features
         self.remove_hook()
         if strategy.mb_output.shape[1] > self.buffer.num_classes:
@@ -382,7 +396,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             with explain_non_finite(strategy, f"values inserted online up to iteration {self._iterations}"):
                 if self.reads_groups:
                     self._regroup(strategy.model)
-                else:  # nothing reads the groups before the experience ends: only the checks are due
+                else:  # nothing reads the groups: only the deferred checks are due
                     self.buffer.check_pending()
             self._record_ess()
 
@@ -391,17 +405,27 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             with explain_non_finite(strategy, "insertion at the end of the experience"):
                 self.buffer.add_dataset(unwrap(strategy.model), strategy.experience.dataset, strategy.device,
                                         preprocess=self.preprocess)
-        if self._ess_sum is not None and not bool(self._ess_sum[1] > 0):
-            self._record_ess()  # no regrouping during the experience: its replay distribution now
         self.buffer.set_current_classes(None)  # the finished experience is past from now on
-        # Refreshed already with the model as it is now (a regrouping on the last step, and no
-        # change since)? Then the stored features are fresh. Anything that touched the model in
-        # between (an update, a strategy's BatchNorm pass over the buffer) changes its version.
         with explain_non_finite(strategy, "values inserted online during the experience"):
             self.buffer.check_pending()
-        self._regroup(strategy.model, refresh=self._refreshed_version != model_version(unwrap(strategy.model)))
+        if self.regroup_due():
+            # New classes (or a strategy's request): their prototypes and groups are due now, from
+            # features of the model as it is now, unless nothing touched it since the latest refresh.
+            self._regroup(strategy.model, force_refresh=self._refreshed_version != model_version(
+                unwrap(strategy.model)))
+        if self._ess_sum is not None and not bool(self._ess_sum[1] > 0):
+            self._record_ess()  # no regrouping during the experience: its replay distribution now
+        self._new_classes = self._regroup_requested = False
         broadcast_buffer(self.buffer)  # DDP: every rank continues from rank 0's buffer
         self._publish(strategy)
+
+    def regroup_due(self) -> bool:
+        """Whether the end of this experience regroups the buffer: only when something reads the
+        groups (:attr:`reads_groups`) or a strategy asked (:meth:`request_regroup`), and then only
+        when the experience brought classes never seen before, or was asked to. Experiences that
+        repeat known classes (an online stream's mini-experiences) leave it to the schedule in
+        iterations, ``regroup_every``: their cost follows what is trained, not what is stored."""
+        return self._regroup_requested or (self.reads_groups and self._new_classes)
 
     def remove_hook(self) -> None:
         """Remove the feature hook from the model (it is added again at the next forward pass)."""
@@ -419,14 +443,34 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self._iterations = state["iterations"]
 
     # --------------------------------------------------------------- helpers
-    def _regroup(self, model, refresh: bool = True):
+    def _regroup(self, model, force_refresh: bool = False):
+        """Prototypes from the stored features, then every stored sample's group. The stored
+        features are recomputed first (a model pass over the buffer) when asked, or once as many
+        current samples were trained since the latest refresh as the buffer holds: at most one
+        eval-mode forward pass per trained sample, amortised, whatever the buffer size."""
         model = unwrap(model)  # no-grad passes on the plain module: no collective in them
-        if self.refresh_features and refresh:
+        if self.refresh_features and (force_refresh or self._trained_since_refresh >= len(self.buffer)):
             self.buffer.refresh_features(model, self.preprocess)
             self._refreshed_version = model_version(model)
+            self._trained_since_refresh = 0
         if self.refresh_prototypes:
             self.buffer.refresh_prototypes()
         self.buffer.regroup()
+        self._groups_fresh = True
+
+    def _note_classes(self, current: torch.Tensor) -> bool:
+        """Add the experience's classes to those seen; True when any of them is new (one host read)."""
+        seen = self._seen_classes
+        if seen is None or seen.shape[0] < current.shape[0]:
+            grown = torch.zeros(current.shape[0], dtype=torch.bool, device=current.device)
+            if seen is not None:
+                grown[: seen.shape[0]] = seen.to(current.device)
+            seen = grown
+        seen = seen.to(current.device)
+        new = bool((current & ~seen[: current.shape[0]]).any())
+        seen[: current.shape[0]] |= current
+        self._seen_classes = seen
+        return new
 
     def _count_replayed_groups(self, indices):
         # Fixed-width counts (index_add_, not bincount): no host sync per step.
@@ -482,27 +526,32 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         if evaluator is None or len(self.buffer) == 0:
             return
         step = strategy.clock.train_iterations
-        counts = self.buffer.group_counts
-        sizes = counts[counts > 0]
         scalars = {
-            "BalancedReplay/num_groups": int(sizes.numel()),
             "BalancedReplay/current_share": self.current_share(),
             "BalancedReplay/effective_sample_size": self.effective_sample_size(),
         }
+        # Groups and replay weights only when they are current (a regrouping ran in this
+        # experience): reading them otherwise would cost a pass over the buffer per experience.
+        histograms = {}
+        if self._groups_fresh:
+            counts = self.buffer.group_counts
+            sizes = counts[counts > 0]
+            scalars["BalancedReplay/num_groups"] = int(sizes.numel())
+            histograms = {
+                "BalancedReplay/group_sizes": sizes.float().cpu(),
+                "BalancedReplay/replay_weight": (self.buffer.replay_probabilities() * len(self.buffer)).cpu(),
+            }
         for name, value in scalars.items():
             evaluator.publish_metric_value(MetricValue(self, name, value, step))
         # Histograms go to TensorBoard only: a text logger would print hundreds of numbers.
-        histograms = {
-            "BalancedReplay/group_sizes": sizes.float().cpu(),
-            "BalancedReplay/replay_weight": (self.buffer.replay_probabilities() * len(self.buffer)).cpu(),
-        }
         for logger in getattr(evaluator, "loggers", []):
             if isinstance(logger, TensorboardLogger):
                 for name, values in histograms.items():
                     logger.writer.add_histogram(name, values, step)
         if self.verbose:
             exp = getattr(strategy.experience, "current_experience", "?")
+            groups = scalars.get("BalancedReplay/num_groups")
             print(f"[BalancedReplay] experience {exp}: {len(self.buffer)} stored, "
-                  f"{scalars['BalancedReplay/num_groups']} groups, effective sample size "
+                  f"{'?' if groups is None else groups} groups, effective sample size "
                   f"{scalars['BalancedReplay/effective_sample_size']:.2f}, current share "
                   f"{scalars['BalancedReplay/current_share']:.2f}")

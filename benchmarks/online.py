@@ -1,0 +1,163 @@
+"""Online replay on Split CIFAR-100: this library's plugin against Avalanche's own, in one run.
+
+Avalanche's reference setup for online replay (continual-learning-baselines,
+``experiments/split_cifar100/online_replay.py``, hyperparameters of Caccia et al., ICLR 2022):
+20 experiences of 5 classes in the natural order 0..99, 5% of each experience's training
+images held out (``benchmark_with_validation_stream``), ``SlimResNet18``, SGD lr 0.1, no
+augmentation, ``OnlineNaive`` with ``train_mb_size=10``, every experience cut by
+``OnlineCLScenario`` into mini-experiences of 10 samples (``access_task_boundaries=False``),
+a buffer of 10,000 and replay batches of 10. Methods (``METHODS``), each named by what it
+stores and how it draws:
+
+* ``replay_plugin``: ``ReplayPlugin(storage_policy=ClassBalancedBuffer(adaptive_size=True))``, the reference;
+* ``ours``: ``BalancedReplayPlugin`` with its defaults (class-balanced storage, uniform draws);
+* ``ours_balanced``: the same storage, semantic draws (``use_balanced_sampling=True``);
+* ``er_ace``: Avalanche's ``ER_ACE`` strategy (class-balanced storage, its own loss).
+
+    python benchmarks/online.py --methods replay_plugin ours --seeds 0 --out results/online_cpu
+
+Each (method, seed) run writes ``<out>/<method>_seed<seed>.json`` when it finishes; a run whose
+file exists is skipped. Recorded: final accuracy on the full test set, each experience's test
+accuracy right after training it (for forgetting), and the training wall time of every
+experience with its number of mini-experiences (seconds per mini-experience as the buffer
+fills). Evaluation time is kept apart and not counted in the training time. Run two methods
+side by side (two processes, one torch thread each) so that their times share the machine's load.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from avalanche.benchmarks.scenarios.online import OnlineCLScenario
+from avalanche.benchmarks.scenarios.validation_scenario import benchmark_with_validation_stream
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.models import SlimResNet18
+from avalanche.training import ER_ACE
+from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+from avalanche.training.storage_policy import ClassBalancedBuffer
+from avalanche.training.supervised import Naive, OnlineNaive
+
+from avalanche_balanced import BalancedReplayPlugin, seed_everything, split_cifar100
+
+METHODS = ("replay_plugin", "ours", "ours_balanced", "er_ace")
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2009, 0.1984, 0.2023)  # the reference's
+
+
+class Normalize(nn.Module):
+    """The reference's per-channel normalisation, as the model's first layer (our data are in [0, 1])."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def build_benchmark(seed: int, n_experiences: int = 20):
+    benchmark = split_cifar100(n_experiences, class_order=list(range(100)), seed=seed)
+    return benchmark_with_validation_stream(benchmark, validation_size=0.05, shuffle=True, seed=seed)
+
+
+def build_strategy(method: str, args, device):
+    model = nn.Sequential(Normalize(CIFAR100_MEAN, CIFAR100_STD), SlimResNet18(100))
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[])
+    common = dict(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), train_mb_size=args.batch,
+                  eval_mb_size=64, device=device, evaluator=evaluator)
+    if method == "er_ace":
+        return ER_ACE(mem_size=args.mem_size, batch_size_mem=args.batch, train_epochs=1, **common)
+    if method == "replay_plugin":
+        plugin = ReplayPlugin(args.mem_size, storage_policy=ClassBalancedBuffer(args.mem_size, adaptive_size=True))
+    else:
+        plugin = BalancedReplayPlugin(args.mem_size, batch_size_mem=args.batch,
+                                      use_balanced_sampling=method == "ours_balanced")
+    template = OnlineNaive if args.strategy == "online_naive" else Naive
+    return template(plugins=[plugin], train_epochs=1, **common) if template is Naive else \
+        template(plugins=[plugin], **common)
+
+
+def accuracy_of(results: dict, experience: int) -> float:
+    return results[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{experience:03d}"]
+
+
+def run(method: str, seed: int, args) -> dict:
+    torch.set_num_threads(args.threads)
+    benchmark = build_benchmark(seed)
+    seed_everything(seed)  # after the benchmark, which must not fix the run's initial weights
+    strategy = build_strategy(method, args, torch.device(args.device))
+    just_after, train_seconds, mini_experiences, eval_seconds = [], [], [], 0.0
+    n_train = args.experiences or len(benchmark.train_stream)
+    for t, experience in enumerate(benchmark.train_stream[:n_train]):
+        online = OnlineCLScenario(original_streams=list(benchmark.streams.values()), experiences=experience,
+                                  experience_size=args.batch, access_task_boundaries=args.boundaries)
+        stream = list(online.streams["train_online"])  # Avalanche 0.6 names it train_online
+        if args.mini_experiences:
+            stream = stream[: args.mini_experiences]
+        start = time.perf_counter()
+        strategy.train(stream, eval_streams=[], num_workers=0, drop_last=True)
+        train_seconds.append(time.perf_counter() - start)
+        mini_experiences.append(len(stream))
+        start = time.perf_counter()
+        just_after.append(accuracy_of(strategy.eval(benchmark.test_stream[t: t + 1]), t))
+        eval_seconds += time.perf_counter() - start
+        print(f"{method} seed {seed} experience {t}: {train_seconds[-1]:.1f} s for {len(stream)} "
+              f"mini-experiences, accuracy {100 * just_after[-1]:.2f}", flush=True)
+    start = time.perf_counter()
+    final = strategy.eval(benchmark.test_stream[:n_train])
+    eval_seconds += time.perf_counter() - start
+    final_per_exp = [accuracy_of(final, t) for t in range(n_train)]
+    forgetting = [a - f for a, f in zip(just_after[:-1], final_per_exp[:-1])]
+    return {
+        "method": method, "seed": seed, "threads": args.threads, "device": args.device,
+        "torch": torch.__version__, "strategy": args.strategy, "boundaries": args.boundaries,
+        "accuracy": 100 * final["Top1_Acc_Stream/eval_phase/test_stream/Task000"],
+        "forgetting": 100 * sum(forgetting) / len(forgetting) if forgetting else 0.0,
+        "accuracy_just_after": just_after, "final_accuracy_per_experience": final_per_exp,
+        "train_seconds": train_seconds, "mini_experiences": mini_experiences,
+        "seconds": sum(train_seconds), "eval_seconds": eval_seconds,
+    }
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("results/online_cpu"))
+    parser.add_argument("--mem_size", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=10, help="current and replayed samples per iteration")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--strategy", choices=("online_naive", "naive"), default="online_naive")
+    parser.add_argument("--boundaries", action="store_true", help="access_task_boundaries=True")
+    parser.add_argument("--experiences", type=int, default=None, help="train on the first N only (smoke runs)")
+    parser.add_argument("--mini_experiences", type=int, default=None, help="per experience (smoke runs)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for method in args.methods:
+            path = args.out / f"{method}_seed{seed}.json"
+            if path.exists():
+                print(f"{path} exists: skipped")
+                continue
+            result = run(method, seed, args)
+            result["command"] = "python benchmarks/online.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                              text=True).stdout.strip()
+            path.write_text(json.dumps(result, indent=1))
+            print(f"{method} seed {seed}: final accuracy {result['accuracy']:.2f}, forgetting "
+                  f"{result['forgetting']:.2f}, {result['seconds']:.0f} s training", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,14 +1,14 @@
 """No-grad, eval-mode passes of a model over stored inputs or a dataset, in chunks, for the buffer:
 features of every stored sample (the refresh), and logits and features of an experience's data
 (insertion at its end). The model's mode is restored afterwards, also when a pass raises."""
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor
 
 from .features import eval_mode, forward_with_features
 
-__all__ = ["stored_features", "dataset_outputs"]
+__all__ = ["stored_features", "dataset_outputs", "batch_outputs"]
 
 
 def _prepare(x: Tensor, preprocess: Optional[Callable]) -> Tensor:
@@ -33,14 +33,25 @@ def stored_features(model: torch.nn.Module, examples: Tensor, task_labels: Tenso
 
 
 @torch.no_grad()
-def dataset_outputs(model: torch.nn.Module, dataset, device, batch_size: int = 256,
-                    preprocess: Optional[Callable] = None) -> Iterator[tuple]:
-    """``(inputs, labels, task labels or None, logits, features)`` per chunk of an Avalanche
-    dataset, unaugmented (``dataset.eval()``); ``preprocess`` goes to the model's input only."""
-    loader = torch.utils.data.DataLoader(dataset.eval(), batch_size=batch_size, shuffle=False)
+def batch_outputs(model: torch.nn.Module, batches: Iterable[tuple],
+                  preprocess: Optional[Callable] = None) -> Iterator[tuple]:
+    """``(inputs, labels, task labels or None, logits, features)`` of every ``(inputs, labels,
+    task labels or None)`` minibatch, from eval-mode passes; ``preprocess`` goes to the model's
+    input only."""
     with eval_mode(model):
-        for batch in loader:
-            x, y = batch[0].to(device), batch[1]
-            t = batch[2].to(device) if len(batch) > 2 else None
+        for x, y, t in batches:
             logits, feats = forward_with_features(model, _prepare(x, preprocess), t)
             yield x, y, t, logits, feats
+
+
+def _tuple_batches(dataset, device, batch_size: int) -> Iterator[tuple]:
+    loader = torch.utils.data.DataLoader(dataset.eval(), batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        yield batch[0].to(device), batch[1], batch[2].to(device) if len(batch) > 2 else None
+
+
+def dataset_outputs(model: torch.nn.Module, dataset, device, batch_size: int = 256,
+                    preprocess: Optional[Callable] = None) -> Iterator[tuple]:
+    """:func:`batch_outputs` of a dataset of ``(input, label[, task label])`` items, unaugmented
+    (``dataset.eval()``)."""
+    return batch_outputs(model, _tuple_batches(dataset, device, batch_size), preprocess)

@@ -13,10 +13,11 @@ from .buffer import BalancedBuffer, ReplayBatch
 from .distributed import (broadcast_buffer, check_divisible, check_same_settings, gather_rows, rank_and_world,
                           shard_rows, unwrap)
 from .features import FeatureHook, classifier_of, model_version
+from .minibatch import experience_classes, task_labels_of, write_minibatch
 from .sampling import effective_sample_size, normalized_entropy
 from .validation import check_buffer_keywords, check_positive_int
 
-__all__ = ["BalancedReplayPlugin", "ReplayStep"]
+__all__ = ["BalancedReplayPlugin", "ReplayStep", "experience_classes"]
 
 
 class ReplayStep(NamedTuple):
@@ -31,47 +32,6 @@ class ReplayStep(NamedTuple):
     num_current: int
     replay: Optional[ReplayBatch]
     features: torch.Tensor
-
-
-def experience_classes(experience, device) -> torch.Tensor:
-    """The classes of an experience: ``classes_in_this_experience`` when it has them (Avalanche's
-    class-incremental experiences), else the distinct targets of its dataset, else none."""
-    classes = getattr(experience, "classes_in_this_experience", None)
-    if classes is None:
-        targets = getattr(getattr(experience, "dataset", None), "targets", None)
-        classes = [] if targets is None else torch.unique(torch.as_tensor(list(targets))).tolist()
-    return torch.as_tensor(list(classes), dtype=torch.long, device=device)
-
-
-def _task_labels(strategy) -> torch.Tensor:
-    # A minibatch without task labels (two fields) is single-task: task 0.
-    try:
-        return strategy.mb_task_id
-    except (AssertionError, IndexError, KeyError):
-        return torch.zeros_like(strategy.mb_y)
-
-
-def set_minibatch(strategy, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
-    """Write the joint inputs, targets and task labels back where the strategy reads them.
-
-    The fields are found by identity (``strategy.mb_x`` is the object in the
-    minibatch), so tuple, list and dictionary minibatches all work; a tuple is
-    replaced by a list, as Avalanche's own plugins do."""
-    batch = strategy.mbatch
-    old = [strategy.mb_x, strategy.mb_y]
-    try:
-        old.append(strategy.mb_task_id)
-    except (AssertionError, IndexError, KeyError):
-        pass
-    if isinstance(batch, tuple):
-        batch = strategy.mbatch = list(batch)
-    keys = batch.keys() if isinstance(batch, dict) else range(len(batch))
-    for new, previous in zip((x, y, t), old):
-        key = next((k for k in keys if batch[k] is previous), None)
-        if key is None:
-            raise TypeError(f"cannot find the minibatch field the strategy reads ({type(batch).__name__} "
-                            f"minibatch); BalancedReplayPlugin needs mb_x and mb_y to be fields of mbatch")
-        batch[key] = new
 
 
 @contextlib.contextmanager
@@ -353,7 +313,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             # found once per model: walking its modules every iteration would be wasted work
             self._classifier, self._classifier_of = classifier_of(strategy.model), strategy.model
         self._hook = FeatureHook(strategy.model, layer=self._classifier)
-        x, y, t = strategy.mb_x, strategy.mb_y, _task_labels(strategy)
+        x, y, t = strategy.mb_x, strategy.mb_y, task_labels_of(strategy)
         self._current = (x, y, t)
         self._replay = self.draw() if len(self.buffer) > 0 else None
         if self._replay is not None:
@@ -362,7 +322,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             x = torch.cat([x, self._replay.inputs.to(x.dtype)])
             y = torch.cat([y, self._replay.labels])
             t = torch.cat([t, self._replay.task_labels])
-        set_minibatch(strategy, self.transform(x) if self.transform is not None else x, y, t)
+        write_minibatch(strategy, self.transform(x) if self.transform is not None else x, y, t)
 
     def after_forward(self, strategy, **kwargs):
         n = self._current[0].shape[0]
@@ -404,7 +364,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         if self.insertion_timing == "after_experience":
             with explain_non_finite(strategy, "insertion at the end of the experience"):
                 self.buffer.add_dataset(unwrap(strategy.model), strategy.experience.dataset, strategy.device,
-                                        preprocess=self.preprocess)
+                                        preprocess=self.preprocess, strategy=strategy)
         self.buffer.set_current_classes(None)  # the finished experience is past from now on
         with explain_non_finite(strategy, "values inserted online during the experience"):
             self.buffer.check_pending()

@@ -4,12 +4,13 @@ samples, insertion of an experience after training (``post_adapt``), and ``resiz
 from typing import Callable, Optional
 
 import torch
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute, _make_taskaware_tensor_classification_dataset
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 from .buffer_storage import STORAGE
 from .insertion import balanced_keep_mask
-from .model_passes import dataset_outputs
+from .minibatch import item_layout, strategy_batches
+from .model_passes import batch_outputs, dataset_outputs
 
 __all__ = ["StoragePolicyContract"]
 
@@ -17,12 +18,18 @@ __all__ = ["StoragePolicyContract"]
 class StoragePolicyContract(ExemplarsBuffer):
     """The ``ExemplarsBuffer`` methods, written over the buffer's own storage and ``add_data``."""
 
+    _item_layout = None  # dictionary items: the keys and types of the data inserted (minibatch.item_layout)
+
     @property
     def buffer(self):
-        """Avalanche dataset view (inputs, labels, task labels) of the stored samples."""
+        """Avalanche dataset view of the stored samples, in the layout of the data inserted:
+        ``(input, label, task label)`` tuples, or dictionaries with the same keys and types."""
         if self.size == 0:
             return super().buffer  # Avalanche's empty dataset
         n = self.size
+        if self._item_layout is not None:
+            return _DictView.dataset(self.examples[:n].cpu(), self.labels[:n].cpu(), self.task_labels[:n].cpu(),
+                                     self._item_layout)
         return _make_taskaware_tensor_classification_dataset(
             self.examples[:n].cpu(), self.labels[:n].cpu(),
             task_labels=self.task_labels[:n].cpu().tolist(), targets=self.labels[:n].cpu().tolist())
@@ -36,20 +43,30 @@ class StoragePolicyContract(ExemplarsBuffer):
         """Insert the experience's data after training, with logits and features from ``agent.model``
         (the path of Avalanche's ``ReplayPlugin(storage_policy=buffer)``), then refresh the
         prototypes and regroup."""
-        self.add_dataset(agent.model, exp.dataset, agent.device)
+        self.add_dataset(agent.model, exp.dataset, agent.device, strategy=agent)
         self.refresh_prototypes()
         self.regroup()
 
     @torch.no_grad()
     def add_dataset(self, model: torch.nn.Module, dataset, device, batch_size: int = 256,
-                    preprocess: Optional[Callable] = None) -> None:
+                    preprocess: Optional[Callable] = None, strategy=None) -> None:
         """Insert every sample of an Avalanche dataset, with logits and features from one
         eval-mode pass of ``model`` (restored to its mode afterwards).
 
         The stored inputs are the dataset's (``dataset.eval()``: no augmentation);
-        ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only.
+        ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only. With
+        ``strategy``, minibatches are collated by the dataset's ``collate_fn`` and read through
+        the strategy's ``mb_x`` / ``mb_y`` / ``mb_task_id`` (dictionary minibatches included);
+        without, items are ``(input, label[, task label])`` tuples.
         """
-        for x, y, t, logits, feats in dataset_outputs(model, dataset, device, batch_size, preprocess):
+        if strategy is None:
+            outputs = dataset_outputs(model, dataset, device, batch_size, preprocess)
+        else:
+            layout = item_layout(strategy, dataset)
+            if layout is not None:
+                self._item_layout = layout
+            outputs = batch_outputs(model, strategy_batches(strategy, dataset, batch_size), preprocess)
+        for x, y, t, logits, feats in outputs:
             self.add_data(x, y, logits, feats, task_labels=t)
 
     @torch.no_grad()
@@ -78,3 +95,35 @@ class StoragePolicyContract(ExemplarsBuffer):
             setattr(self, name, new)
         self.max_size, self.size = new_size, keep.shape[0]
         self.invalidate_caches()
+
+
+class _DictView(torch.utils.data.Dataset):
+    """Stored samples as dictionary items with the keys and value types of the data they came
+    from (inputs, targets, task labels), so that they collate with it (``ReplayDataLoader``)."""
+
+    def __init__(self, examples, labels, task_labels, layout):
+        self.examples, self.labels, self.task_labels, self.layout = examples, labels, task_labels, layout
+
+    def __len__(self):
+        return self.examples.shape[0]
+
+    def __getitem__(self, i):
+        item = {}
+        for name, values in (("x", self.examples), ("y", self.labels), ("t", self.task_labels)):
+            if self.layout[name] is not None:
+                key, is_tensor = self.layout[name]
+                item[key] = values[i] if is_tensor else values[i].item()
+        return item
+
+    @classmethod
+    def dataset(cls, examples, labels, task_labels, layout):
+        """The view as an ``AvalancheDataset`` with ``targets`` and ``targets_task_labels``."""
+        attributes = [DataAttribute(labels.tolist(), "targets"),
+                      DataAttribute(task_labels.tolist(), "targets_task_labels")]
+        return AvalancheDataset([cls(examples, labels, task_labels, layout)], data_attributes=attributes,
+                                collate_fn=_collate_dicts)
+
+
+def _collate_dicts(items):
+    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor)
+            else torch.tensor([it[k] for it in items]) for k in items[0]}

@@ -338,6 +338,9 @@ class GroupAgreementMetric(PluginMetric[Optional[float]]):
         if buffer is None or len(buffer) == 0:
             self._value = None
             return None
+        plugin = find_replay_plugin(strategy)
+        if callable(getattr(plugin, "fresh_groups", None)):
+            plugin.fresh_groups(strategy.model)  # a reader of the groups: brought up to date now, lazily
         classes, groups = buffer.class_groups()
         self._value = float(group_agreement(classes, groups, self.fine_to_coarse.to(classes.device)))
         return _value(self, strategy, self._value, add_experience=False, add_task=False)

@@ -220,7 +220,9 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self.insertion_timing = insertion_timing
         self.preprocess = preprocess
         self.refresh_features = refresh_features
-        self.group_metrics = bool(group_metrics)
+        if not isinstance(group_metrics, bool):
+            raise TypeError(f"group_metrics must be True or False, got {group_metrics!r}")
+        self.group_metrics = group_metrics
         self.verbose = verbose
         self._replay_size = batch_size_mem  # resolved against the strategy at each experience
         self._ess_sum: Optional[torch.Tensor] = None  # [sum of ESS, count] over this experience's regroups
@@ -230,6 +232,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self._new_classes = False  # this experience brings classes no earlier one had: regroup at its end
         self._regroup_requested = False  # a strategy asked for a regrouping at the end of this experience
         self._seen_classes: Optional[torch.Tensor] = None  # bool mask over the classes of past experiences
+        self._grouped_at: Optional[tuple] = None  # (buffer insertions, model version) at the latest regrouping
         self.replay_group_counts: Optional[torch.Tensor] = None  # groups replayed this experience
         self._hook: Optional[FeatureHook] = None  # on the model from before_forward to after_forward only
         self._classifier = self._classifier_of = None  # the hooked module, and the model it belongs to
@@ -250,6 +253,13 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         publishes them. Only then is the buffer ever regrouped (:meth:`regroup_due`); the
         defaults (uniform draws from class-balanced storage) make no pass over it at all."""
         return self.use_balanced_sampling or self.buffer.insertion == "group_balanced" or self.group_metrics
+
+    def fresh_groups(self, model) -> None:
+        """Bring the stored samples' features, prototypes and groups up to date for a reader
+        outside training (a metric, at evaluation): regroup, refreshing stored features, when
+        anything was inserted or the model changed since the latest regrouping; else nothing."""
+        if len(self.buffer) and self._grouped_at != (self.buffer.step, model_version(unwrap(model))):
+            self._regroup(model, force_refresh=True)
 
     def request_regroup(self) -> None:
         """Regroup (and refresh the stored features) at the end of this experience, whatever the
@@ -417,6 +427,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
             self.buffer.refresh_prototypes()
         self.buffer.regroup()
         self._groups_fresh = True
+        self._grouped_at = (self.buffer.step, model_version(model))
 
     def _note_classes(self, current: torch.Tensor) -> bool:
         """Add the experience's classes to those seen; True when any of them is new (one host read)."""

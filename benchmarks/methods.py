@@ -173,9 +173,11 @@ def _plugin(balanced: bool, timing: str = "after_experience", **options):
         kwargs = dict(dict(insertion="reservoir", replay_order="independent"), **options)
         if kwargs.get("grouping") == "fixed":  # the oracle: the true superclasses as groups
             kwargs["class_to_group"] = s.fine_to_coarse
+        # group_metrics: the comparison records the groups of every row; regrouping changes nothing
+        # that uniform draws from class or reservoir storage use (tests/test_plugin.py).
         replay = BalancedReplayPlugin(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem,
                                       use_balanced_sampling=balanced, seed=s.seed, insertion_timing=timing,
-                                      **kwargs)
+                                      group_metrics=True, **kwargs)
         return Naive(model=model, **_common(s, evaluator, _sgd(model, s), [replay]))
     build.distributed = True  # BalancedReplayPlugin draws one global batch and keeps this rank's slice
     return build

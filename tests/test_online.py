@@ -198,3 +198,100 @@ def test_a_strategy_whose_minibatch_hides_mb_x_gets_a_clear_error():
                       plugins=[BalancedReplayPlugin(mem_size=50)], evaluator=EvaluationPlugin(loggers=[]))
     with pytest.raises(TypeError, match="reads as mb_x in its dict minibatch"):
         strategy.train(next(iter(dict_benchmark().train_stream)))
+
+
+# ------------------------------------------------------------------ SARL-GELU online
+@pytest.mark.parametrize("boundaries", [False, True])
+def test_sarl_online_runs_its_end_of_task_steps_when_new_classes_arrive(boundaries):
+    """Online, a SARL task is the run of mini-experiences from one that brings new classes to the
+    next: the teacher, the BatchNorm pass and the finished task's prototypes come then, once per
+    task, not once per mini-experience; the optimiser is not reset within a task."""
+    from avalanche_balanced import SARLGelu
+
+    bm = blobs_benchmark(C, D, n_per_class=16, n_experiences=3)
+    torch.manual_seed(0)
+    model = mlp()
+    strategy = SARLGelu(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), mem_size=24,
+                        batch_size_mem=8, train_mb_size=8, train_epochs=1, warmup_epochs=0, teacher_ratio=None,
+                        evaluator=EvaluationPlugin(loggers=[]))
+    teachers, valid = [], []
+    original = strategy._update_teacher
+    strategy._update_teacher = lambda m: (teachers.append(strategy.clock.train_exp_counter), original(m))[1]
+    for experience in bm.train_stream:
+        minis = online_experiences(bm, experience, "split_online_stream", boundaries)
+        for mini in minis:
+            strategy.train(mini)
+        valid.append(int(strategy.prototypes.valid.sum()))
+        assert strategy.task_id == experience.current_experience
+    # 4 mini-experiences of 8 per experience: the teacher is taken when experiences 1 and 2 begin.
+    assert teachers == [4, 8]
+    assert valid == [0, 2, 4]  # the finished tasks' classes have prototypes
+    assert strategy.old_model is not None and strategy.past_warmup
+    assert {"distill", "semantic", "prototype"} <= set(strategy.loss_terms)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sarl_online_refuses_a_per_task_lr_schedule():
+    from avalanche_balanced import SARLGelu
+
+    bm = blobs_benchmark(C, D, n_per_class=16, n_experiences=3)
+    model = mlp()
+    strategy = SARLGelu(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), mem_size=24,
+                        batch_size_mem=8, train_mb_size=8, train_epochs=1, lr_steps=[3],
+                        evaluator=EvaluationPlugin(loggers=[]))
+    with pytest.raises(ValueError, match="lr_steps.*online"):
+        strategy.train(online_experiences(bm, bm.train_stream[0], "scenario", False)[0])
+
+
+# ------------------------------------------------------------------ readers ask; bad input
+def test_a_group_metric_brings_the_groups_up_to_date_when_it_reads_them():
+    """The defaults never regroup during training; the group agreement metric, a reader, asks the
+    plugin at evaluation, which then regroups from fresh features (once per change)."""
+    from avalanche_balanced.metrics import GroupAgreementMetric
+
+    bm = blobs_benchmark(C, D, n_per_class=16, n_experiences=2)
+    plugin = BalancedReplayPlugin(mem_size=24, batch_size_mem=8)
+    regroups = []
+    original = plugin.buffer.regroup
+    plugin.buffer.regroup = lambda *a, **k: (regroups.append(1), original(*a, **k))[1]
+    model = mlp()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=8,
+                     train_epochs=1, plugins=[plugin],
+                     evaluator=EvaluationPlugin(GroupAgreementMetric(torch.arange(C) // 2), loggers=[]))
+    for experience in bm.train_stream:
+        strategy.train(experience)
+    assert regroups == []  # nothing read the groups during training
+    strategy.eval(bm.test_stream)
+    strategy.eval(bm.test_stream)  # nothing changed since: no second regrouping
+    assert regroups == [1]
+    with torch.no_grad():
+        model.eval()
+        fresh = model[:-1](plugin.buffer.examples[: len(plugin.buffer)])
+    torch.testing.assert_close(plugin.buffer.stored_features, fresh)
+
+
+def test_experiences_larger_than_the_buffer_and_fewer_slots_than_classes():
+    """Documented behaviour: an experience larger than the buffer leaves a class-balanced subset of
+    it (nothing of the past lost beyond what balance requires); with fewer slots than classes,
+    each slot holds a different class."""
+    bm = blobs_benchmark(C, D, n_per_class=16, n_experiences=2)
+    for mem_size, expect in ((10, None), (4, 4)):
+        plugin = BalancedReplayPlugin(mem_size=mem_size, batch_size_mem=8)
+        strategy = make(OnlineNaive, plugin)
+        for experience in bm.train_stream:
+            strategy.train(experience)  # whole experiences of 48, more than the buffer holds
+        labels = plugin.buffer.stored_labels
+        counts = torch.bincount(labels, minlength=C)
+        assert len(plugin.buffer) == mem_size
+        if expect is None:  # 10 slots over 6 classes: 2 or 1 each, every class kept
+            assert int(counts.min()) >= 1 and int(counts.max()) <= 2
+        else:  # 4 slots, 6 classes: 4 distinct classes
+            assert int((counts > 0).sum()) == 4 and int(counts.max()) == 1
+
+
+def test_new_arguments_are_checked():
+    with pytest.raises(TypeError, match="group_metrics"):
+        BalancedReplayPlugin(mem_size=10, group_metrics="yes")
+    from avalanche_balanced import SARLGelu
+    with pytest.raises(ValueError, match="online_warmup_iterations"):
+        SARLGelu(model=mlp(), optimizer=torch.optim.SGD(mlp().parameters(), lr=0.1), online_warmup_iterations=-1)

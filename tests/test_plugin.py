@@ -318,6 +318,7 @@ def test_buffer_is_regrouped_within_an_experience_only_when_training_reads_the_g
                                   **config)
     assert plugin.reads_groups == regrouped_within
     refreshes, checks = CallCounter(plugin, "refresh_features"), CallCounter(plugin, "check_pending")
+    regroups = CallCounter(plugin, "regroup")
     model = mlp()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
                      train_epochs=1, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]))
@@ -326,9 +327,12 @@ def test_buffer_is_regrouped_within_an_experience_only_when_training_reads_the_g
     assert n == 5
     # The deferred checks of online insertion keep their interval whatever the draws read.
     assert sorted(set(checks.at)) == [2, 4, 5]
-    # Every stored feature is refreshed every 2 iterations only when something reads the groups;
-    # always once at the end of the experience (the group metrics are published then).
-    assert refreshes.at == ([2, 4, 5] if regrouped_within else [5])
+    # Regrouped every 2 iterations and at the end of the experience (its classes are new) only
+    # when something reads the groups; never otherwise. Every stored feature is recomputed at a
+    # scheduled regrouping once as many samples were trained since the latest refresh as are
+    # stored (32 >= 32 at iteration 2; 32 < 40 at 4), and at the new classes' regrouping.
+    assert sorted(set(regroups.at)) == ([2, 4, 5] if regrouped_within else [])
+    assert refreshes.at == ([2, 5] if regrouped_within else [])
 
 
 def test_skipping_the_regroupings_changes_nothing_uniform_draws_use():

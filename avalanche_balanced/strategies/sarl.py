@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.plugins import LRSchedulerPlugin
@@ -22,6 +23,8 @@ from ..buffer import BalancedBuffer
 from ..distributed import gather_rows, unwrap
 from ..features import eval_mode, forward_with_features, frozen_copy
 from ..guards import TrainingGuardPlugin
+from ..minibatch import experience_classes
+from ..model_passes import stored_features
 from ..plugin import BalancedReplayPlugin
 from ..semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from ..transforms import BatchTransformPlugin
@@ -204,6 +207,7 @@ class SARLGelu(SupervisedTemplate):
         sim_thresh: float = 0.8,
         sim_lr: float = 0.001,
         warmup_epochs: int = 5,
+        online_warmup_iterations: int = 0,
         clip_grad_norm: Optional[float] = CLIP_GRAD_NORM,
         ramp_iterations: int = RAMP_ITERATIONS,
         teacher_ratio: Optional[float] = 0.5,
@@ -242,6 +246,16 @@ class SARLGelu(SupervisedTemplate):
         self.num_classes, self.num_feats = head.out_features, head.in_features
         self.alpha, self.beta, self.op_weight, self.sm_weight = alpha, beta, op_weight, sm_weight
         self.warmup_epochs, self.ramp_iterations, self.teacher_ratio = warmup_epochs, ramp_iterations, teacher_ratio
+        if not isinstance(online_warmup_iterations, int) or online_warmup_iterations < 0:
+            raise ValueError(f"online_warmup_iterations must be an int >= 0, got {online_warmup_iterations!r}")
+        self.online_warmup_iterations = online_warmup_iterations
+        self.lr_steps = list(lr_steps) if lr_steps else None
+        # Online streams (see _begin_online_experience): the task being trained, its classes,
+        # its training iterations so far, and every class trained before.
+        self._online_task, self._task_iterations = -1, 0
+        self._task_classes: Optional[Tensor] = None
+        self._seen_classes: Optional[Tensor] = None
+        self._new_online_task = self._is_online = False
         self.guard = TrainingGuardPlugin(clip_grad_norm=clip_grad_norm)
         self.teacher_accuracy: Optional[float] = None  # the teacher in place, on the buffer when it was set
         self.rejected_teachers: List[int] = []  # experiences whose end-of-experience model was rejected
@@ -279,17 +293,25 @@ class SARLGelu(SupervisedTemplate):
 
     # ------------------------------------------------------------------ state
     @property
+    def online(self) -> bool:
+        """Whether the latest training experience is a mini-experience of an online stream."""
+        return self._is_online
+
+    @property
     def task_id(self) -> int:
-        """Index of the current training experience (SARL's ``current_task``)."""
-        return self.clock.train_exp_counter
+        """Index of the current task (SARL's ``current_task``): the training experience, or on an
+        online stream the run of mini-experiences since the latest new classes."""
+        return self._online_task if self.online else self.clock.train_exp_counter
 
     @property
     def past_warmup(self) -> bool:
+        if self.online:  # epochs do not exist in a single pass: the warm-up counts iterations
+            return self.task_id > 0 and self._task_iterations >= self.online_warmup_iterations
         return self.task_id > 0 and self.clock.train_exp_epochs > self.warmup_epochs
 
     def make_optimizer(self, **kwargs):
-        # SARL resets the optimiser at every task.
-        kwargs["reset_optimizer_state"] = True
+        # SARL resets the optimiser at every task (online: at the first mini-experience of a task).
+        kwargs["reset_optimizer_state"] = not self.online or self._new_online_task
         super().make_optimizer(**kwargs)
 
     # ------------------------------------------------------------------- loss
@@ -320,8 +342,47 @@ class SARLGelu(SupervisedTemplate):
 
     # ------------------------------------------------------------------ hooks
     def _before_training_exp(self, **kwargs):
-        self._past_warmup_iterations = 0
+        self._is_online = isinstance(self.experience, OnlineCLExperience)
+        if self.online:
+            self._begin_online_experience()
+        else:
+            self._past_warmup_iterations = 0
         super()._before_training_exp(**kwargs)
+
+    def _begin_online_experience(self):
+        """The online rule for SARL's task boundaries: a task begins with the first mini-experience
+        that brings a class never trained before, and lasts until the next such one. SARL's
+        end-of-task steps for the finished task (teacher copy, BatchNorm pass over the buffer,
+        prototypes) run then, before the new task's first step; the finished task's prototypes
+        come from its classes' stored samples, the only part of its data still at hand."""
+        if self.lr_steps:
+            raise ValueError("SARLGelu: lr_steps (a MultiStepLR re-created per task, in epochs) cannot follow an "
+                             "online stream's mini-experiences; pass lr_steps=None for online training")
+        classes = experience_classes(self.experience, self.device)
+        width = max(int(classes.max()) + 1 if classes.numel() else 0, self.num_classes)
+        current = torch.zeros(width, dtype=torch.bool, device=self.device)
+        current[classes] = True
+        seen = self._seen_classes if self._seen_classes is not None else torch.zeros_like(current)
+        self._new_online_task = bool((current & ~seen).any())
+        if self._new_online_task:
+            if self._online_task >= 0:
+                self._end_online_task()
+            self._online_task += 1
+            self._task_iterations = self._past_warmup_iterations = 0
+            self._task_classes = torch.zeros_like(current)
+        self._task_classes |= current
+        self._seen_classes = seen | current
+
+    def _end_online_task(self):
+        self._update_teacher(frozen_copy(unwrap(self.model)))
+        self._refresh_batchnorm_on_buffer()
+        labels = self.buffer.stored_labels
+        mine = self._task_classes[labels]
+        if bool(mine.any()):
+            feats = stored_features(unwrap(self.model), self.buffer.examples[: len(self.buffer)][mine],
+                                    self.buffer.task_labels[: len(self.buffer)][mine], self.eval_transform)
+            self.prototypes.set_from_features(feats, labels[mine])
+        self.replay.request_regroup()
 
     def _before_training_epoch(self, **kwargs):
         self._epoch_terms, self._epoch_iterations = {}, 0
@@ -337,14 +398,17 @@ class SARLGelu(SupervisedTemplate):
         for name, value in self.loss_terms.items():
             self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value
         self._epoch_iterations += 1
+        self._task_iterations += 1
         if self.past_warmup:
             self._past_warmup_iterations += 1
         super()._after_training_iteration(**kwargs)
 
     def _after_training_exp(self, **kwargs):
-        self._update_teacher(frozen_copy(unwrap(self.model)))  # the plain module, without the plugins' hooks
-        self._refresh_batchnorm_on_buffer()
-        self._set_prototypes_of_experience()
+        if not self.online:  # online, the end-of-task steps run when the next task begins
+            self._update_teacher(frozen_copy(unwrap(self.model)))  # the plain module, without the plugins' hooks
+            self._refresh_batchnorm_on_buffer()
+            self._set_prototypes_of_experience()
+            self.replay.request_regroup()
         super()._after_training_exp(**kwargs)  # the replay plugin regroups with the new prototypes
 
     def _update_teacher(self, candidate: nn.Module) -> None:

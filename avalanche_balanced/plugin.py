@@ -88,20 +88,21 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     is gathered from every rank and applied everywhere, and rank 0's buffer is broadcast at
     the end of each experience.
 
-    At the end of each experience, and every ``regroup_every`` iterations when
-    training reads the groups (:attr:`reads_groups`: semantic draws or group-balanced
-    storage), the whole buffer's features are recomputed in one no-grad eval-mode pass
-    (``refresh_features``, with ``preprocess``), the class prototypes from
-    them, and the samples regrouped. During an experience the buffer knows its
-    classes, so their stored samples keep a uniform share of balanced replay.
-    At the end of each experience the plugin publishes to the strategy's
-    evaluator (hence to TensorBoard): the number of groups, the group sizes and
-    the replay weights (each sample's draw probability times the buffer size,
-    1 = uniform; histograms), the share of replayed samples that
-    belong to the current experience's classes (``current_share``; 0 with
-    ``"after_experience"`` timing), and the Kish effective sample size of the
-    replay distribution as a fraction of the buffer, averaged over the
-    experience's regroupings (``effective_sample_size``; 1 for uniform draws).
+    Only when something reads the groups (:attr:`reads_groups`: semantic draws, group-balanced
+    storage, ``group_metrics``) is the buffer regrouped: every ``regroup_every`` training
+    iterations, and at the end of an experience that brought new classes (or when a strategy
+    asks, :meth:`request_regroup`); the stored features are recomputed in a no-grad eval-mode
+    pass (``refresh_features``, with ``preprocess``) at most once per buffer's worth of trained
+    samples, and at new classes; metrics that read the groups at evaluation call
+    :meth:`fresh_groups`. Nothing is scheduled per experience, so an online stream's
+    mini-experiences cost what they train (costs per hook: ``docs/design.md``). During an
+    experience the buffer knows its classes, so their stored samples keep a uniform share of
+    balanced replay. At the end of each experience the plugin publishes to the strategy's
+    evaluator (hence to TensorBoard) the share of replayed samples that belong to the current
+    experience's classes (``current_share``; 0 with ``"after_experience"`` timing) and the Kish
+    effective sample size of the replay distribution as a fraction of the buffer
+    (``effective_sample_size``; 1 for uniform draws); when a regrouping ran in the experience,
+    also the number of groups and the histograms of group sizes and replay weights.
     The balance of the groups replayed during the experience
     (:meth:`replay_group_entropy`) is published by
     :class:`~avalanche_balanced.metrics.ReplayGroupEntropyMetric`.
@@ -152,9 +153,9 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         grouping: one of ``GROUPINGS`` (see :class:`BalancedBuffer`).
         transform: batched callable applied to the joint input batch, or None
             when the dataset already augments each sample.
-        regroup_every: iterations between regroupings when training reads the groups
-            (None: per experience only); with uniform draws from class or reservoir storage
-            only the deferred checks of online insertion run at this interval.
+        regroup_every: iterations between regroupings when something reads the groups
+            (None: at new classes only); with nothing reading them only the deferred checks
+            of online insertion run at this interval.
         refresh_prototypes: recompute the buffer's class prototypes from its
             features before regrouping. A strategy that owns the prototypes
             (SARL sets them once per task) passes False.
@@ -166,6 +167,9 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         refresh_features: recompute all stored features at every regrouping
             (True), or overwrite only the replayed samples' features with their
             train-mode, augmented ones (False, the earlier design).
+        group_metrics: publish the groups (number, sizes, replay weights) every experience in
+            which they were regrouped; makes the plugin a reader of the groups (regrouped
+            every ``regroup_every`` iterations). False (default): no regrouping for them.
         verbose: print a one-line replay summary per experience (groups, Kish
             effective sample size, current share); histograms go to the evaluator.
     """

@@ -86,7 +86,7 @@ def accuracy_of(results: dict, experience: int) -> float:
     return results[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{experience:03d}"]
 
 
-def run(method: str, seed: int, args) -> dict:
+def run(method: str, seed: int, args, partial=None) -> dict:
     torch.set_num_threads(args.threads)
     benchmark = build_benchmark(seed)
     seed_everything(seed)  # after the benchmark, which must not fix the run's initial weights
@@ -108,6 +108,10 @@ def run(method: str, seed: int, args) -> dict:
         eval_seconds += time.perf_counter() - start
         print(f"{method} seed {seed} experience {t}: {train_seconds[-1]:.1f} s for {len(stream)} "
               f"mini-experiences, accuracy {100 * just_after[-1]:.2f}", flush=True)
+        if partial is not None:  # progress of an unfinished run: its times so far, for the record
+            partial.write_text(json.dumps({"method": method, "seed": seed, "train_seconds": train_seconds,
+                                           "mini_experiences": mini_experiences,
+                                           "accuracy_just_after": just_after}, indent=1))
     start = time.perf_counter()
     final = strategy.eval(benchmark.test_stream[:n_train])
     eval_seconds += time.perf_counter() - start
@@ -150,7 +154,9 @@ def main(argv=None):
             if path.exists():
                 print(f"{path} exists: skipped")
                 continue
-            result = run(method, seed, args)
+            partial = args.out / f"{method}_seed{seed}.partial.json"
+            result = run(method, seed, args, partial)
+            partial.unlink(missing_ok=True)
             result["command"] = "python benchmarks/online.py " + " ".join(argv if argv is not None else sys.argv[1:])
             result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                               text=True).stdout.strip()

@@ -249,7 +249,7 @@ def preserved_global_rng():
 
 
 def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = None,
-                   seed: Optional[int] = 0, class_order: Optional[Sequence[int]] = None,
+                   seed: Optional[int] = 0, class_order: Union[Sequence[int], str, None] = None,
                    per_class: Optional[int] = None, return_task_id: bool = False,
                    download: bool = False, test_per_class: Optional[int] = None,
                    validation_per_class: Optional[int] = None,
@@ -258,7 +258,8 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
     """Class-incremental Split CIFAR-100, built with Avalanche's ``nc_benchmark``.
 
     The class order follows Avalanche's ``SplitCIFAR100``: ``class_order`` (a permutation of
-    0..99) is used as given, otherwise it is drawn from ``seed``. Original class ids are kept.
+    0..99, or ``"natural"`` for 0..99 as SARL's authors train) is used as given, otherwise it is
+    drawn from ``seed``. Original class ids are kept.
     ``seed`` is the *benchmark's* seed (class order, training subset, validation and test
     subsets) and nothing else: unlike ``nc_benchmark``, this function leaves torch's global
     RNG as it found it, so a run seeded before or after building the benchmark keeps its own
@@ -322,6 +323,11 @@ def split_cifar100(n_experiences: int = 5, *, root: Union[str, Path, None] = Non
                              f"exceeds the {TRAIN_PER_CLASS} training images per class")
     if imbalance_ratio is not None:
         long_tail_counts(range(N_FINE), 1, imbalance_ratio, imbalance_order)  # argument checks
+    if isinstance(class_order, str):
+        if class_order != "natural":
+            raise ValueError(f"class_order must be a permutation of 0..{N_FINE - 1} or \"natural\", "
+                             f"got {class_order!r}")
+        class_order = range(N_FINE)  # 0..99, the order SARL's authors train in
     if class_order is not None:
         order = torch.as_tensor(list(class_order))
         if order.dtype.is_floating_point or order.ndim != 1 or order.numel() != N_FINE \

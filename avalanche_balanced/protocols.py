@@ -6,7 +6,7 @@ training images per class, 3 epochs, buffer 500); ``paper`` is SARL's setting
 Sarfraz et al., ICLR 2025, and ``shared/design/SARL.md``), for a GPU; ``tiny`` is the
 comparison's synthetic smoke setting for tests.
 """
-__all__ = ["PROTOCOLS"]
+__all__ = ["PROTOCOLS", "sarl_alpha_for"]
 
 PROTOCOLS = {
     # Evaluations before the last one use 20 test images per class (eval_per_class);
@@ -29,3 +29,9 @@ PROTOCOLS = {
 batch sizes, SARL's warm-up epochs and replay-logit weight ``sarl_alpha``, default seeds, test
 images per class for intermediate evaluations (None: all), held-out images per class for
 learning-rate selection."""
+
+
+def sarl_alpha_for(buffer_size: int, default: float = 0.2) -> float:
+    """SARL's replay-logit weight for a buffer size: 0.5 up to 200 slots, else ``default`` (0.2 at
+    500; the authors' seq-cifar100 settings, ``shared/design/SARL.md``)."""
+    return 0.5 if buffer_size <= 200 else default

@@ -67,7 +67,7 @@ from avalanche_balanced.distributed import free_port, init_distributed, rank_and
 from avalanche_balanced.experiment import accuracy_matrix, build_evaluator, final_results, seed_everything
 from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_tail_counts
 from avalanche_balanced.metrics import semantic_metrics
-from avalanche_balanced.protocols import PROTOCOLS
+from avalanche_balanced.protocols import PROTOCOLS, sarl_alpha_for
 from avalanche_balanced.superclass_skew import SKEW_BUCKETS, SuperclassSkewAccuracy, skewed_classes
 from methods import CORE, LR_FROM, METHODS, Setting  # benchmarks/ is on the path of a script run from it
 from reporting import markdown_lr_selection, write_outputs
@@ -184,10 +184,12 @@ def run_setting(protocol, bm, seed, args, lr=None) -> Setting:
     device = torch.device(args.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    mem_size = args.buffer_size or p["mem_size"]
     return Setting(num_classes=len(bm.fine_to_coarse), nf=p["nf"], epochs=p["epochs"],
-                   lr=p["lr"] if lr is None else lr, mem_size=args.buffer_size or p["mem_size"],
+                   lr=p["lr"] if lr is None else lr, mem_size=mem_size,
                    batch_size=p["batch_size"], batch_size_mem=p["batch_size_mem"],
-                   warmup_epochs=p["warmup_epochs"], sarl_alpha=p["sarl_alpha"], fine_to_coarse=bm.fine_to_coarse,
+                   warmup_epochs=p["warmup_epochs"], sarl_alpha=sarl_alpha_for(mem_size, p["sarl_alpha"]),
+                   fine_to_coarse=bm.fine_to_coarse,
                    seed=seed, device=device, lr_steps=p["lr_steps"],
                    guards=getattr(args, "guards", "on") == "on", compile=getattr(args, "compile", False),
                    ramp_iterations=getattr(args, "ramp_iterations", None), world_size=world)

@@ -41,7 +41,7 @@ from avalanche_balanced.guards import NonFiniteLossError
 from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.precision import MixedPrecisionPlugin
-from avalanche_balanced.protocols import PROTOCOLS
+from avalanche_balanced.protocols import PROTOCOLS, sarl_alpha_for
 from avalanche_balanced.strategies import SARLGelu
 from avalanche_balanced.strategies.sarl import CLIP_GRAD_NORM, RAMP_ITERATIONS
 from avalanche_balanced.distributed import DataParallelPlugin, init_distributed, rank_and_world
@@ -112,8 +112,8 @@ def parse_args(argv=None):
                         "logs and writes (see docs/distributed.md)")
     args = p.parse_args(argv)
     defaults = protocol_defaults(args.protocol)
-    if args.buffer_size is not None and args.buffer_size <= 200:
-        defaults["alpha"] = 0.5  # SARL's weight for the small buffer
+    if args.buffer_size is not None:  # SARL's replay-logit weight follows the buffer size
+        defaults["alpha"] = sarl_alpha_for(args.buffer_size, defaults["alpha"])
     for key, value in defaults.items():  # protocol values fill unset flags
         if getattr(args, key, None) is None:
             setattr(args, key, value)

@@ -309,6 +309,14 @@ def test_split_fixed_class_order_is_honoured(npz_cifar_dir):
         assert len(exp.dataset) == 20
 
 
+def test_split_natural_class_order_is_0_to_99(npz_cifar_dir):
+    """SARL's authors train in the natural order 0..99, whatever the seed."""
+    for seed in (0, 5):
+        bench = split_cifar100(5, root=npz_cifar_dir, class_order="natural", per_class=2, seed=seed)
+        assert list(bench.classes_order) == list(range(100))
+        assert sorted(bench.train_stream[0].classes_in_this_experience) == list(range(20))
+
+
 def test_split_per_class_larger_than_data(npz_cifar_dir):
     with pytest.raises(ValueError, match="only 3"):
         split_cifar100(root=npz_cifar_dir, per_class=4)
@@ -398,6 +406,7 @@ def test_with_test_subset_rejects_bad_per_class(per_class, error):
     {"n_experiences": True}, {"per_class": 0}, {"per_class": 501}, {"per_class": 2.5},
     {"class_order": list(range(99))}, {"class_order": [0] * 100},
     {"class_order": list(range(1, 101))}, {"class_order": [float(c) for c in range(100)]},
+    {"class_order": "shuffled"},
 ])
 def test_split_rejects_bad_arguments_before_loading(tmp_path, kwargs):
     # root does not exist: a ValueError proves validation runs before any file access.

@@ -279,3 +279,39 @@ def test_runs_on_avalanches_own_split_cifar100(cifar_root, monkeypatch):
     seen = set(bm.train_stream[0].classes_in_this_experience) | set(bm.train_stream[1].classes_in_this_experience)
     assert set(s.buffer.labels[: len(s.buffer)].tolist()) <= seen
     assert s.prototypes.valid.sum() == 40
+
+
+def test_semantic_term_stays_bounded_when_every_weight_nears_one():
+    """With every pair weighted 0.999, SARL's ratio pos / neg was 999 per new class (9,990 over
+    ten): unbounded. The term is pos / (pos + neg) per new class, in [0, 1]."""
+    from avalanche_balanced.semantic import ClassPrototypes
+    from avalanche_balanced.strategies.sarl import semantic_contrastive
+
+    torch.manual_seed(0)
+    prototypes = ClassPrototypes(20, 8)
+    prototypes.set_from_features(torch.randn(100, 8), torch.arange(10).repeat(10))  # classes 0-9 old
+    features, labels = torch.randn(40, 8), torch.arange(10, 20).repeat(4)  # ten new classes
+
+    def constant(w):
+        return lambda a, b: torch.full(a.shape[:-1], w)
+
+    near_one = semantic_contrastive(features, labels, prototypes, constant(0.999))
+    half = semantic_contrastive(features, labels, prototypes, constant(0.5))
+    assert 0 < float(near_one) <= 10 and float(near_one) == pytest.approx(9.99, rel=1e-4)
+    assert float(half) == pytest.approx(5.0, rel=1e-4)  # 0.5 / (0.5 + 0.5) per new class
+
+
+def test_alpha_follows_the_buffer_size_in_the_harness():
+    """compare.py kept alpha 0.2 with --buffer_size 200; SARL uses 0.5 there and 0.2 at 500."""
+    import argparse
+    import compare
+    from avalanche_balanced.protocols import sarl_alpha_for
+
+    assert sarl_alpha_for(200) == 0.5 and sarl_alpha_for(500) == 0.2
+
+    class Bench:
+        fine_to_coarse = torch.arange(100) // 5
+
+    for size, alpha in ((200, 0.5), (500, 0.2), (None, 0.2)):
+        args = argparse.Namespace(buffer_size=size, device="cpu")
+        assert compare.run_setting("quick", Bench(), 0, args).sarl_alpha == alpha

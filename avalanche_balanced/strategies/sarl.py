@@ -89,9 +89,11 @@ def semantic_contrastive(features: Tensor, labels: Tensor, prototypes: ClassProt
     New classes (no frozen prototype yet) take the batch mean of their
     normalised features; old classes their frozen prototype. For each new class
     ``c`` and every other class ``k``: ``d = MSE(p_c, p_k)`` and
-    ``w = similarity(p_c, p_k)`` (detached), and the term is
-    ``sum_k(w * d) / sum_k((1 - w) * d)``: pull toward similar classes, push away
-    from the rest. Gradients reach the new classes' batch prototypes only.
+    ``w = similarity(p_c, p_k)`` (detached), ``pos = sum_k(w * d)``, ``neg = sum_k((1 - w) * d)``,
+    and the term is ``pos / (pos + neg)``: pull toward similar classes, push away from the rest.
+    SARL's ratio ``pos / neg`` is unbounded when every weight nears 1 (``neg`` near 0: 9,990 at
+    weights 0.999 over 10 classes); ``pos / (pos + neg)`` is the same ratio mapped monotonically
+    into [0, 1] (``r / (1 + r)``). Gradients reach the new classes' batch prototypes only.
     """
     means, counts = ClassPrototypes.class_means(features, labels, prototypes.num_classes)
     new = (counts > 0) & ~prototypes.valid
@@ -111,7 +113,7 @@ def semantic_contrastive(features: Tensor, labels: Tensor, prototypes: ClassProt
     pos = (w * d * pair).sum(1)
     neg = ((1 - w) * d * pair).sum(1)
     # SARL's term needs a new class and another available class; otherwise it is 0.
-    return torch.where(row_ok, pos / neg.clamp_min(eps), torch.zeros_like(pos)).sum()
+    return torch.where(row_ok, pos / (pos + neg).clamp_min(eps), torch.zeros_like(pos)).sum()
 
 
 class _SarlEpochEvents(SupervisedPlugin, supports_distributed=True):

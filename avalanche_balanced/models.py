@@ -1,16 +1,44 @@
-"""CIFAR ResNet-18 with GELU activations.
+"""CIFAR ResNet-18 with GELU activations (SARL-GELU), or with SARL's sparse k-WTA activations.
 
 The layout is Avalanche's ``SlimResNet18`` / the usual CIFAR ResNet: a stride-1 3x3 stem
 without max-pool (32x32 inputs are too small to downsample early), four stages of two
 BasicBlocks with widths nf, 2nf, 4nf, 8nf, global average pooling and a final ``linear``.
-Every activation is GELU instead of ReLU.
+:func:`gelu_resnet18`: every activation is GELU. :func:`sparse_resnet18`: the activations of
+SARL's backbone (the authors' ``backbone/SparseResNet18.py``): ReLU after the stem, and
+k-winners-take-all (:class:`KWinnersTakeAll`) in place of both activations of every block.
 """
-from typing import Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GeluBasicBlock", "GeluResNet", "gelu_resnet18"]
+__all__ = ["KWinnersTakeAll", "GeluBasicBlock", "GeluResNet", "gelu_resnet18", "sparse_resnet18"]
+
+
+class KWinnersTakeAll(nn.Module):
+    """ReLU, then k-winners-take-all across the channels at every location (SARL's activation).
+
+    At each spatial position of each sample the ``k = round(percent_on * channels)`` largest
+    channel values are kept and the others set to 0; values below 0 are set to 0 as well
+    (the ReLU; the authors' ``KWinners2d(local=True, relu=True)`` with no boosting). The same
+    ``k`` in training and evaluation. Ties at the threshold are all kept.
+    """
+
+    def __init__(self, percent_on: float = 0.9):
+        super().__init__()
+        if not isinstance(percent_on, (int, float)) or not 0 < percent_on <= 1:
+            raise ValueError(f"percent_on must be in (0, 1], got {percent_on!r}")
+        self.percent_on = float(percent_on)
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels = x.shape[1]
+        k = max(1, int(round(channels * self.percent_on)))
+        # The k-th largest value per location is the (channels - k + 1)-th smallest.
+        threshold = x.kthvalue(channels - k + 1, dim=1, keepdim=True).values.clamp_min(0)
+        return x.masked_fill(x < threshold, 0)
+
+    def extra_repr(self) -> str:
+        return f"percent_on={self.percent_on}"
 
 
 def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -19,16 +47,18 @@ def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class GeluBasicBlock(nn.Module):
-    """conv-BN-GELU-conv-BN plus a (projected if needed) shortcut, then GELU."""
+    """conv-BN-act-conv-BN plus a (projected if needed) shortcut, then act; act is GELU unless
+    ``activation`` (a factory of modules) says otherwise."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 activation: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = nn.GELU()
+        self.act1 = activation()
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.act2 = nn.GELU()
+        self.act2 = activation()
         self.shortcut = nn.Identity()
         if stride != 1 or in_planes != planes:
             # 1x1 projection so the identity path matches the new width and resolution.
@@ -44,7 +74,9 @@ class GeluBasicBlock(nn.Module):
 
 
 class GeluResNet(nn.Module):
-    """CIFAR ResNet with GELU activations and four stages of ``GeluBasicBlock``.
+    """CIFAR ResNet with four stages of ``GeluBasicBlock``: GELU activations unless
+    ``activation`` (the blocks') and ``stem_activation`` (after the stem; default: the blocks')
+    say otherwise.
 
     ``forward(x)`` gives logits; ``forward(x, return_features=True)`` gives
     ``(logits, features)`` from the same pass, where ``features`` are the pooled
@@ -52,7 +84,8 @@ class GeluResNet(nn.Module):
     """
 
     def __init__(self, num_blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 100,
-                 nf: int = 64):
+                 nf: int = 64, activation: Callable[[], nn.Module] = nn.GELU,
+                 stem_activation: Optional[Callable[[], nn.Module]] = None):
         super().__init__()
         if len(num_blocks) != 4 or any(int(n) < 1 for n in num_blocks):
             raise ValueError(f"num_blocks must be 4 positive block counts, got {num_blocks!r}")
@@ -62,7 +95,7 @@ class GeluResNet(nn.Module):
             raise ValueError(f"nf (base width) must be >= 1, got {nf}")
         self.conv1 = _conv3x3(3, nf)
         self.bn1 = nn.BatchNorm2d(nf)
-        self.act1 = nn.GELU()
+        self.act1 = (stem_activation or activation)()
         in_planes = nf
         for stage, n_blocks in enumerate(num_blocks):
             planes = nf * 2 ** stage
@@ -70,7 +103,7 @@ class GeluResNet(nn.Module):
             strides = [1 if stage == 0 else 2] + [1] * (int(n_blocks) - 1)
             blocks = []
             for stride in strides:
-                blocks.append(GeluBasicBlock(in_planes, planes, stride))
+                blocks.append(GeluBasicBlock(in_planes, planes, stride, activation))
                 in_planes = planes
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -93,3 +126,12 @@ class GeluResNet(nn.Module):
 def gelu_resnet18(num_classes: int = 100, nf: int = 64) -> GeluResNet:
     """CIFAR ResNet-18 (2-2-2-2 BasicBlocks) with GELU; ``nf=20`` is the reduced CPU width."""
     return GeluResNet((2, 2, 2, 2), num_classes=num_classes, nf=nf)
+
+
+def sparse_resnet18(num_classes: int = 100, nf: int = 64, percent_on: float = 0.9) -> GeluResNet:
+    """SARL's sparse CIFAR ResNet-18: ReLU after the stem, :class:`KWinnersTakeAll` keeping
+    ``percent_on`` of the channels (0.9, the authors' seq-cifar100 setting) in place of both
+    activations of every block."""
+    KWinnersTakeAll(percent_on)  # checks percent_on before building anything
+    return GeluResNet((2, 2, 2, 2), num_classes=num_classes, nf=nf,
+                      activation=lambda: KWinnersTakeAll(percent_on), stem_activation=nn.ReLU)

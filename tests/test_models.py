@@ -67,3 +67,35 @@ def test_rejects_bad_sizes(kwargs):
         gelu_resnet18(**kwargs)
     with pytest.raises(ValueError, match="num_blocks"):
         GeluResNet((2, 2, 2))
+
+
+def test_k_winners_keep_90_percent_of_channels_at_every_location():
+    """SARL's activation: per sample and location, the round(0.9 * C) largest channels survive
+    (and only non-negative ones: ReLU first); everything else is 0."""
+    from avalanche_balanced.models import KWinnersTakeAll
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 20, 5, 5).abs() + 0.1  # all positive: exactly k survive
+    out = KWinnersTakeAll(0.9)(x)
+    assert torch.equal((out != 0).sum(1), torch.full((4, 5, 5), 18))
+    kept_min = torch.where(out != 0, x, torch.full_like(x, float("inf"))).amin(1)
+    dropped_max = torch.where(out == 0, x, torch.zeros_like(x)).amax(1)
+    assert bool((kept_min > dropped_max).all())  # the winners are the largest
+    assert torch.equal(out[out != 0], x[out != 0])  # winners keep their values
+    signed = KWinnersTakeAll(0.9)(torch.randn(4, 20, 5, 5))
+    assert bool((signed >= 0).all())  # ReLU: no negative value survives
+    with pytest.raises(ValueError, match="percent_on"):
+        KWinnersTakeAll(1.5)
+
+
+def test_sparse_resnet18_places_k_winners_in_every_block():
+    from avalanche_balanced.models import KWinnersTakeAll, sparse_resnet18
+
+    net = sparse_resnet18(num_classes=10, nf=8)
+    blocks = [m for m in net.modules() if isinstance(m, GeluBasicBlock)]
+    assert len(blocks) == 8
+    assert all(isinstance(b.act1, KWinnersTakeAll) and isinstance(b.act2, KWinnersTakeAll) for b in blocks)
+    assert isinstance(net.act1, torch.nn.ReLU)  # the stem: plain ReLU, as the authors
+    assert not any(isinstance(m, torch.nn.GELU) for m in net.modules())
+    logits, feats = net(torch.randn(2, 3, 32, 32), return_features=True)
+    assert logits.shape == (2, 10) and feats.shape == (2, 64)

@@ -36,18 +36,28 @@ def classifier_of(model: nn.Module) -> nn.Module:
 class FeatureHook:
     """Records the input of a model's last ``nn.Linear`` on every forward pass.
 
-    ``hook.features`` holds the features of the latest forward pass (with the
-    autograd graph, so losses may use them) or ``None`` before the first one.
+    ``hook.features`` holds the features of the forward passes since the hook was added,
+    concatenated in call order (with the autograd graph, so losses may use them), or ``None``
+    before the first one; a strategy that splits its minibatch into several passes (SARL's
+    separate current and replayed batches) gets the features of all of them.
     Use as a context manager or call :meth:`remove` when done.
     """
 
     def __init__(self, model: nn.Module, layer: Optional[nn.Module] = None):
         self.layer = layer if layer is not None else classifier_of(model)
-        self.features: Optional[Tensor] = None
+        self.calls: list = []  # the classifier's input at each pass, in order
         self._handle = self.layer.register_forward_hook(self._record)
 
     def _record(self, module, inputs, output):
-        self.features = inputs[0]
+        self.calls.append(inputs[0])
+
+    @property
+    def features(self) -> Optional[Tensor]:
+        """The features of the passes since the hook was added, concatenated in call order
+        (one pass: its features), or None before the first."""
+        if not self.calls:
+            return None
+        return self.calls[0] if len(self.calls) == 1 else torch.cat(self.calls)
 
     def remove(self) -> None:
         self._handle.remove()

@@ -271,6 +271,16 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self._regroup_requested = True
 
     @property
+    def num_current(self) -> Optional[int]:
+        """Current samples at the head of this iteration's joint minibatch (None outside one)."""
+        return None if self._current is None else self._current[0].shape[0]
+
+    def reorder_features(self, order) -> None:
+        """Reorder the feature hook's recorded passes (a strategy that ran the joint minibatch
+        in several passes, in another order than its layout: SARL's replayed-first passes)."""
+        self._hook.calls = [self._hook.calls[i] for i in order]
+
+    @property
     def storage_policy(self) -> BalancedBuffer:
         """Avalanche's name for the buffer."""
         return self.buffer

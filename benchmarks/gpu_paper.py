@@ -1,17 +1,14 @@
-"""SARL-GELU uniform vs balanced replay with the authors' protocol, inside a time budget (a GPU).
+"""SARL, SARL-GELU and SARL-GELU with balanced draws at the authors' protocol, inside a time budget (a GPU).
 
-Several seeds pack onto one device as concurrent processes (``--seeds 1 3 5``: six runs at
-once), each pair timed together as it will run; ``--compile`` compiles the model
-(``avalanche_balanced.compiled``).
+The three configurations (``MODES``: ``sarl``, the authors' method in fp32; ``sarl_gelu`` and
+``sarl_gelu_balanced``, the design note's variant with uniform and balanced draws, in bfloat16
+on a GPU) run in the natural class order 0..99, as the authors. Several seeds pack onto one
+device as concurrent processes (``--seeds 1 3 5``: nine runs at once), timed together as they
+will run; ``--compile`` compiles the model (``avalanche_balanced.compiled``).
 
     bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS]      # the entry point; see its header
 
-The paper protocol (full ResNet-18, all 50,000 training images, 50 epochs per
-experience, batch 32 + 32 replayed, MultiStepLR at 35 and 45, 5 warm-up
-epochs, buffer 200) runs for uniform and balanced replay side by side, on one
-seed, with bfloat16 mixed precision, channels-last and on-device augmentation.
-
-First both runs are timed for a few iterations, concurrently (as they will
+First every run is timed for a few iterations, concurrently (as they will
 run). If 50 epochs per experience do not fit the budget, the largest faithful
 reduction that does is run: fewer epochs per experience, with the LR
 milestones and the warm-up scaled in proportion (35/50, 45/50, 5/50 of the
@@ -28,7 +25,7 @@ from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "split_cifar100_sarl_balanced.py"
 PAPER_EPOCHS, PAPER_STEPS, PAPER_WARMUP = 50, (35, 45), 5
-MODES = {"uniform": 0, "balanced": 1}
+MODES = ("sarl", "sarl_gelu", "sarl_gelu_balanced")  # the example's --method
 
 
 def run_name(tag: str, mode: str, seed: int, first_seed: int) -> str:
@@ -39,8 +36,10 @@ def run_name(tag: str, mode: str, seed: int, first_seed: int) -> str:
 def launch(mode, seed, run_args, out: Path, tag: str, first_seed: int):
     name = run_name(tag, mode, seed, first_seed)
     log = open(out / f"{name}.log", "w")
-    cmd = [sys.executable, str(EXAMPLE), "--use_balanced_sampling", str(MODES[mode]), "--seed", str(seed),
-           "--experiment_id", f"gpu_paper_{name}", "--no_progress", *run_args]
+    amp = ["--amp"] if "--device" in run_args and run_args[run_args.index("--device") + 1].startswith("cuda") \
+        and mode != "sarl" else []  # SARL runs in fp32, as its authors
+    cmd = [sys.executable, str(EXAMPLE), "--method", mode, "--class_order", "natural", "--seed", str(seed),
+           "--experiment_id", f"gpu_paper_{name}", "--no_progress", *amp, *run_args]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
 
 
@@ -93,7 +92,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--protocol", "paper", "--device", args.device, "--model", args.model,
-              *(["--amp"] if args.device.startswith("cuda") else []), *(["--compile"] if args.compile else [])]
+              *(["--compile"] if args.compile else [])]
     seeds = args.seeds
     if args.per_class:
         common += ["--per_class", str(args.per_class)]
@@ -132,11 +131,12 @@ def main(argv=None):
                                    f"{'' if args.max_epochs == PAPER_EPOCHS else ' and --max_epochs'}: "
                                    f"LR milestones {milestones}, warm-up {warmup} epochs, scaled from "
                                    f"35/45 and 5 of 50)"))
-    print(f"timing: {spi:.4f} s per iteration with {2 * len(seeds)} runs on the device; startup {startup:.0f} s",
+    print(f"timing: {spi:.4f} s per iteration with {len(MODES) * len(seeds)} runs on the device; "
+          f"startup {startup:.0f} s",
           flush=True)
     print(f"plan: {plan}", flush=True)
 
-    # 3. Both runs, side by side.
+    # 3. Every run, side by side.
     run_args = common + ["--epochs", str(epochs), "--warmup_epochs", str(warmup), "--lr_steps",
                          *map(str, milestones)]
     run_start = time.time()
@@ -173,8 +173,9 @@ def _device_name(device):
 
 
 def _markdown(s):
-    lines = [f"SARL-GELU, paper protocol on {s['device']}, seeds {', '.join(map(str, s['seeds']))}: {s['plan']}.",
-             "", "| seed | replay | final acc. (%) | forgetting (%) | BWT (%) | seconds |", "|---|---|---|---|---|---|"]
+    lines = [f"SARL and SARL-GELU, paper protocol, natural class order, on {s['device']}, seeds "
+             f"{', '.join(map(str, s['seeds']))}: {s['plan']}.",
+             "", "| seed | method | final acc. (%) | forgetting (%) | BWT (%) | seconds |", "|---|---|---|---|---|---|"]
     for seed, runs in s["by_seed"].items():
         for mode, r in runs.items():
             if r is None:
@@ -182,12 +183,14 @@ def _markdown(s):
             else:
                 lines.append(f"| {seed} | {mode} | {r['accuracy']:.2f} | {r['forgetting']:.2f} | {r['bwt']:.2f} | "
                              f"{r['seconds']:.0f} |")
-    diffs = [runs["balanced"]["accuracy"] - runs["uniform"]["accuracy"] for runs in s["by_seed"].values()
-             if all(runs.values())]
-    if diffs:
-        lines += ["", f"balanced - uniform, paired by seed: {', '.join(f'{d:+.2f}' for d in diffs)} points of final "
-                      f"accuracy (mean {sum(diffs) / len(diffs):+.2f})"]
-    lines += ["", f"command (each mode): `{s['command']} --use_balanced_sampling 0|1`"]
+    for a, b in (("sarl_gelu", "sarl"), ("sarl_gelu_balanced", "sarl_gelu")):
+        diffs = [runs[a]["accuracy"] - runs[b]["accuracy"] for runs in s["by_seed"].values()
+                 if runs.get(a) and runs.get(b)]
+        if diffs:
+            lines += ["", f"{a} - {b}, paired by seed: {', '.join(f'{d:+.2f}' for d in diffs)} points of final "
+                          f"accuracy (mean {sum(diffs) / len(diffs):+.2f})"]
+    lines += ["", f"command (each method): `{s['command']} --method sarl|sarl_gelu|sarl_gelu_balanced "
+                  f"--class_order natural` (--amp on a GPU, except sarl)"]
     return "\n".join(lines) + "\n"
 
 

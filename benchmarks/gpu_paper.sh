@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# SARL-GELU uniform vs balanced replay, paper protocol, on a GPU, inside a time budget; several seeds'
-# pairs run at once on the device.
+# SARL, SARL-GELU and SARL-GELU with balanced draws, paper protocol (natural class order), on a GPU,
+# inside a time budget; every seed's three runs go at once on the device.
 #
 #   bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS] [--seeds 1 3 5] [--compile]   # budget 540 s by default
 #

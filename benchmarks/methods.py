@@ -20,7 +20,7 @@ from avalanche_balanced import AdaptiveThreshold, BalancedReplayPlugin, SARLGelu
 from avalanche_balanced.compiled import compile_model
 from avalanche_balanced.data import cifar_augment, cifar_normalize
 from avalanche_balanced.distributed import DataParallelPlugin
-from avalanche_balanced.models import gelu_resnet18
+from avalanche_balanced.models import gelu_resnet18, sparse_resnet18
 from avalanche_balanced.transforms import AugmentedModel
 
 
@@ -48,8 +48,9 @@ class Setting:
     world_size: int = 1  # torch DDP processes; batch sizes stay global (each rank trains on 1 / world_size)
 
 
-def _model(s: Setting, augmented: bool):
-    net = gelu_resnet18(s.num_classes, nf=s.nf).to(s.device).to(memory_format=torch.channels_last)
+def _model(s: Setting, augmented: bool, sparse: bool = False):
+    build = sparse_resnet18 if sparse else gelu_resnet18  # SARL's k-WTA network, or GELU's
+    net = build(s.num_classes, nf=s.nf).to(s.device).to(memory_format=torch.channels_last)
     if s.compile:
         compile_model(net)
     return AugmentedModel(net, cifar_augment, cifar_normalize) if augmented else net
@@ -183,9 +184,16 @@ def _plugin(balanced: bool, timing: str = "after_experience", **options):
     return build
 
 
-def _sarl(balanced: bool = True, **overrides):
+# SARL as its authors wrote it (docs/design.md, "SARL and SARL-GELU"): fixed positives above the
+# prototype threshold, current and replayed batches through the model apart, prototypes from
+# augmented images, and none of this library's guards.
+SARL_AUTHORS = dict(semantic_positives="threshold", separate_batches=True, prototype_views="augmented",
+                    clip_grad_norm=None, teacher_ratio=None, ramp_iterations=0)
+
+
+def _sarl(balanced: bool = True, sparse: bool = False, **overrides):
     def build(s, evaluator):
-        model = _model(s, augmented=False)
+        model = _model(s, augmented=False, sparse=sparse)
         kwargs = dict(mem_size=s.mem_size, batch_size_mem=s.batch_size_mem, alpha=s.sarl_alpha,
                       warmup_epochs=s.warmup_epochs, use_balanced_sampling=balanced,
                       transform=cifar_augment, eval_transform=cifar_normalize, seed=s.seed)
@@ -197,6 +205,8 @@ def _sarl(balanced: bool = True, **overrides):
             options["threshold"] = AdaptiveThreshold(0.8, first_update=first_update)
         if not s.guards:  # the finite-loss check stays: it only ever stops a run that is already lost
             kwargs.update(clip_grad_norm=None, ramp_iterations=0, teacher_ratio=None)
+        if options.get("semantic_positives") == "threshold":  # the authors' method runs without guards
+            kwargs.update(ramp_iterations=0)
         if s.ramp_iterations is not None:
             kwargs.update(ramp_iterations=s.ramp_iterations)
         kwargs.update(options)
@@ -250,9 +260,25 @@ METHODS: Dict[str, Method] = {
                                              "each experience (ReplayPlugin's timing)"),
     "plugin_balanced": Method(_plugin(True), "Naive + BalancedReplayPlugin, balanced draws, buffer filled after "
                                              "each experience", lr_from=_PLUGIN),
-    "sarl_uniform": Method(_sarl(False), "SARL-GELU, uniform replay (reservoir filled every step, as SARL)"),
-    "sarl_balanced": Method(_sarl(True), "SARL-GELU, balanced replay (reservoir filled every step, as SARL)",
-                            lr_from=_SARL),
+    "sarl_uniform": Method(_sarl(False), "SARL-GELU, uniform replay (reservoir filled every step, as SARL); "
+                           "alias of sarl_gelu"),
+    "sarl_balanced": Method(_sarl(True), "SARL-GELU, balanced replay (reservoir filled every step, as SARL); "
+                            "alias of sarl_gelu_balanced", lr_from=_SARL),
+    # SARL as its authors wrote it, the design note's variant with uniform and with balanced draws,
+    # and the two ablations that tell the variant's parts apart.
+    "sarl": Method(_sarl(False, sparse=True, **SARL_AUTHORS), "SARL (the authors' method): sparse ReLU ResNet-18 "
+                   "with k-WTA 0.9, positives fixed per task above sim_thresh, separate current and replayed "
+                   "batches, prototypes from augmented images, reservoir, uniform draws, no guards"),
+    "sarl_gelu": Method(_sarl(False), "SARL-GELU (the design note's variant): GELU ResNet-18, learned similarity "
+                        "weights, adaptive threshold, guards, reservoir, uniform draws"),
+    "sarl_gelu_balanced": Method(_sarl(True), "SARL-GELU with balanced instance sampling (semantic draws)",
+                                 lr_from="sarl_gelu"),
+    "sarl_with_gelu": Method(_sarl(False, **SARL_AUTHORS), "ablation: SARL with GELU activations in place of "
+                             "k-WTA, all else the authors'"),
+    "sarl_with_learned_similarity": Method(_sarl(False, sparse=True, **dict(SARL_AUTHORS, semantic_positives=
+                                           "learned")), "ablation: SARL with the variant's learned similarity "
+                                           "weights (bounded ratio) in place of fixed positives, all else the "
+                                           "authors'"),
     "joint": Method(joint, "Avalanche JointTraining with the replay methods' sample budget (minibatch of "
                            "current + replayed size, as many steps)", joint=True),
     # Ablations and the long-tailed scenario's class-balancing baselines.

@@ -15,6 +15,7 @@ stores and how it draws:
 * ``er_ace``: Avalanche's ``ER_ACE`` strategy (class-balanced storage, its own loss).
 
     python benchmarks/online.py --methods replay_plugin ours --seeds 0 --out results/online_cpu
+    python benchmarks/online.py --report --out results/online_cpu       # the tables
 
 Each (method, seed) run writes ``<out>/<method>_seed<seed>.json`` when it finishes; a run whose
 file exists is skipped. Recorded: final accuracy on the full test set, each experience's test
@@ -25,6 +26,7 @@ side by side (two processes, one torch thread each) so that their times share th
 """
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -128,6 +130,51 @@ def run(method: str, seed: int, args, partial=None) -> dict:
     }
 
 
+def report(out: Path, baseline: str = "replay_plugin") -> str:
+    """Markdown tables of the finished runs in ``out``: each method's mean ± std over seeds, then
+    every method against ``baseline`` paired by seed (accuracy, forgetting, training-time ratio),
+    and the time ratio per experience (mean over the paired seeds)."""
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*.json")) if not p.name.endswith(".partial.json")]
+    by = {}
+    for r in runs:
+        by.setdefault(r["method"], {})[r["seed"]] = r
+
+    def mean_std(values):
+        m = statistics.mean(values)
+        return f"{m:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{m:.2f}"
+
+    lines = ["| method | seeds | final acc. (%) | forgetting (%) | training s | s per mini-experience |",
+             "|---|---|---|---|---|---|"]
+    for method in METHODS:
+        mine = by.get(method, {})
+        if not mine:
+            continue
+        rs = [mine[s] for s in sorted(mine)]
+        lines.append(f"| {method} | {','.join(map(str, sorted(mine)))} | {mean_std([r['accuracy'] for r in rs])} | "
+                     f"{mean_std([r['forgetting'] for r in rs])} | {mean_std([r['seconds'] for r in rs])} | "
+                     f"{mean_std([r['seconds'] / sum(r['mini_experiences']) for r in rs])} |")
+    lines += ["", f"| pair (by seed) | seeds | Δ final acc. | Δ forgetting | time ratio, total | time ratio per "
+              f"experience (min-max over experiences) |", "|---|---|---|---|---|---|"]
+    base = by.get(baseline, {})
+    for method in METHODS:
+        if method == baseline or not by.get(method):
+            continue
+        seeds = sorted(set(by[method]) & set(base))
+        if not seeds:
+            continue
+        a, b = [by[method][s] for s in seeds], [base[s] for s in seeds]
+        acc = [x["accuracy"] - y["accuracy"] for x, y in zip(a, b)]
+        fgt = [x["forgetting"] - y["forgetting"] for x, y in zip(a, b)]
+        ratio = [x["seconds"] / y["seconds"] for x, y in zip(a, b)]
+        per_exp = [statistics.mean(x["train_seconds"][t] / y["train_seconds"][t] for x, y in zip(a, b))
+                   for t in range(min(len(a[0]["train_seconds"]), len(b[0]["train_seconds"])))]
+        lines.append(f"| {method} − {baseline} | {','.join(map(str, seeds))} | {mean_std(acc)} "
+                     f"[{', '.join(f'{d:+.2f}' for d in acc)}] | {mean_std(fgt)} | {mean_std(ratio)} "
+                     f"[{', '.join(f'{r:.2f}' for r in ratio)}] | {min(per_exp):.2f}-{max(per_exp):.2f}; "
+                     f"by experience: {' '.join(f'{r:.2f}' for r in per_exp)} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -142,11 +189,15 @@ def parse_args(argv=None):
     parser.add_argument("--mini_experiences", type=int, default=None, help="per experience (smoke runs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--report", action="store_true", help="print the tables of the finished runs in --out")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        print(report(args.out))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for method in args.methods:

@@ -7,9 +7,15 @@ lr 0.03, batch 32, MultiStepLR at 35 and 45), meant for a GPU. Both come from
 ``avalanche_balanced.protocols``, which the comparison uses too; SARL's
 replay-logit weight follows the buffer size (alpha 0.2 at 500, 0.5 at 200).
 
-    python examples/split_cifar100_sarl_balanced.py
-    python examples/split_cifar100_sarl_balanced.py --use_balanced_sampling 0
-    python examples/split_cifar100_sarl_balanced.py --protocol paper --device cuda --amp
+    python examples/split_cifar100_sarl_balanced.py                      # sarl_gelu_balanced
+    python examples/split_cifar100_sarl_balanced.py --method sarl_gelu   # uniform draws
+    python examples/split_cifar100_sarl_balanced.py --method sarl --class_order natural \
+        --protocol paper --device cuda                                    # SARL as its authors wrote it
+
+``--method`` names what runs: ``sarl`` (the authors' method: sparse ReLU ResNet-18 with k-WTA,
+fixed positives, separate current and replayed batches, prototypes from augmented images, fp32,
+no guards), ``sarl_gelu`` (the design note's variant with uniform draws) or
+``sarl_gelu_balanced`` (the variant with balanced instance sampling, the default).
 
 ``--seed`` is the run's seed (initial weights, data order, augmentation,
 buffer draws); ``--class_order_seed`` (default: ``--seed``) fixes the class
@@ -39,7 +45,7 @@ from avalanche_balanced.experiment import build_evaluator, close_loggers, final_
 from avalanche_balanced.figures import FigureLoggerPlugin
 from avalanche_balanced.guards import NonFiniteLossError
 from avalanche_balanced.metrics import semantic_metrics
-from avalanche_balanced.models import gelu_resnet18
+from avalanche_balanced.models import gelu_resnet18, sparse_resnet18
 from avalanche_balanced.precision import MixedPrecisionPlugin
 from avalanche_balanced.protocols import PROTOCOLS, sarl_alpha_for
 from avalanche_balanced.strategies import SARLGelu
@@ -67,7 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--buffer_size", type=int, default=None)
     p.add_argument("--minibatch_size", type=int, default=None, help="replayed samples per step")
     p.add_argument("--batch_size", type=int, default=None, help="current samples per step")
-    p.add_argument("--use_balanced_sampling", type=int, choices=(0, 1), default=1)
+    p.add_argument("--method", choices=METHOD_NAMES, default=None,
+                   help="sarl, sarl_gelu or sarl_gelu_balanced (default; see the module docstring)")
+    p.add_argument("--use_balanced_sampling", type=int, choices=(0, 1), default=None,
+                   help="earlier spelling: 1 = --method sarl_gelu_balanced, 0 = --method sarl_gelu")
+    p.add_argument("--class_order", choices=("seed", "natural"), default="seed",
+                   help="natural: classes 0..99 in order, as SARL's authors train (default: drawn from the seed)")
     p.add_argument("--balance_weight", type=float, default=1.0)
     p.add_argument("--grouping", default="class_similarity")
     p.add_argument("--sim_lr", type=float, default=0.001)
@@ -117,9 +128,22 @@ def parse_args(argv=None):
     for key, value in defaults.items():  # protocol values fill unset flags
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.method is None:
+        args.method = "sarl_gelu" if args.use_balanced_sampling == 0 else "sarl_gelu_balanced"
+    elif args.use_balanced_sampling is not None and args.use_balanced_sampling != (args.method == "sarl_gelu_balanced"):
+        p.error(f"--use_balanced_sampling {args.use_balanced_sampling} contradicts --method {args.method}")
+    args.use_balanced_sampling = int(args.method == "sarl_gelu_balanced")
+    if args.method == "sarl" and args.amp:
+        p.error("--method sarl runs in fp32, as its authors: drop --amp")
     if args.experiment_id is None:
-        args.experiment_id = f"sarl_{'balanced' if args.use_balanced_sampling else 'uniform'}_s{args.seed}"
+        args.experiment_id = f"{args.method}_s{args.seed}"
     return args
+
+
+METHOD_NAMES = ("sarl", "sarl_gelu", "sarl_gelu_balanced")
+# The authors' method, as options of the same strategy (docs/design.md, "SARL and SARL-GELU").
+SARL_AUTHORS = dict(semantic_positives="threshold", separate_batches=True, prototype_views="augmented",
+                    teacher_ratio=None)
 
 
 # Flags that change how a run is watched, not what it computes: a resumed run may differ in them.
@@ -164,10 +188,12 @@ def main(argv=None):
 
     order_seed = args.seed if args.class_order_seed is None else args.class_order_seed
     benchmark = split_cifar100(args.n_experiences, root=args.data_root, seed=order_seed,
+                               class_order="natural" if args.class_order == "natural" else None,
                                per_class=args.per_class, test_per_class=args.test_per_class,
                                download=not args.no_download)
     seed_everything(args.seed)  # after the benchmark, so the run's seed alone sets weights and data order
-    model = gelu_resnet18(100, nf=MODEL_WIDTHS[args.model]).to(device)
+    network = sparse_resnet18 if args.method == "sarl" else gelu_resnet18
+    model = network(100, nf=MODEL_WIDTHS[args.model]).to(device)
     model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
     if args.compile:
         compile_model(model, mode=args.compile_mode)
@@ -183,20 +209,22 @@ def main(argv=None):
     strategy = SARLGelu(
         model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,
         alpha=args.alpha, beta=args.beta, op_weight=args.op_weight, sm_weight=args.sm_weight,
-        sim_lr=args.sim_lr, warmup_epochs=args.warmup_epochs, clip_grad_norm=args.clip_grad_norm or None,
-        ramp_iterations=args.ramp_iterations,
+        sim_lr=args.sim_lr, warmup_epochs=args.warmup_epochs,
+        clip_grad_norm=None if args.method == "sarl" else args.clip_grad_norm or None,
+        ramp_iterations=0 if args.method == "sarl" else args.ramp_iterations,
         use_balanced_sampling=bool(args.use_balanced_sampling), balance_weight=args.balance_weight,
         grouping=args.grouping, class_to_group=benchmark.fine_to_coarse if args.grouping == "fixed" else None,
         lr_steps=args.lr_steps, transform=cifar_augment, eval_transform=cifar_normalize, seed=args.seed,
         train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256, device=device,
-        plugins=extra_plugins, evaluator=evaluator)
+        plugins=extra_plugins, evaluator=evaluator, **(SARL_AUTHORS if args.method == "sarl" else {}))
     if timer is not None:
         strategy.train(benchmark.train_stream[0])
         say(f"seconds per iteration: {timer.seconds_per_iteration:.5f} "
               f"(iterations {timer.warmup}-{timer.count}, batch {args.batch_size} + {args.minibatch_size})")
         return {"seconds_per_iteration": timer.seconds_per_iteration}
 
-    say(f"Split CIFAR-100: {args.n_experiences} experiences, {args.model} GELU ResNet-18, "
+    say(f"Split CIFAR-100: {args.n_experiences} experiences, {args.method}, {args.model} "
+          f"{'sparse ReLU' if args.method == 'sarl' else 'GELU'} ResNet-18, "
           f"{'balanced' if args.use_balanced_sampling else 'uniform'} replay, buffer {args.buffer_size}")
     config = {k: v for k, v in vars(args).items() if k not in RUN_CONTROL}
     checkpoint = run_dir / "checkpoint.pt"

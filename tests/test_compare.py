@@ -30,7 +30,7 @@ def load(name, monkeypatch):
 # SARL-GELU's. The other rows are configurations of these builders (see the next test).
 FULL_RUN = ("naive", "er", "der", "er_ace", "er_ace_reservoir", "er_class_balanced", "joint", "plugin_uniform",
             "plugin_balanced", "plugin_superclass_groups", "plugin_group_storage_balanced", "sarl_uniform",
-            "sarl_balanced", "sarl_superclass_groups")
+            "sarl_balanced", "sarl_superclass_groups", "sarl")
 
 
 def test_every_code_path_appears_with_finite_numbers(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ def test_plan_epochs_takes_the_largest_number_that_fits():
     assert gpu_paper.plan_epochs(20, 0.1, 10, 5, per_experience_overhead=2, startup=10) == 0
 
 
-def test_gpu_paper_runs_both_modes_on_the_cpu(cifar_root, tmp_path):
+def test_gpu_paper_runs_the_three_configurations_on_the_cpu(cifar_root, tmp_path):
     out = tmp_path / "paper"
     # one thread per run: the two runs of each phase go side by side on two cores
     env = dict(os.environ, AVALANCHE_BALANCED_DATA=str(cifar_root), PYTHON=sys.executable, OMP_NUM_THREADS="1")
@@ -33,8 +33,8 @@ def test_gpu_paper_runs_both_modes_on_the_cpu(cifar_root, tmp_path):
     assert summary["lr_steps"] == [max(1, round(35 * epochs / 50)), max(1, round(45 * epochs / 50))]
     assert summary["warmup_epochs"] == round(5 * epochs / 50)
     assert summary["seconds_per_iteration"] > 0 and summary["device"] == "cpu"
-    for mode in ("uniform", "balanced"):
+    for mode in ("sarl", "sarl_gelu", "sarl_gelu_balanced"):
         run = summary["runs"][mode]
         assert run is not None and 0.0 <= run["accuracy"] <= 100.0
     assert f"--epochs {epochs}" in summary["command"] and "--lr_steps" in summary["command"]
-    assert "uniform" in (out / "summary.md").read_text() and f"{epochs} of 50 epochs" in proc.stdout
+    assert "sarl_gelu_balanced" in (out / "summary.md").read_text() and f"{epochs} of 50 epochs" in proc.stdout

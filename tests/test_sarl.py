@@ -315,3 +315,96 @@ def test_alpha_follows_the_buffer_size_in_the_harness():
     for size, alpha in ((200, 0.5), (500, 0.2), (None, 0.2)):
         args = argparse.Namespace(buffer_size=size, device="cpu")
         assert compare.run_setting("quick", Bench(), 0, args).sarl_alpha == alpha
+
+
+# ------------------------------------------------------------------ SARL as its authors wrote it
+def test_sarl_positives_are_fixed_once_per_task_after_the_warm_up():
+    """semantic_positives="threshold": no positives during the warm-up; fixed at the first step
+    past it (prototype cosine > sim_thresh) and unchanged for the rest of the task; new ones next task."""
+    bm = tiny_benchmark()
+    s = make_strategy(epochs=3, warmup_epochs=1, semantic_positives="threshold", sim_thresh=0.0)
+    snapshots = []
+
+    class Spy(SupervisedPlugin):
+        def after_training_iteration(self, strategy, **kwargs):
+            pairs = strategy.positive_pairs
+            snapshots.append((strategy.task_id, strategy.clock.train_exp_epochs,
+                              None if pairs is None else pairs.clone()))
+
+    s.plugins.append(Spy())
+    for exp in list(bm.train_stream)[:3]:
+        s.train(exp)
+    for task in (1, 2):
+        rows = [(e, p) for t, e, p in snapshots if t == task]
+        assert all(p is None for e, p in rows if e <= 1)  # the warm-up: epochs 0 and 1
+        fixed = [p for e, p in rows if e > 1]
+        assert fixed and all(torch.equal(p, fixed[0]) for p in fixed)
+        new_classes = set(list(bm.train_stream)[task].classes_in_this_experience)
+        assert set(torch.nonzero(fixed[0].any(1)).flatten().tolist()) <= new_classes  # rows: new classes only
+    first, second = ([p for t, e, p in snapshots if t == task and p is not None][0] for task in (1, 2))
+    assert not torch.equal(first, second)
+
+
+def test_sarl_ratio_skips_a_class_whose_negatives_sum_to_zero():
+    """The authors add pos / neg only when neg > 0: every other class a positive gives 0, not inf."""
+    from avalanche_balanced.semantic import ClassPrototypes
+    from avalanche_balanced.strategies.sarl import semantic_contrastive
+
+    torch.manual_seed(0)
+    prototypes = ClassPrototypes(6, 8)
+    prototypes.set_from_features(torch.randn(12, 8), torch.arange(3).repeat(4))
+    feats, labels = torch.randn(8, 8), torch.tensor([3, 3, 4, 4, 5, 5, 3, 4])
+    all_positive = torch.ones(6, 6)
+    assert float(semantic_contrastive(feats, labels, prototypes, pair_weights=all_positive, ratio="sarl")) == 0.0
+    some = torch.zeros(6, 6)
+    some[3, 0] = 1
+    value = semantic_contrastive(feats, labels, prototypes, pair_weights=some, ratio="sarl")
+    assert 0 < float(value) < float("inf")
+    with pytest.raises(ValueError, match="ratio"):
+        semantic_contrastive(feats, labels, prototypes, pair_weights=some, ratio="other")
+
+
+def test_sarl_separate_batches_normalise_current_and_replayed_apart():
+    """separate_batches=True: BatchNorm sees the replayed batch (8), then the current one (16),
+    as the authors' observe; the joint default sees 24 at once. Logits and features keep the
+    joint layout either way (the loss terms read them by position)."""
+    bm = tiny_benchmark()
+    seen = {}
+    for separate in (False, True):
+        model = mlp_bn()
+        sizes = []
+        model[1].register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]) if m.training else None)
+        s = make_strategy(model=model, epochs=1, separate_batches=separate, train_mb_size=16)
+        for exp in list(bm.train_stream)[:2]:
+            s.train(exp)
+        seen[separate] = list(zip(sizes[:-1], sizes[1:]))  # consecutive train-mode BatchNorm batches
+    assert (16, 24) in seen[False] or (24, 24) in seen[False]
+    assert (8, 16) in seen[True] and not any(24 in pair for pair in seen[True])
+
+
+def test_sarl_prototypes_from_augmented_views_when_asked():
+    calls = []
+
+    def transform(x):
+        calls.append(x.shape[0])
+        return x + 0.0
+
+    bm = tiny_benchmark()
+    for views, expect_calls in (("clean", False), ("augmented", True)):
+        s = make_strategy(epochs=1, prototype_views=views, transform=transform)
+        during = []
+        original = s._set_prototypes_of_experience
+
+        def spied(original=original, during=during):
+            before = len(calls)
+            original()
+            during.append(len(calls) - before)
+
+        s._set_prototypes_of_experience = spied
+        s.train(bm.train_stream[0])
+        assert (during[0] > 0) == expect_calls  # the prototype pass went through the augmentation
+        assert int(s.prototypes.valid.sum()) == 2
+    with pytest.raises(ValueError, match="prototype_views"):
+        make_strategy(prototype_views="noisy")
+    with pytest.raises(ValueError, match="semantic_positives"):
+        make_strategy(semantic_positives="oracle")

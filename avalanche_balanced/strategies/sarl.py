@@ -17,6 +17,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.plugins import LRSchedulerPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
+from avalanche.models.utils import avalanche_forward
 from avalanche.training.utils import get_last_fc_layer
 
 from ..buffer import BalancedBuffer
@@ -24,13 +25,13 @@ from ..distributed import gather_rows, unwrap
 from ..features import eval_mode, forward_with_features, frozen_copy
 from ..guards import TrainingGuardPlugin
 from ..minibatch import experience_classes
-from ..model_passes import stored_features
 from ..plugin import BalancedReplayPlugin
 from ..semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from ..transforms import BatchTransformPlugin
 from ..validation import check_replay_sizes
 
 __all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "semantic_contrastive",
+           "threshold_positives", "SEMANTIC_POSITIVES", "PROTOTYPE_VIEWS",
            "ramp_factor", "teacher_collapsed"]
 
 
@@ -39,6 +40,8 @@ __all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "sem
 # engages on spikes only. The warm-up ramp is off (SARL's switch): on validation images a ramp
 # of 25 or 100 iterations did no better in any of four runs (docs/results.md, "Training guards").
 CLIP_GRAD_NORM: Optional[float] = 25.0
+SEMANTIC_POSITIVES = ("learned", "threshold")  # the variant's learned similarity, or SARL's fixed positives
+PROTOTYPE_VIEWS = ("clean", "augmented")  # the images prototypes are computed from
 RAMP_ITERATIONS = 0
 
 
@@ -83,18 +86,26 @@ def prototype_regularizer(features: Tensor, labels: Tensor, prototypes: ClassPro
 
 
 def semantic_contrastive(features: Tensor, labels: Tensor, prototypes: ClassPrototypes,
-                         similarity: SemanticSimilarity, eps: float = 1e-8) -> Tensor:
-    """The GELU variant's semantic contrastive term, summed over the new classes in the batch.
+                         similarity: Optional[Callable] = None, *, pair_weights: Optional[Tensor] = None,
+                         ratio: str = "bounded", eps: float = 1e-8) -> Tensor:
+    """SARL's semantic contrastive term, summed over the new classes in the batch.
 
-    New classes (no frozen prototype yet) take the batch mean of their
-    normalised features; old classes their frozen prototype. For each new class
-    ``c`` and every other class ``k``: ``d = MSE(p_c, p_k)`` and
-    ``w = similarity(p_c, p_k)`` (detached), ``pos = sum_k(w * d)``, ``neg = sum_k((1 - w) * d)``,
-    and the term is ``pos / (pos + neg)``: pull toward similar classes, push away from the rest.
-    SARL's ratio ``pos / neg`` is unbounded when every weight nears 1 (``neg`` near 0: 9,990 at
-    weights 0.999 over 10 classes); ``pos / (pos + neg)`` is the same ratio mapped monotonically
-    into [0, 1] (``r / (1 + r)``). Gradients reach the new classes' batch prototypes only.
+    New classes (no frozen prototype yet) take the batch mean of their normalised features; old
+    classes their frozen prototype. For each new class ``c`` and every other available class
+    ``k``: ``d = MSE(p_c, p_k)`` and a weight ``w`` in [0, 1] (detached): ``pair_weights[c, k]``
+    when given (SARL: 1 for the positives fixed after the warm-up, 0 otherwise), else
+    ``similarity(p_c, p_k)`` (the variant's learned similarity). ``pos = sum_k(w * d)``,
+    ``neg = sum_k((1 - w) * d)``: pull toward similar classes, push away from the rest.
+
+    ``ratio="sarl"``: ``pos / neg``, a class with ``neg == 0`` skipped (the authors' rule, for
+    hard positives). ``ratio="bounded"``: ``pos / (pos + neg)``, the same ratio mapped
+    monotonically into [0, 1] (``r / (1 + r)``); with soft weights ``pos / neg`` is unbounded
+    (9,990 at weights 0.999 over 10 classes). Gradients reach the new classes' batch prototypes only.
     """
+    if ratio not in ("bounded", "sarl"):
+        raise ValueError(f"ratio must be 'bounded' or 'sarl', got {ratio!r}")
+    if (similarity is None) == (pair_weights is None):
+        raise ValueError("give exactly one of similarity and pair_weights")
     means, counts = ClassPrototypes.class_means(features, labels, prototypes.num_classes)
     new = (counts > 0) & ~prototypes.valid
     available = new | prototypes.valid
@@ -105,15 +116,32 @@ def semantic_contrastive(features: Tensor, labels: Tensor, prototypes: ClassProt
     row_ok = new[rows]
     p_new = protos[rows]
     d = (p_new.unsqueeze(1) - protos.unsqueeze(0)).pow(2).mean(-1)  # (rows, classes)
+    m, c = p_new.shape[0], protos.shape[0]
     with torch.no_grad():
-        m, c = p_new.shape[0], protos.shape[0]
-        w = similarity(p_new.unsqueeze(1).expand(m, c, -1), protos.unsqueeze(0).expand(m, c, -1))
+        if pair_weights is not None:
+            w = pair_weights[rows].to(d.dtype)
+        else:
+            w = similarity(p_new.unsqueeze(1).expand(m, c, -1), protos.unsqueeze(0).expand(m, c, -1))
     columns = torch.arange(c, device=labels.device)
     pair = (row_ok.unsqueeze(1) & available.unsqueeze(0) & (rows.unsqueeze(1) != columns.unsqueeze(0))).to(d.dtype)
     pos = (w * d * pair).sum(1)
     neg = ((1 - w) * d * pair).sum(1)
-    # SARL's term needs a new class and another available class; otherwise it is 0.
+    # The term needs a new class and another available class; otherwise it is 0.
+    if ratio == "sarl":
+        return torch.where(row_ok & (neg > 0), pos / neg.clamp_min(eps), torch.zeros_like(pos)).sum()
     return torch.where(row_ok, pos / (pos + neg).clamp_min(eps), torch.zeros_like(pos)).sum()
+
+
+def threshold_positives(candidates: Tensor, prototypes: ClassPrototypes, new: Tensor, threshold: float) -> Tensor:
+    """SARL's positive pairs, fixed once per task after the warm-up: ``P[c, k]`` is True for a new
+    class ``c`` and a class ``k`` (new, or old with a frozen prototype) whose prototypes have a
+    cosine similarity above ``threshold``. ``candidates`` are the new classes' prototypes of the
+    moment (C x D; the authors' ``running_op``), ``new`` marks the new classes; the old classes
+    use their frozen prototypes."""
+    protos = torch.where(new.unsqueeze(1), candidates.to(prototypes.prototypes.dtype), prototypes.prototypes)
+    columns_ok = new | prototypes.valid
+    cosine = F.cosine_similarity(protos.unsqueeze(1), protos.unsqueeze(0), dim=-1, eps=1e-6)
+    return (cosine > threshold) & new.unsqueeze(1) & columns_ok.unsqueeze(0)
 
 
 class _SarlEpochEvents(SupervisedPlugin, supports_distributed=True):
@@ -146,10 +174,18 @@ class SARLGelu(SupervisedTemplate):
     * after the warm-up (task > 0 and epoch > ``warmup_epochs``, epochs counted
       from 0 as in SARL's code): ``distill`` (``beta``), MSE between the current
       batch's logits and the frozen previous model's, and ``semantic``
-      (``sm_weight``), :func:`semantic_contrastive` weighted by the learned
-      :class:`SemanticSimilarity`.
+      (``sm_weight``), :func:`semantic_contrastive`, weighted by the learned
+      :class:`SemanticSimilarity` (``semantic_positives="learned"``, the variant) or by
+      SARL's positives, fixed once per task after the warm-up
+      (``semantic_positives="threshold"``, :func:`threshold_positives`).
 
-    Every iteration the similarity network takes one Adam step (``sim_lr``) on
+    SARL as its authors wrote it is a configuration of this class (``docs/design.md``, "SARL
+    and SARL-GELU"): ``sparse_resnet18`` as the model, ``semantic_positives="threshold"``,
+    ``separate_batches=True`` (replayed and current samples through the model in two passes),
+    ``prototype_views="augmented"`` (prototypes from augmented images), uniform draws and no
+    guards (``clip_grad_norm=None, teacher_ratio=None``).
+
+    Every iteration (when something reads it) the similarity network takes one Adam step (``sim_lr``) on
     the pairs of the current and replayed features (``similarity`` term,
     logged), toward ``sim_target`` (``"graded"``: the centred cosine of the
     pair's class prototypes, which is what the semantic term asks of it;
@@ -218,6 +254,9 @@ class SARLGelu(SupervisedTemplate):
         grouping: str = "class_similarity",
         similarity: str = "cosine",
         sim_target: str = "graded",
+        semantic_positives: str = "learned",
+        separate_batches: bool = False,
+        prototype_views: str = "clean",
         refresh_features: bool = True,
         replay_options: Optional[dict] = None,
         threshold: Optional[AdaptiveThreshold] = None,
@@ -263,6 +302,15 @@ class SARLGelu(SupervisedTemplate):
         self.rejected_teachers: List[int] = []  # experiences whose end-of-experience model was rejected
         self._past_warmup_iterations = 0
         self.transform, self.eval_transform = transform, eval_transform
+        for name, value, allowed in (("semantic_positives", semantic_positives, SEMANTIC_POSITIVES),
+                                     ("prototype_views", prototype_views, PROTOTYPE_VIEWS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not isinstance(separate_batches, bool):
+            raise TypeError(f"separate_batches must be True or False, got {separate_batches!r}")
+        self.semantic_positives, self.separate_batches = semantic_positives, separate_batches
+        self.prototype_views, self.sim_thresh = prototype_views, float(sim_thresh)
+        self.positive_pairs: Optional[Tensor] = None  # SARL's positives of the current task (C x C), once fixed
 
         self.prototypes = ClassPrototypes(self.num_classes, self.num_feats).to(device)
         self.similarity_net = SemanticSimilarity(self.num_feats, sim_lr=sim_lr, target=sim_target).to(device)
@@ -337,10 +385,31 @@ class SARLGelu(SupervisedTemplate):
                     old_logits = self.old_model(self.mb_x[:n])
                 terms["distill"] = ramp * self.beta * F.mse_loss(out[:n], old_logits)
             if self.sm_weight:
-                terms["semantic"] = ramp * self.sm_weight * semantic_contrastive(
-                    feats[:n], y[:n], self.prototypes, self.similarity_net)
+                terms["semantic"] = ramp * self.sm_weight * self._semantic_term(feats[:n], y[:n])
         self.loss_terms = {k: v.detach() for k, v in terms.items()}
         return sum(terms.values())
+
+    def _semantic_term(self, features: Tensor, labels: Tensor) -> Tensor:
+        if self.semantic_positives == "learned":
+            return semantic_contrastive(features, labels, self.prototypes, self.similarity_net)
+        if self.positive_pairs is None:  # not fixed yet (no new class of this task seen): no term
+            return features.new_zeros(())
+        return semantic_contrastive(features, labels, self.prototypes, pair_weights=self.positive_pairs,
+                                    ratio="sarl")
+
+    def forward(self):
+        """The model's outputs for the joint minibatch. With ``separate_batches`` (SARL), the
+        replayed and the current samples go through the model in two passes, replayed first as
+        the authors' ``observe``, so that BatchNorm normalises each batch by its own statistics;
+        the outputs and the recorded features keep the joint layout (current, then replayed)."""
+        n = self.replay.num_current
+        if not (self.is_training and self.separate_batches) or n is None or n == self.mb_x.shape[0]:
+            return super().forward()
+        x, t = self.mb_x, self.mb_task_id
+        replayed = avalanche_forward(self.model, x[n:], t[n:])
+        current = avalanche_forward(self.model, x[:n], t[:n])
+        self.replay.reorder_features([1, 0])  # the hook saw replayed, then current
+        return torch.cat([current, replayed])
 
     # ------------------------------------------------------------------ hooks
     def _before_training_exp(self, **kwargs):
@@ -349,7 +418,54 @@ class SARLGelu(SupervisedTemplate):
             self._begin_online_experience()
         else:
             self._past_warmup_iterations = 0
+            self.positive_pairs = None  # a new task: its positives are fixed after its warm-up
         super()._before_training_exp(**kwargs)
+
+    def _before_training_iteration(self, **kwargs):
+        if self.semantic_positives == "threshold" and self.positive_pairs is None and self.past_warmup:
+            self._fix_positives()
+        super()._before_training_iteration(**kwargs)
+
+    @torch.no_grad()
+    def _fix_positives(self):
+        """SARL's positives of this task, once, at the end of its warm-up: the new classes'
+        prototypes from eval-mode features of the task's training images (online: of its stored
+        samples), compared with every available prototype (:func:`threshold_positives`)."""
+        feats, labels = self._task_features()
+        if labels.numel() == 0:
+            return
+        means, counts = ClassPrototypes.class_means(feats, labels, self.num_classes)
+        new = (counts > 0) & ~self.prototypes.valid
+        self.positive_pairs = threshold_positives(means, self.prototypes, new, self.sim_thresh)
+
+    def _task_features(self):
+        """Eval-mode features and labels of the current task's images, in ``prototype_views``."""
+        model = unwrap(self.model)
+        if self.online:
+            labels = self.buffer.stored_labels
+            mine = self._task_classes[labels]
+            x = self.buffer.examples[: len(self.buffer)][mine]
+            batches = [(x[i: i + 256], labels[mine][i: i + 256]) for i in range(0, x.shape[0], 256)]
+        else:
+            loader = torch.utils.data.DataLoader(self.experience.dataset.eval(),
+                                                 batch_size=self.eval_mb_size or 256, shuffle=False)
+            batches = ((b[0].to(self.device), b[1].to(self.device)) for b in loader)
+        feats, labels = [], []
+        with eval_mode(model):
+            for x, y in batches:
+                feats.append(forward_with_features(model, self._prototype_input(x))[1].flatten(1))
+                labels.append(y)
+        if not feats:
+            return torch.zeros(0, self.num_feats, device=self.device), torch.zeros(0, dtype=torch.long,
+                                                                                  device=self.device)
+        return torch.cat(feats), torch.cat(labels)
+
+    def _prototype_input(self, x: Tensor) -> Tensor:
+        """Model input of a prototype pass: augmented views (SARL's, from its training loader) or
+        the clean evaluation view."""
+        if self.prototype_views == "augmented" and self.transform is not None:
+            return self.transform(x)
+        return self.eval_transform(x) if self.eval_transform is not None else x
 
     def _begin_online_experience(self):
         """The online rule for SARL's task boundaries: a task begins with the first mini-experience
@@ -371,6 +487,7 @@ class SARLGelu(SupervisedTemplate):
                 self._end_online_task()
             self._online_task += 1
             self._task_iterations = self._past_warmup_iterations = 0
+            self.positive_pairs = None
             self._task_classes = torch.zeros_like(current)
         self._task_classes |= current
         self._seen_classes = seen | current
@@ -378,12 +495,7 @@ class SARLGelu(SupervisedTemplate):
     def _end_online_task(self):
         self._update_teacher(frozen_copy(unwrap(self.model)))
         self._refresh_batchnorm_on_buffer()
-        labels = self.buffer.stored_labels
-        mine = self._task_classes[labels]
-        if bool(mine.any()):
-            feats = stored_features(unwrap(self.model), self.buffer.examples[: len(self.buffer)][mine],
-                                    self.buffer.task_labels[: len(self.buffer)][mine], self.eval_transform)
-            self.prototypes.set_from_features(feats, labels[mine])
+        self._set_prototypes_of_experience()  # online: from the finished task's stored samples
         self.replay.request_regroup()
 
     def _before_training_epoch(self, **kwargs):
@@ -394,9 +506,10 @@ class SARLGelu(SupervisedTemplate):
         # The similarity network learns from this step's current and replayed features.
         # Under DDP the similarity network trains on every rank's samples (gathered in rank order),
         # so its identical replicas take identical steps: no gradient of its own to all-reduce.
-        sim_loss = self.similarity_net.train_step(*gather_rows(self.replay.step.features.detach(), self.mb_y),
-                                                  self.prototypes)
-        self.loss_terms["similarity"] = sim_loss
+        if self.semantic_positives == "learned" or self.buffer.similarity == "learned":
+            sim_loss = self.similarity_net.train_step(*gather_rows(self.replay.step.features.detach(), self.mb_y),
+                                                      self.prototypes)
+            self.loss_terms["similarity"] = sim_loss
         for name, value in self.loss_terms.items():
             self._epoch_terms[name] = self._epoch_terms.get(name, 0.0) + value
         self._epoch_iterations += 1
@@ -465,19 +578,11 @@ class SARLGelu(SupervisedTemplate):
 
     @torch.no_grad()
     def _set_prototypes_of_experience(self):
-        """Prototypes of the finished experience's classes: eval-mode features of its training data."""
-        loader = torch.utils.data.DataLoader(self.experience.dataset.eval(), batch_size=self.eval_mb_size or 256,
-                                             shuffle=False)
-        feats, labels = [], []
-        model = unwrap(self.model)
-        with eval_mode(model):
-            for batch in loader:
-                x = batch[0].to(self.device)
-                if self.eval_transform is not None:
-                    x = self.eval_transform(x)
-                feats.append(forward_with_features(model, x)[1].flatten(1))
-                labels.append(batch[1].to(self.device))
-        self.prototypes.set_from_features(torch.cat(feats), torch.cat(labels))
+        """Prototypes of the finished experience's classes: eval-mode features of its training
+        data, in ``prototype_views`` (SARL: augmented, as its training loader gives them)."""
+        feats, labels = self._task_features()
+        if labels.numel():
+            self.prototypes.set_from_features(feats, labels)
 
 
 SARLEnhancedGeluBalanced = SARLGelu

@@ -34,8 +34,9 @@ REPLAY_ORDERS = ("independent", "passes")  # of uniform draws (get_data)
 
 
 class ReplayBatch(NamedTuple):
-    """A replay minibatch: inputs (after ``transform``), labels, stored logits,
-    the buffer slots they came from, and task labels."""
+    """A replay minibatch: inputs (after ``transform``), labels, stored logits (None from a
+    :class:`~avalanche_balanced.plugin.BalancedReplayPlugin` that stores none, see its
+    ``store_logits``), the buffer slots they came from, and task labels."""
 
     inputs: Tensor
     labels: Tensor

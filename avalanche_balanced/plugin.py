@@ -170,6 +170,11 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         group_metrics: publish the groups (number, sizes, replay weights) every experience in
             which they were regrouped; makes the plugin a reader of the groups (regrouped
             every ``regroup_every`` iterations). False (default): no regrouping for them.
+        store_logits: keep each sample's logits at insertion, for losses that read
+            ``step.replay.logits`` (DER-style). False (default): with ``ReplayPlugin``'s timing,
+            nothing reads them, so insertion runs no model pass unless the groups are read
+            (:attr:`computes_outputs`), and drawn batches carry ``logits=None``. Online insertion
+            keeps them always (they come from the training pass).
         verbose: print a one-line replay summary per experience (groups, Kish
             effective sample size, current share); histograms go to the evaluator.
     """
@@ -197,6 +202,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         preprocess: Optional[Callable] = None,
         refresh_features: bool = True,
         group_metrics: bool = False,
+        store_logits: bool = False,
         verbose: bool = False,
         **buffer_kwargs,
     ):
@@ -224,9 +230,11 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         self.insertion_timing = insertion_timing
         self.preprocess = preprocess
         self.refresh_features = refresh_features
-        if not isinstance(group_metrics, bool):
-            raise TypeError(f"group_metrics must be True or False, got {group_metrics!r}")
-        self.group_metrics = group_metrics
+        for name, flag in (("group_metrics", group_metrics), ("store_logits", store_logits)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        self.group_metrics, self.store_logits = group_metrics, store_logits
+        self._widths: Optional[tuple] = None  # (logit width, feature width) of the latest training pass
         self.verbose = verbose
         self._replay_size = batch_size_mem  # resolved against the strategy at each experience
         self._ess_sum: Optional[torch.Tensor] = None  # [sum of ESS, count] over this experience's regroups
@@ -257,6 +265,16 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         publishes them. Only then is the buffer ever regrouped (:meth:`regroup_due`); the
         defaults (uniform draws from class-balanced storage) make no pass over it at all."""
         return self.use_balanced_sampling or self.buffer.insertion == "group_balanced" or self.group_metrics
+
+    @property
+    def computes_outputs(self) -> bool:
+        """Whether insertion at the end of an experience runs the model over its data for logits
+        and features: only when something reads them (``store_logits``, the groups, or features
+        kept from training passes, ``refresh_features=False``). Otherwise the inputs, labels and
+        task labels are stored with zero logits and features, the drawn batches carry no logits
+        (``ReplayBatch.logits`` is None), and a reader of the groups refreshes the features first."""
+        return (self.store_logits or self.reads_groups or not self.refresh_features
+                or self.insertion_timing == "online")
 
     def fresh_groups(self, model) -> None:
         """Bring the stored samples' features, prototypes and groups up to date for a reader
@@ -302,7 +320,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
                 batch = ReplayBatch(*(t[:keep] for t in batch))
                 self._global_indices = batch.indices
             batch = ReplayBatch(*shard_rows(list(batch), self._rank, self._world))
-        return batch
+        return batch if self.computes_outputs else batch._replace(logits=None)
 
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
@@ -356,6 +374,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         if strategy.mb_output.shape[1] > self.buffer.num_classes:
             self.buffer.grow_classes(strategy.mb_output.shape[1])  # a growing head (IncrementalClassifier)
         self.step = ReplayStep(n, self._replay, features.flatten(1))
+        self._widths = (strategy.mb_output.shape[1], self.step.features.shape[1])
         feats = self.step.features.detach()
         if self._replay is not None:
             losses = F.cross_entropy(strategy.mb_output.detach()[n:].float(), self._replay.labels,
@@ -387,8 +406,12 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     def after_training_exp(self, strategy, **kwargs):
         if self.insertion_timing == "after_experience":
             with explain_non_finite(strategy, "insertion at the end of the experience"):
-                self.buffer.add_dataset(unwrap(strategy.model), strategy.experience.dataset, strategy.device,
-                                        preprocess=self.preprocess, strategy=strategy)
+                if self.computes_outputs or self._widths is None:
+                    self.buffer.add_dataset(unwrap(strategy.model), strategy.experience.dataset, strategy.device,
+                                            preprocess=self.preprocess, strategy=strategy)
+                else:  # nothing reads logits or features: no model pass over the experience
+                    self.buffer.add_dataset(None, strategy.experience.dataset, strategy.device,
+                                            strategy=strategy, output_widths=self._widths)
         self.buffer.set_current_classes(None)  # the finished experience is past from now on
         with explain_non_finite(strategy, "values inserted online during the experience"):
             self.buffer.check_pending()

@@ -48,8 +48,8 @@ class StoragePolicyContract(ExemplarsBuffer):
         self.regroup()
 
     @torch.no_grad()
-    def add_dataset(self, model: torch.nn.Module, dataset, device, batch_size: int = 256,
-                    preprocess: Optional[Callable] = None, strategy=None) -> None:
+    def add_dataset(self, model: Optional[torch.nn.Module], dataset, device, batch_size: int = 256,
+                    preprocess: Optional[Callable] = None, strategy=None, output_widths=None) -> None:
         """Insert every sample of an Avalanche dataset, with logits and features from one
         eval-mode pass of ``model`` (restored to its mode afterwards).
 
@@ -57,7 +57,9 @@ class StoragePolicyContract(ExemplarsBuffer):
         ``preprocess`` (e.g. ``cifar_normalize``) is applied to the model's input only. With
         ``strategy``, minibatches are collated by the dataset's ``collate_fn`` and read through
         the strategy's ``mb_x`` / ``mb_y`` / ``mb_task_id`` (dictionary minibatches included);
-        without, items are ``(input, label[, task label])`` tuples.
+        without, items are ``(input, label[, task label])`` tuples. ``model=None`` (with
+        ``output_widths``, the ``(logit, feature)`` widths) stores zero logits and features
+        without a model pass, for callers whose readers refresh the features first.
         """
         if strategy is None:
             outputs = dataset_outputs(model, dataset, device, batch_size, preprocess)
@@ -65,7 +67,9 @@ class StoragePolicyContract(ExemplarsBuffer):
             layout = item_layout(strategy, dataset)
             if layout is not None:
                 self._item_layout = layout
-            outputs = batch_outputs(model, strategy_batches(strategy, dataset, batch_size), preprocess)
+            batches = strategy_batches(strategy, dataset, batch_size)
+            outputs = (batch_outputs(model, batches, preprocess) if model is not None
+                       else _without_outputs(batches, output_widths))
         for x, y, t, logits, feats in outputs:
             self.add_data(x, y, logits, feats, task_labels=t)
 
@@ -127,3 +131,11 @@ class _DictView(torch.utils.data.Dataset):
 def _collate_dicts(items):
     return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor)
             else torch.tensor([it[k] for it in items]) for k in items[0]}
+
+
+def _without_outputs(batches, widths):
+    """``(inputs, labels, task labels, zero logits, zero features)`` of every minibatch."""
+    num_logits, num_feats = widths
+    for x, y, t in batches:
+        yield x, y, t, x.new_zeros(x.shape[0], num_logits, dtype=torch.float32), \
+            x.new_zeros(x.shape[0], num_feats, dtype=torch.float32)

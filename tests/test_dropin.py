@@ -155,7 +155,7 @@ def test_multi_task_model_gets_task_labels_and_all_heads_features():
     bm = nc_benchmark(ds, ds, n_experiences=3, task_labels=True, seed=0)
     torch.manual_seed(0)
     model = MTSimpleMLP(input_size=20, hidden_size=16)
-    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8)
+    plugin = BalancedReplayPlugin(mem_size=30, batch_size_mem=8, store_logits=True)  # the insertion pass runs
     strategy = naive(model, [plugin])
     for exp in bm.train_stream:
         strategy.train(exp)
@@ -166,8 +166,8 @@ def test_multi_task_model_gets_task_labels_and_all_heads_features():
     with torch.no_grad():
         model.eval()
         hidden = model.features(buf.examples[: len(buf)])
-    # The defaults never refresh stored features (nothing reads them): the last experience's
-    # samples hold the features of the model as it is now.
+    # Nothing refreshes stored features here (nothing reads the groups): the last experience's
+    # samples hold the features of the model as it is now, from the insertion pass.
     last = buf.task_labels[: len(buf)] == 2
     torch.testing.assert_close(buf.features[: len(buf)][last], hidden[last])
 
@@ -246,7 +246,8 @@ class PoisonWeights(SupervisedPlugin):
 
 def test_non_finite_weights_are_reported_with_where_they_came_from():
     bm = blobs_benchmark(C, D, seed=0)
-    strategy = naive(mlp(), [BalancedReplayPlugin(mem_size=30, batch_size_mem=8), PoisonWeights()])
+    # store_logits: the end-of-experience insertion runs the model (the defaults run none)
+    strategy = naive(mlp(), [BalancedReplayPlugin(mem_size=30, batch_size_mem=8, store_logits=True), PoisonWeights()])
     strategy.train(bm.train_stream[0])
     with pytest.raises(ValueError, match=r"experience \d, insertion at the end of the experience: features contain "
                                          r"NaN or inf; the model's weights are non-finite \(0.weight.*PoisonWeights"):

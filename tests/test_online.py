@@ -74,8 +74,13 @@ class ForwardCounter:
         self.samples += inputs[0].shape[0]
 
 
-@pytest.mark.parametrize("config", [dict(), dict(use_balanced_sampling=True), dict(group_metrics=True)])
-def test_forward_passes_per_mini_experience_do_not_grow_with_the_buffer(config):
+@pytest.mark.parametrize("config, per_mini_experience", [
+    (dict(), 16),  # 8 current + 8 replayed in training; nothing reads logits or features: no insertion pass
+    (dict(store_logits=True), 24),  # + the 8 inserted samples' eval-mode pass
+    (dict(use_balanced_sampling=True), 24),
+    (dict(group_metrics=True), 24),
+])
+def test_forward_passes_per_mini_experience_do_not_grow_with_the_buffer(config, per_mini_experience):
     """Samples through the model per mini-experience of 8 (with 8 replayed) are the same whatever
     the buffer holds, once its classes are known: no pass over the whole buffer after each
     mini-experience. (Before: every stored feature was recomputed at the end of every experience.)"""
@@ -96,8 +101,7 @@ def test_forward_passes_per_mini_experience_do_not_grow_with_the_buffer(config):
                     steady.append(counter.samples - before)  # no new class in this mini-experience
         assert len(steady) >= 8 and len(plugin.buffer) == min(mem_size, 32 * C)
         per_mini[mem_size] = set(steady)
-    # 8 current + 8 replayed in training, 8 in the insertion pass: 24 per mini-experience.
-    assert per_mini[32] == per_mini[96] == {24}
+    assert per_mini[32] == per_mini[96] == {per_mini_experience}
 
 
 def test_new_classes_trigger_one_regrouping_and_the_schedule_the_rest():
@@ -289,9 +293,28 @@ def test_experiences_larger_than_the_buffer_and_fewer_slots_than_classes():
             assert int((counts > 0).sum()) == 4 and int(counts.max()) == 1
 
 
+def test_without_readers_draws_carry_no_logits_and_a_reader_gets_fresh_features():
+    """Defaults: stored without a model pass, drawn without logits (None, not zeros); with
+    store_logits the stored logits are the model's at insertion."""
+    bm = blobs_benchmark(C, D, n_per_class=16, n_experiences=2)
+    for store, expect_logits in ((False, False), (True, True)):
+        plugin = BalancedReplayPlugin(mem_size=24, batch_size_mem=8, store_logits=store)
+        strategy = make(Naive, plugin)
+        strategy.train(bm.train_stream[0])
+        assert (plugin.draw().logits is not None) == expect_logits
+        stored = plugin.buffer.logits[: len(plugin.buffer)]
+        assert bool(stored.abs().sum() > 0) == expect_logits
+        if store:
+            with torch.no_grad():
+                strategy.model.eval()
+                torch.testing.assert_close(stored, strategy.model(plugin.buffer.examples[: len(plugin.buffer)]))
+
+
 def test_new_arguments_are_checked():
     with pytest.raises(TypeError, match="group_metrics"):
         BalancedReplayPlugin(mem_size=10, group_metrics="yes")
+    with pytest.raises(TypeError, match="store_logits"):
+        BalancedReplayPlugin(mem_size=10, store_logits=1)
     from avalanche_balanced import SARLGelu
     with pytest.raises(ValueError, match="online_warmup_iterations"):
         SARLGelu(model=mlp(), optimizer=torch.optim.SGD(mlp().parameters(), lr=0.1), online_warmup_iterations=-1)

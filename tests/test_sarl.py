@@ -408,3 +408,5 @@ def test_sarl_prototypes_from_augmented_views_when_asked():
         make_strategy(prototype_views="noisy")
     with pytest.raises(ValueError, match="semantic_positives"):
         make_strategy(semantic_positives="oracle")
+    with pytest.raises(TypeError, match="separate_batches"):
+        make_strategy(separate_batches="yes")

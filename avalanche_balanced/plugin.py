@@ -15,7 +15,7 @@ from .distributed import (broadcast_buffer, check_divisible, check_same_settings
 from .features import FeatureHook, classifier_of, model_version
 from .minibatch import experience_classes, task_labels_of, write_minibatch
 from .sampling import effective_sample_size, normalized_entropy
-from .validation import check_buffer_keywords, check_positive_int
+from .validation import check_positive_int
 
 __all__ = ["BalancedReplayPlugin", "ReplayStep", "experience_classes"]
 
@@ -32,6 +32,17 @@ class ReplayStep(NamedTuple):
     num_current: int
     replay: Optional[ReplayBatch]
     features: torch.Tensor
+
+
+def check_buffer_keywords(buffer_kwargs: dict, plugin_keywords=()) -> None:
+    """Keywords meant for :class:`~avalanche_balanced.buffer.BalancedBuffer` must be its own:
+    an unknown one raises ``TypeError`` naming it and listing every accepted keyword."""
+    accepted = [k for k in inspect.signature(BalancedBuffer.__init__).parameters if k not in ("self", "max_size")]
+    unknown = sorted(set(buffer_kwargs) - set(accepted))
+    if unknown:
+        own = [k for k in plugin_keywords if k not in ("self", "buffer_kwargs")]
+        raise TypeError(f"unknown keyword argument(s) {', '.join(map(repr, unknown))}; accepted: "
+                        f"{', '.join(own)} and the buffer's {', '.join(accepted)}")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["as_labels", "check_labels_in_range", "check_rows", "check_finite", "check_positive_int",
-           "check_replay_sizes", "check_buffer_keywords", "check_buffer_options", "check_incoming_shapes",
+           "check_replay_sizes", "check_buffer_options", "check_incoming_shapes",
            "PendingChecks"]
 
 
@@ -59,20 +59,6 @@ def check_replay_sizes(mem_size: int, batch_size_mem: int) -> None:
     check_positive_int(batch_size_mem, "batch_size_mem")
     if batch_size_mem > mem_size:
         raise ValueError(f"batch_size_mem ({batch_size_mem}) is larger than mem_size ({mem_size})")
-
-
-def check_buffer_keywords(buffer_kwargs: dict, plugin_keywords=()) -> None:
-    """Keywords meant for :class:`~avalanche_balanced.buffer.BalancedBuffer` must be its own:
-    an unknown one raises ``TypeError`` naming it and listing every accepted keyword."""
-    import inspect
-
-    from .buffer import BalancedBuffer
-    accepted = [k for k in inspect.signature(BalancedBuffer.__init__).parameters if k not in ("self", "max_size")]
-    unknown = sorted(set(buffer_kwargs) - set(accepted))
-    if unknown:
-        own = [k for k in plugin_keywords if k not in ("self", "buffer_kwargs")]
-        raise TypeError(f"unknown keyword argument(s) {', '.join(map(repr, unknown))}; accepted: "
-                        f"{', '.join(own)} and the buffer's {', '.join(accepted)}")
 
 
 SHARES = ("sample", "group")

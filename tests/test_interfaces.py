@@ -117,3 +117,14 @@ def test_checkpoint_keeps_the_evaluators_scalar_history(tmp_path):
     load_checkpoint(tmp_path / "c.pt", second)
     name = "Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"
     assert second.evaluator.get_all_metrics()[name] == first.evaluator.get_all_metrics()[name]
+
+
+def test_no_module_imports_a_package_module_inside_a_function():
+    """Function-local imports hid an import circle (validation -> buffer -> ... -> validation):
+    every package import sits at the top of its module."""
+    import re
+    package = REPO / "avalanche_balanced"
+    local = [f"{path.relative_to(REPO)}:{i}" for path in package.rglob("*.py")
+             for i, line in enumerate(path.read_text().splitlines(), 1)
+             if re.match(r"\s+(from \.|import avalanche_balanced|from avalanche_balanced)", line)]
+    assert local == []

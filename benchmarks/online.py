@@ -25,6 +25,7 @@ fills). Evaluation time is kept apart and not counted in the training time. Run 
 side by side (two processes, one torch thread each) so that their times share the machine's load.
 """
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -61,6 +62,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+@functools.lru_cache(maxsize=2)  # one build per seed, for every method of a process
 def build_benchmark(seed: int, n_experiences: int = 20):
     benchmark = split_cifar100(n_experiences, class_order=list(range(100)), seed=seed)
     return benchmark_with_validation_stream(benchmark, validation_size=0.05, shuffle=True, seed=seed)

@@ -174,6 +174,17 @@ def report(out: Path, baseline: str = "replay_plugin") -> str:
                      f"[{', '.join(f'{d:+.2f}' for d in acc)}] | {mean_std(fgt)} | {mean_std(ratio)} "
                      f"[{', '.join(f'{r:.2f}' for r in ratio)}] | {min(per_exp):.2f}-{max(per_exp):.2f}; "
                      f"by experience: {' '.join(f'{r:.2f}' for r in per_exp)} |")
+    shown = (0, 1, 2, 3, 4, 5, 10, 15, 19)
+    header = [t for t in shown if any(len(r["train_seconds"]) > t for m in by.values() for r in m.values())]
+    lines += ["", "Seconds per mini-experience by experience, as the buffer fills (mean over seeds; the buffer holds "
+              "the training samples of every experience so far up to its capacity):", "",
+              "| method | " + " | ".join(f"exp. {t}" for t in header) + " |", "|---|" + "---|" * len(header)]
+    for method in METHODS:
+        rs = list(by.get(method, {}).values())
+        if rs:
+            cells = [statistics.mean(r["train_seconds"][t] / r["mini_experiences"][t] for r in rs
+                                     if len(r["train_seconds"]) > t) for t in header]
+            lines.append(f"| {method} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -16,14 +16,10 @@ Prints a table; ratios against one process are what carries over between machine
 import argparse
 import os
 import pickle
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _count_bytes(counter: dict) -> None:
@@ -55,7 +51,6 @@ def worker(rank, world, port, timing, iterations, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    sys.path.insert(0, str(REPO))
     from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
     from avalanche.core import SupervisedPlugin

@@ -11,12 +11,16 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+INVESTIGATIONS = Path(__file__).resolve().parents[1] / "investigations"
 
 
-def load(name, monkeypatch):
-    """Import benchmarks/<name>.py as ``name`` (registered, so worker processes can import it too)."""
+def load(name, monkeypatch, folder=BENCH):
+    """Import <folder>/<name>.py (benchmarks/ by default) as ``name`` (registered, so worker processes
+    can import it too); benchmarks/ goes on the path, as the scripts import their sibling modules."""
     monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    if folder != BENCH:
+        monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)
@@ -425,7 +429,7 @@ def test_superclass_skewed_scenario_reports_crowded_and_lone_accuracy(monkeypatc
 
 def test_training_probe_only_reads_and_logs_every_iteration(tmp_path, monkeypatch):
     compare = load("compare", monkeypatch)
-    probe = load("probe_training", monkeypatch)
+    probe = load("probe_training", monkeypatch, INVESTIGATIONS / "sarl_collapse")
     registry = dict(compare.METHODS)
     result, rows = probe.main(["--method", "sarl_balanced", "--seed", "0", "--protocol", "tiny",
                                "--out", str(tmp_path / "probe.json")])

@@ -1,6 +1,6 @@
 """How far can class groups agree with CIFAR-100's superclasses, given a trained model's prototypes?
 
-    python benchmarks/grouping_ceiling.py runs/<experiment_id>/checkpoint.pt [--seed 0]
+    python investigations/grouping_ceiling/grouping_ceiling.py runs/<experiment_id>/checkpoint.pt [--seed 0]
 
 Reads the class prototypes a SARL-GELU run saved (``examples/split_cifar100_sarl_balanced.py``
 writes them in its checkpoint; each class's prototype is fixed at the end of its own

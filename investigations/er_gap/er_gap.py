@@ -1,7 +1,7 @@
 """Where the plugin with class-balanced storage differs from Avalanche's ``ClassBalancedBuffer`` ER,
 measured without training, one difference at a time (issue 20).
 
-    python benchmarks/er_gap.py
+    python investigations/er_gap/er_gap.py
 
 1. **What is stored.** The ordered long-tailed stream's labels (CIFAR-100-LT counts, ratio 0.01,
    cap 500, 5 experiences of 20 classes, head classes first) go through Avalanche's

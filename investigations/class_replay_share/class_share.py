@@ -1,6 +1,6 @@
 """How close ``grouping="class"`` comes to class-balanced replay, per-sample vs per-group shares.
 
-    python benchmarks/class_share.py            # ordered long-tailed stream, after experience 3
+    python investigations/class_replay_share/class_share.py    # ordered long-tailed stream, after experience 3
 
 A simulated buffer, no training: CIFAR-100-LT counts (ratio 0.01, head classes first), 20
 classes per experience, the first four experiences streamed through a reservoir buffer of

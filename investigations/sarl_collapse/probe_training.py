@@ -1,7 +1,8 @@
 """Re-run one comparison run with a training probe: per iteration, the loss, each SARL
 loss term, the gradient norm and the largest logit; printed as max / mean per epoch.
 
-    python benchmarks/probe_training.py --method sarl_balanced --seed 2 --lr 0.1 \\
+    PYTHONPATH=benchmarks python investigations/sarl_collapse/probe_training.py \\
+        --method sarl_balanced --seed 2 --lr 0.1 \\
         --scenario lt --imbalance_order ordered --out results/probe_sarl_balanced_2.json
 
 The run is the one ``compare.py`` makes for that method, seed and rate (same benchmark,
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from avalanche.core import SupervisedPlugin
 
-import compare  # benchmarks/ is on the path of a script run from it
+import compare  # from benchmarks/: run with PYTHONPATH=benchmarks
 from avalanche_balanced.protocols import PROTOCOLS
 
 

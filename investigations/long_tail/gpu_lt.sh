@@ -2,13 +2,13 @@
 # Issue 12's comparison on a lent GPU, in one call of at most 10 minutes: long-tailed Split
 # CIFAR-100 (ratio 0.01, cap 500), both orders, seeds 0-2, the methods a user would weigh.
 #
-#   bash benchmarks/gpu_lt.sh OUT [BUDGET=550] [DEVICE=cuda]
+#   bash investigations/long_tail/gpu_lt.sh OUT [BUDGET=550] [DEVICE=cuda]
 #
 # Results come back as OUT/results.tgz (results/quick_gpu_lt_*/) and the logs; finished runs are
 # kept, and a re-run skips them.
 set -uo pipefail
 out=${1:?usage: gpu_lt.sh OUT [BUDGET] [DEVICE]}; budget=${2:-550}; device=${3:-cuda}
-here=$(cd "$(dirname "$0")/.." && pwd); cd "$here"; mkdir -p "$out"
+here=$(cd "$(dirname "$0")/../.." && pwd); cd "$here"; mkdir -p "$out"
 source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 methods="er er_class_balanced er_ace plugin_uniform plugin_class_balanced plugin_balanced sarl_uniform sarl_balanced"

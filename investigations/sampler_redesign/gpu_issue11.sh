@@ -6,12 +6,12 @@
 #   check: would the new balanced designs pick another learning rate on held-out training images?
 # Balanced runs train at their uniform counterpart's validated rate (results/quick_gpu/lr_selection.json).
 #
-#   bash benchmarks/gpu_issue11.sh OUT [BUDGET=540] [DEVICE=cuda]
+#   bash investigations/sampler_redesign/gpu_issue11.sh OUT [BUDGET=540] [DEVICE=cuda]
 #
 # Results come back as OUT/results.tgz (results/quick_gpu_v2*/) and the logs.
 set -uo pipefail
 out=${1:?usage: gpu_issue11.sh OUT [BUDGET] [DEVICE]}; budget=${2:-540}; device=${3:-cuda}
-here=$(cd "$(dirname "$0")/.." && pwd); cd "$here"; mkdir -p "$out"
+here=$(cd "$(dirname "$0")/../.." && pwd); cd "$here"; mkdir -p "$out"
 source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 start=$(date +%s)

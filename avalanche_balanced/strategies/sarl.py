@@ -442,10 +442,9 @@ class SARLGelu(SupervisedTemplate):
         """Eval-mode features and labels of the current task's images, in ``prototype_views``."""
         model = unwrap(self.model)
         if self.online:
-            labels = self.buffer.stored_labels
-            mine = self._task_classes[labels]
-            x = self.buffer.examples[: len(self.buffer)][mine]
-            batches = [(x[i: i + 256], labels[mine][i: i + 256]) for i in range(0, x.shape[0], 256)]
+            mine = self._task_classes[self.buffer.stored_labels]
+            x, y = self.buffer.examples[: len(self.buffer)][mine], self.buffer.stored_labels[mine]
+            batches = [(x[i: i + 256], y[i: i + 256]) for i in range(0, x.shape[0], 256)]
         else:
             loader = torch.utils.data.DataLoader(self.experience.dataset.eval(),
                                                  batch_size=self.eval_mb_size or 256, shuffle=False)

@@ -96,11 +96,12 @@ SEMANTIC_NAMES = {
 }
 
 
-def tiny_benchmark(seed, validation=False, imbalance_ratio=None, imbalance_order="shuffled", skew=False):
+def tiny_benchmark(seed, validation=False, imbalance_ratio=None, imbalance_order="shuffled", skew=False,
+                   natural_order=False):
     """20 classes in 5 superclasses of 4, 8x8 images with a class-dependent colour.
 
     ``validation``: the test stream is another draw from the training distribution
-    (the stand-in for held-out training images). ``imbalance_ratio``: long-tailed training
+    (the stand-in for held-out training images). ``natural_order``: classes 0..19 in order. ``imbalance_ratio``: long-tailed training
     counts under a cap of 6 per class (see :func:`avalanche_balanced.long_tail.long_tail_counts`).
     ``skew``: one crowded superclass kept whole and one class of each other (8 classes,
     4 experiences; see :mod:`avalanche_balanced.superclass_skew`)."""
@@ -118,6 +119,8 @@ def tiny_benchmark(seed, validation=False, imbalance_ratio=None, imbalance_order
         test = split(3)
     order, counts = None, torch.full((20,), 6)
     kept, crowded, n_experiences = None, None, 5
+    if natural_order:
+        order = list(range(20))
     if skew:
         kept, crowded = skewed_classes(torch.arange(20) // 4, 1, g)
         counts, n_experiences = torch.where(torch.isin(torch.arange(20), kept), 6, 0), 4
@@ -144,12 +147,15 @@ def build_benchmark(protocol, order_seed, args, validation=False):
     p = PROTOCOLS[protocol]
     lt = getattr(args, "scenario", "split") == "lt"
     skew = getattr(args, "scenario", "split") == "skew"
+    natural = getattr(args, "class_order", "seeded") == "natural"
     if protocol == "tiny":
         bm = tiny_benchmark(order_seed, validation, imbalance_ratio=args.imbalance_ratio if lt else None,
-                            imbalance_order=args.imbalance_order if lt else "shuffled", skew=skew)
+                            imbalance_order=args.imbalance_order if lt else "shuffled", skew=skew,
+                            natural_order=natural)
     else:
         # Long-tailed (--scenario lt): CIFAR-100-LT counts under the standard cap of 500 per class.
         bm = split_cifar100(p["n_experiences"], root=args.data_root, seed=order_seed,
+                            class_order="natural" if natural else None,
                             per_class=None if lt else p["per_class"],
                             validation_per_class=p["val_per_class"] if validation else None,
                             imbalance_ratio=args.imbalance_ratio if lt else None,
@@ -298,6 +304,8 @@ def run_config(method, seed, lr, args) -> dict:
                 imbalance_order=args.imbalance_order if lt else None,
                 **({"superclass_skew": args.superclass_skew} if args.scenario == "skew" else {}),
                 class_order_seed=seed if args.class_order_seed is None else args.class_order_seed,
+                **({"class_order": "natural"} if getattr(args, "class_order", "seeded") == "natural"
+                   else {}),  # absent: drawn from the class-order seed
                 buffer_size=args.buffer_size or p["mem_size"], guards=getattr(args, "guards", "on"),
                 **({"compile": True} if getattr(args, "compile", False) else {}),  # absent: eager
                 **({"ramp_iterations": ramp} if (ramp := getattr(args, "ramp_iterations", None)) is not None
@@ -438,6 +446,9 @@ def main(argv=None):
     parser.add_argument("--buffer_size", type=int, default=None)
     parser.add_argument("--class_order_seed", type=int, default=None,
                         help="seed of the class order, training and evaluation subsets (default: the run's seed)")
+    parser.add_argument("--class_order", choices=("seeded", "natural"), default="seeded",
+                        help="natural: classes 0..99 in order, as SARL's authors train (the class-order seed "
+                             "then sets the training and evaluation subsets only)")
     parser.add_argument("--select_lr", action="store_true",
                         help="choose each method's learning rate over --lr_grid on held-out training "
                              "images (first seed only) and save it to --lr_selection; no test-set runs")

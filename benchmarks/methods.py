@@ -274,11 +274,11 @@ METHODS: Dict[str, Method] = {
     "sarl_gelu_balanced": Method(_sarl(True), "SARL-GELU with balanced instance sampling (semantic draws)",
                                  lr_from="sarl_gelu"),
     "sarl_with_gelu": Method(_sarl(False, **SARL_AUTHORS), "ablation: SARL with GELU activations in place of "
-                             "k-WTA, all else the authors'"),
+                             "k-WTA, all else the authors' (trains at sarl's validated rate)", lr_from="sarl"),
     "sarl_with_learned_similarity": Method(_sarl(False, sparse=True, **dict(SARL_AUTHORS, semantic_positives=
                                            "learned")), "ablation: SARL with the variant's learned similarity "
                                            "weights (bounded ratio) in place of fixed positives, all else the "
-                                           "authors'"),
+                                           "authors' (trains at sarl's validated rate)", lr_from="sarl"),
     "joint": Method(joint, "Avalanche JointTraining with the replay methods' sample budget (minibatch of "
                            "current + replayed size, as many steps)", joint=True),
     # Ablations and the long-tailed scenario's class-balancing baselines.

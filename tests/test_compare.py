@@ -191,6 +191,22 @@ def test_run_seed_and_class_order_seed_control_different_things(monkeypatch):
     assert all(torch.equal(wa[k], stats["er"]["initial"][k]) for k in wa)
 
 
+def test_natural_class_order_is_the_same_for_every_seed(monkeypatch):
+    """``--class_order natural`` (SARL's authors' order): experience i holds classes 4i..4i+3 of the
+    tiny benchmark for any seed; the run records it, so a seeded-order run is never reused for it."""
+    compare = load("compare", monkeypatch)
+    for seed in (0, 3):
+        bm, _ = compare.build_benchmark("tiny", seed, _args(class_order="natural", scenario="split"))
+        assert [sorted(e.classes_in_this_experience) for e in bm.train_stream] == \
+            [list(range(4 * i, 4 * i + 4)) for i in range(5)]
+    seeded, _ = compare.build_benchmark("tiny", 3, _args(scenario="split"))
+    assert [sorted(e.classes_in_this_experience) for e in seeded.train_stream] != \
+        [list(range(4 * i, 4 * i + 4)) for i in range(5)]
+    config = compare.run_config("sarl", 0, None, _args(class_order="natural", scenario="split"))
+    assert config["class_order"] == "natural"
+    assert "class_order" not in compare.run_config("sarl", 0, None, _args(scenario="split"))
+
+
 def _replay_batches(mem_size, m, steps):
     """Replay batch sizes of ``steps`` steps cycling through ``mem_size`` samples in batches of ``m``."""
     sizes, left = [], mem_size

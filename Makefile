@@ -23,8 +23,8 @@ test: setup
 	$(PY) -m pytest
 
 compare: setup  # choose each method's learning rate on held-out training images, then the table
-	$(PY) benchmarks/compare.py --protocol quick --select_lr
-	$(PY) benchmarks/compare.py --protocol quick
+	$(PY) -m benchmarks.compare --protocol quick --select_lr
+	$(PY) -m benchmarks.compare --protocol quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,10 +1,10 @@
 """Balanced vs uniform replay, beside Avalanche's own replay strategies, on Split CIFAR-100.
 
-    python benchmarks/compare.py --protocol quick --select_lr     # choose each method's lr (validation)
-    python benchmarks/compare.py --protocol quick                 # core table, seeds 0 1 2
-    python benchmarks/compare.py --protocol quick --class_order_seed 0 --seeds 0 1 2 \
+    python -m benchmarks.compare --protocol quick --select_lr     # choose each method's lr (validation)
+    python -m benchmarks.compare --protocol quick                 # core table, seeds 0 1 2
+    python -m benchmarks.compare --protocol quick --class_order_seed 0 --seeds 0 1 2 \
         --methods er er_ace sarl_uniform sarl_balanced --out results/quick_fixed_order
-    python benchmarks/compare.py --protocol paper --device cuda   # SARL's setting, for a GPU
+    python -m benchmarks.compare --protocol paper --device cuda   # SARL's setting, for a GPU
 
 Every method shares the benchmark, model (GELU ResNet-18), optimiser (SGD, no
 momentum), epochs, batch (current + replayed), buffer size and batched
@@ -69,8 +69,8 @@ from avalanche_balanced.long_tail import BUCKETS, FrequencyBucketAccuracy, long_
 from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.protocols import PROTOCOLS, sarl_alpha_for
 from avalanche_balanced.superclass_skew import SKEW_BUCKETS, SuperclassSkewAccuracy, skewed_classes
-from methods import CORE, LR_FROM, METHODS, Setting  # benchmarks/ is on the path of a script run from it
-from reporting import markdown_lr_selection, write_outputs
+from benchmarks.methods import CORE, LR_FROM, METHODS, Setting
+from benchmarks.reporting import markdown_lr_selection, write_outputs
 
 LR_GRID = (0.01, 0.03, 0.1)
 # Long-tailed streams (--scenario lt): accuracy on the test images of head, medium and tail classes.

@@ -1,7 +1,7 @@
 """Seconds and bytes per iteration of Naive + BalancedReplayPlugin under torch DDP (gloo, CPU processes).
 
-    python benchmarks/distributed.py                 # 1, 2 and 4 processes, both insertion timings
-    python benchmarks/distributed.py --worlds 1 2 --iterations 40
+    python -m benchmarks.distributed                 # 1, 2 and 4 processes, both insertion timings
+    python -m benchmarks.distributed --worlds 1 2 --iterations 40
 
 Every run trains the reduced GELU ResNet-18 (nf 20) on a synthetic 3 x 32 x 32 stream of 20
 classes in 2 experiences, global batch 32 current + 32 replayed, buffer 500, for

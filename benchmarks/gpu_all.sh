@@ -17,7 +17,7 @@ here=$(cd "$(dirname "$0")/.." && pwd); cd "$here"; mkdir -p "$out"
 source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 res=results/${protocol}_gpu; fixed=results/${protocol}_gpu_fixed_order
-compare() { "$py" benchmarks/compare.py --protocol "$protocol" --device "$device" --lr_selection "$res/lr_selection.json" "$@"; }
+compare() { "$py" -m benchmarks.compare --protocol "$protocol" --device "$device" --lr_selection "$res/lr_selection.json" "$@"; }
 timeout "$quick" bash -c "
     $(declare -f compare); py=$py protocol=$protocol device=$device res=$res
     compare --select_lr --jobs $jobs &&

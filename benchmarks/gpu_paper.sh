@@ -8,7 +8,7 @@
 #
 # Data: CIFAR-100 from $AVALANCHE_BALANCED_DATA, else from the staged parts in .stage/cifar100/.
 # A lent GPU machine sees only the repository and at most 64 MiB carried beside it, not ../shared:
-# on the machine with the data, `python benchmarks/stage_data.py` writes the npz files as parts of
+# on the machine with the data, `python -m benchmarks.stage_data` writes the npz files as parts of
 # at most 28 MiB (five for the training set, one for the test set) with a manifest; carry two parts
 # per call to the device, all of them ignored by git (earlier calls' parts stay on a warm machine),
 # and this script joins them and checks their SHA-256 before the runs.
@@ -19,9 +19,9 @@ out=${1:?usage: gpu_paper.sh OUT [BUDGET_SECONDS] [gpu_paper.py options]}
 budget=${2:-540}
 shift $(( $# >= 2 ? 2 : 1 ))
 here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"  # the tools run as modules of the benchmarks package, from the repository root
 if [ -z "${AVALANCHE_BALANCED_DATA:-}" ] && [ -d "$here/.stage/cifar100" ]; then
-    python3 "$here/benchmarks/stage_data.py" --join "$here/.stage/cifar100"
+    python3 -m benchmarks.stage_data --join "$here/.stage/cifar100"
     export AVALANCHE_BALANCED_DATA="$here/.stage/cifar100"
 fi
-cd "$here"
-exec "${PYTHON:-python3}" benchmarks/gpu_paper.py "$out" --budget "$budget" "$@"
+exec "${PYTHON:-python3}" -m benchmarks.gpu_paper "$out" --budget "$budget" "$@"

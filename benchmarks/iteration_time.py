@@ -9,7 +9,7 @@ once and trained experience by experience in turn, the order alternating, so tha
 load falls on both alike; the figure is the ratio of their training times per iteration over
 the experiences that replay (experience 2 on), with the ratio of every experience.
 
-    python benchmarks/iteration_time.py --experiences 4
+    python -m benchmarks.iteration_time --experiences 4
 """
 import argparse
 import time

@@ -1,7 +1,7 @@
 """Long run of the buffer: 100,000 insertions and 100,000 balanced draws, invariants and memory.
 
-    python benchmarks/long_run.py              # 100,000 steps on a 5,000-sample buffer
-    python benchmarks/long_run.py --steps 5000 # shorter
+    python -m benchmarks.long_run              # 100,000 steps on a 5,000-sample buffer
+    python -m benchmarks.long_run --steps 5000 # shorter
 
 Each step inserts one sample (a class-incremental stream: 100 classes in 5
 blocks), draws a balanced minibatch of 32 and refreshes the drawn samples'

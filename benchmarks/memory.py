@@ -1,6 +1,6 @@
 """Bytes per stored sample of BalancedBuffer on Split CIFAR-100, float32 vs float16 features.
 
-    python benchmarks/memory.py
+    python -m benchmarks.memory
 """
 import torch
 

@@ -14,8 +14,8 @@ stores and how it draws:
 * ``ours_balanced``: the same storage, semantic draws (``use_balanced_sampling=True``);
 * ``er_ace``: Avalanche's ``ER_ACE`` strategy (class-balanced storage, its own loss).
 
-    python benchmarks/online.py --methods replay_plugin ours --seeds 0 --out results/online_cpu
-    python benchmarks/online.py --report --out results/online_cpu       # the tables
+    python -m benchmarks.online --methods replay_plugin ours --seeds 0 --out results/online_cpu
+    python -m benchmarks.online --report --out results/online_cpu       # the tables
 
 Each (method, seed) run writes ``<out>/<method>_seed<seed>.json`` when it finishes; a run whose
 file exists is skipped. Recorded: final accuracy on the full test set, each experience's test
@@ -221,7 +221,7 @@ def main(argv=None):
             partial = args.out / f"{method}_seed{seed}.partial.json"
             result = run(method, seed, args, partial)
             partial.unlink(missing_ok=True)
-            result["command"] = "python benchmarks/online.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            result["command"] = "python -m benchmarks.online " + " ".join(argv if argv is not None else sys.argv[1:])
             result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                               text=True).stdout.strip()
             path.write_text(json.dumps(result, indent=1))

@@ -1,9 +1,9 @@
 """Paired differences and per-experience replay diagnostics across comparison folders.
 
-    python benchmarks/report.py results/quick_gpu_v2 results/quick_gpu_v2_fixes \\
+    python -m benchmarks.report results/quick_gpu_v2 results/quick_gpu_v2_fixes \\
         --pairs sarl_balanced:sarl_uniform sarl_legacy_share:sarl_legacy
 
-    python benchmarks/report.py results/quick_cpu_default_split_ddp2 results/quick_cpu_default_split --tag_folders \
+    python -m benchmarks.report results/quick_cpu_default_split_ddp2 results/quick_cpu_default_split --tag_folders \
         --pairs plugin_class_storage_uniform@0:plugin_class_storage_uniform@1   # 2 processes vs 1
 
 Merges the runs of every folder's ``results.json`` (a method and seed present twice is an
@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from reporting import markdown_paired, paired_differences  # benchmarks/ is on the path of a script run from it
+from benchmarks.reporting import markdown_paired, paired_differences
 
 HISTORY = (("current_share", "current share of replay"), ("effective_sample_size", "effective sample size"),
            ("group_agreement_per_experience", "group agreement (ARI)"))

@@ -10,7 +10,7 @@ import torch
 
 from avalanche_balanced.figures import accuracy_matrix_figure
 from avalanche_balanced.protocols import PROTOCOLS
-from methods import DESCRIPTIONS, METHODS
+from benchmarks.methods import DESCRIPTIONS, METHODS
 
 SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
                 "group_agreement", "seconds", "head_accuracy", "medium_accuracy", "tail_accuracy",

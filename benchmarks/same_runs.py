@@ -1,6 +1,6 @@
 """Do two comparison folders hold the same numbers? (A refactor must not change results.)
 
-    python benchmarks/same_runs.py results/refactor_check/before results/refactor_check/after
+    python -m benchmarks.same_runs results/refactor_check/before results/refactor_check/after
 
 Compares every run (method, seed) present in both ``results.json`` files key by key, timing
 and process fields aside, and prints each difference with its size; exit status 1 if a

@@ -1,7 +1,7 @@
 """Speed of balanced vs uniform replay draws, and of a training iteration with the plugin.
 
-    python benchmarks/sampler.py            # all figures
-    python benchmarks/sampler.py --quick    # fewer repeats
+    python -m benchmarks.sampler            # all figures
+    python -m benchmarks.sampler --quick    # fewer repeats
 
 Prints, in one run on this machine:
 1. the time of one draw of 32 from buffers of 200 ... 500,000 samples: the pure

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 lr=results/quick_cpu_sarl/lr_selection.json
 main="sarl sarl_gelu sarl_gelu_balanced"
-run() { "$py" benchmarks/compare.py --protocol quick --jobs 2 --threads 1 --lr_selection "$lr" "$@"; }
+run() { "$py" -m benchmarks.compare --protocol quick --jobs 2 --threads 1 --lr_selection "$lr" "$@"; }
 run --select_lr --methods sarl sarl_gelu
 run --methods $main --seeds 0 1 2 3 4 --out results/quick_cpu_sarl
 run --methods sarl_with_gelu sarl_with_learned_similarity --seeds 0 1 2 --out results/quick_cpu_sarl

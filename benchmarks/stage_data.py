@@ -1,7 +1,7 @@
 """Stage CIFAR-100 for a machine that sees only the repository (a lent GPU machine).
 
-    python benchmarks/stage_data.py                    # split the npz files into .stage/cifar100/
-    python benchmarks/stage_data.py --join FOLDER      # on the other machine: join them back
+    python -m benchmarks.stage_data                    # split the npz files into .stage/cifar100/
+    python -m benchmarks.stage_data --join FOLDER      # on the other machine: join them back
 
 Splitting writes each ``cifar100_{train,test}.npz`` of the data root (default:
 ``avalanche_balanced.data.default_data_root()``) as parts of at most

@@ -1,8 +1,8 @@
 """Device-to-host synchronisations per training iteration, for Naive + BalancedReplayPlugin and
 SARL-GELU, each with uniform and balanced draws.
 
-    python benchmarks/syncs.py                 # on the CPU: operations that would sync on a GPU
-    python benchmarks/syncs.py --device cuda   # on a GPU: torch.cuda.set_sync_debug_mode counts too
+    python -m benchmarks.syncs                 # on the CPU: operations that would sync on a GPU
+    python -m benchmarks.syncs --device cuda   # on a GPU: torch.cuda.set_sync_debug_mode counts too
 
 On the CPU nothing synchronises, so the count is of the operations that force a device-to-host
 copy on a GPU, seen through a ``TorchFunctionMode``: ``.item()``, ``.tolist()``, ``.cpu()``,

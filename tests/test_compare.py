@@ -1,6 +1,7 @@
-"""benchmarks/compare.py on its tiny synthetic protocol: every registry row, finite numbers, the harness."""
+"""benchmarks.compare on its tiny synthetic protocol: every registry row, finite numbers, the harness."""
 import argparse
 import dataclasses
+import importlib
 import importlib.util
 import json
 import math
@@ -10,20 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 INVESTIGATIONS = Path(__file__).resolve().parents[1] / "investigations"
 
 
-def load(name, monkeypatch, folder=BENCH):
-    """Import <folder>/<name>.py (benchmarks/ by default) as ``name`` (registered, so worker processes
-    can import it too); benchmarks/ goes on the path, as the scripts import their sibling modules."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    if folder != BENCH:
-        monkeypatch.syspath_prepend(str(folder))
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
+def load(name, monkeypatch, folder=None):
+    """``benchmarks.<name>`` (the repository root is on pytest's path, see pyproject.toml), or
+    with ``folder`` the script ``<folder>/<name>.py`` loaded from its file (an investigation: it
+    imports the benchmark modules as ``benchmarks.<module>``)."""
+    if folder is None:
+        module = importlib.import_module(f"benchmarks.{name}")
+    else:
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
     if name == "compare":  # its default thread count is the cores over --jobs: one, as the suite runs
         monkeypatch.setattr(module, "_cpu_count", lambda: 1)
     return module
@@ -68,7 +69,7 @@ def test_every_code_path_appears_with_finite_numbers(tmp_path, monkeypatch):
     assert all(f"| {m} |" in table for m in methods)
     # first minus second, seed by seed, in the JSON and the table, for every pair with both rows
     by = {r["method"]: r for r in saved["runs"]}
-    import reporting
+    from benchmarks import reporting
     both = [(a, b) for a, b in reporting.PAIRS if a in by and b in by]
     assert len(both) >= 5 and set(saved["paired"]) == {f"{a} - {b}" for a, b in both}
     for first, second in both:
@@ -140,7 +141,7 @@ def _args(**overrides):
 def _instrument(compare, monkeypatch):
     """Wrap every method's builder: record the network's initial weights, count the samples of
     gradient-carrying training forward passes and the samples augmented for them."""
-    import methods
+    from benchmarks import methods
     from avalanche_balanced.data import cifar_augment
     from avalanche_balanced.models import GeluResNet
     stats = {}
@@ -253,7 +254,7 @@ def test_every_kind_of_method_steps_its_rate_at_the_milestones(monkeypatch):
     The paper's milestones are 35 and 45 of 50 epochs; the steps are checked at 3 and 5 of 6."""
     from avalanche.core import SupervisedPlugin
     compare = load("compare", monkeypatch)
-    import methods
+    from benchmarks import methods
     assert compare.PROTOCOLS["paper"]["lr_steps"] == [35, 45] and compare.PROTOCOLS["paper"]["epochs"] == 50
 
     class LrRecorder(SupervisedPlugin):

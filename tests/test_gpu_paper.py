@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-import gpu_paper  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+from benchmarks import gpu_paper  # the repository root is on pytest's pythonpath (pyproject.toml)
 
 REPO = Path(__file__).resolve().parents[1]
 

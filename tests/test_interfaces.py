@@ -128,3 +128,28 @@ def test_no_module_imports_a_package_module_inside_a_function():
              for i, line in enumerate(path.read_text().splitlines(), 1)
              if re.match(r"\s+(from \.|import avalanche_balanced|from avalanche_balanced)", line)]
     assert local == []
+
+
+def test_the_lab_tools_import_each_other_as_a_package():
+    """benchmarks/ is a package run from the repository root (``python -m benchmarks.<tool>``):
+    no file of the lab tools, examples or investigations edits ``sys.path`` or imports a
+    benchmark module as a bare sibling (``from methods import ...``), which works only when the
+    script's own folder happens to be on the path."""
+    import re
+    assert (REPO / "benchmarks" / "__init__.py").is_file()
+    tools = sorted(path.stem for path in (REPO / "benchmarks").glob("*.py") if path.stem != "__init__")
+    assert {"compare", "methods", "reporting", "report", "online", "syncs", "sampler", "memory"} <= set(tools)
+    sibling = re.compile(rf"^\s*(from ({'|'.join(tools)}|\.\w*) import|import ({'|'.join(tools)})\b)")
+    found = []
+    for folder in ("benchmarks", "examples", "investigations"):
+        for path in sorted((REPO / folder).rglob("*")):
+            if not path.is_file() or "__pycache__" in path.parts:
+                continue
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:  # not a text file
+                continue
+            for i, line in enumerate(text.splitlines(), 1):
+                if "sys.path" in line or "PYTHONPATH=benchmarks" in line or sibling.match(line):
+                    found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    assert found == []

@@ -1,7 +1,7 @@
-"""benchmarks/online.py, the online reference harness, on two mini-experiences per experience."""
+"""benchmarks.online, the online reference harness, on two mini-experiences per experience."""
 import json
 
-import online  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+from benchmarks import online  # the repository root is on pytest's pythonpath (pyproject.toml)
 
 
 def test_online_harness_runs_pairs_and_reports(cifar_root, tmp_path, monkeypatch):
@@ -14,7 +14,7 @@ def test_online_harness_runs_pairs_and_reports(cifar_root, tmp_path, monkeypatch
     for r in runs.values():
         assert r["mini_experiences"] == [2] and len(r["train_seconds"]) == 1
         assert 0 <= r["accuracy"] <= 100 and len(r["accuracy_just_after"]) == 1
-        assert r["command"].startswith("python benchmarks/online.py")
+        assert r["command"].startswith("python -m benchmarks.online ")
     online.main(args)  # finished runs are skipped: the files stay as they were
     assert {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("*.json")} == runs
     table = online.report(tmp_path)

@@ -304,7 +304,7 @@ def test_semantic_term_stays_bounded_when_every_weight_nears_one():
 def test_alpha_follows_the_buffer_size_in_the_harness():
     """compare.py kept alpha 0.2 with --buffer_size 200; SARL uses 0.5 there and 0.2 at 500."""
     import argparse
-    import compare
+    from benchmarks import compare
     from avalanche_balanced.protocols import sarl_alpha_for
 
     assert sarl_alpha_for(200) == 0.5 and sarl_alpha_for(500) == 0.2

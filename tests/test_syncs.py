@@ -1,5 +1,5 @@
 """Replay without host syncs: the sync-free paths equal the host paths, and a steady-state
-training iteration reads nothing on the host (counted, as benchmarks/syncs.py does)."""
+training iteration reads nothing on the host (counted, as benchmarks.syncs does)."""
 import statistics
 
 import pytest
@@ -11,7 +11,7 @@ from avalanche.training.supervised import Naive
 import avalanche_balanced.sampling as sampling
 from avalanche_balanced import BalancedBuffer, BalancedReplayPlugin, SARLGelu, replay_distribution, sample_indices
 from avalanche_balanced.insertion import reservoir_slots, reservoir_writes
-from syncs import PerIteration
+from benchmarks.syncs import PerIteration
 from synthetic import blobs_benchmark
 
 C, D = 6, 8

@@ -13,7 +13,7 @@ source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 methods="er er_class_balanced er_ace plugin_uniform plugin_class_balanced plugin_balanced sarl_uniform sarl_balanced"
 for order in shuffled ordered; do
-    timeout "$budget" "$py" benchmarks/compare.py --protocol quick --device "$device" --scenario lt \
+    timeout "$budget" "$py" -m benchmarks.compare --protocol quick --device "$device" --scenario lt \
         --imbalance_order "$order" --seeds 0 1 2 --methods $methods --jobs 8 \
         --lr_selection results/quick_gpu/lr_selection.json --out "results/quick_gpu_lt_$order" \
         > "$out/lt_$order.log" 2>&1 &

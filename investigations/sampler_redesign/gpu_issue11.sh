@@ -15,7 +15,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd); cd "$here"; mkdir -p "$out"
 source benchmarks/use_staged_data.sh
 py=${PYTHON:-python3}
 start=$(date +%s)
-compare() { timeout "$budget" "$py" benchmarks/compare.py --protocol quick --device "$device" "$@"; }
+compare() { timeout "$budget" "$py" -m benchmarks.compare --protocol quick --device "$device" "$@"; }
 compare --out results/quick_gpu_v2 --lr_selection results/quick_gpu/lr_selection.json --seeds 0 1 2 3 4 \
     --methods sarl_uniform sarl_balanced plugin_uniform plugin_balanced --jobs 8 > "$out/core.log" 2>&1 &
 compare --out results/quick_gpu_v2_fixes --lr_selection results/quick_gpu/lr_selection.json --seeds 0 1 2 \

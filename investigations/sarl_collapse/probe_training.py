@@ -1,13 +1,14 @@
 """Re-run one comparison run with a training probe: per iteration, the loss, each SARL
 loss term, the gradient norm and the largest logit; printed as max / mean per epoch.
 
-    PYTHONPATH=benchmarks python investigations/sarl_collapse/probe_training.py \\
+    python -m investigations.sarl_collapse.probe_training \\
         --method sarl_balanced --seed 2 --lr 0.1 \\
         --scenario lt --imbalance_order ordered --out results/probe_sarl_balanced_2.json
 
-The run is the one ``compare.py`` makes for that method, seed and rate (same benchmark,
-same seeding, one torch thread as in a two-job comparison), so its final accuracy must
-equal the comparison's: the probe only reads. Use it to tell a diverged run (a gradient
+Run it from the repository root, as a module (it imports ``benchmarks.compare``). The run is
+the one ``benchmarks.compare`` makes for that method, seed and rate (same benchmark, same
+seeding, one torch thread as in a two-job comparison), so its final accuracy must equal the
+comparison's: the probe only reads. Use it to tell a diverged run (a gradient
 spike, then a loss term that keeps growing) from an unlucky one.
 """
 import argparse
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 from avalanche.core import SupervisedPlugin
 
-import compare  # from benchmarks/: run with PYTHONPATH=benchmarks
 from avalanche_balanced.protocols import PROTOCOLS
+from benchmarks import compare  # run from the repository root, as a module (see above)
 
 
 class TrainingProbe(SupervisedPlugin):

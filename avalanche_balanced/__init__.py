@@ -2,7 +2,7 @@
 
 The public API:
 
-* importance maths (``sampling``): :func:`balanced_importance`, :func:`replay_distribution`,
+* importance maths (``importance``): :func:`balanced_importance`, :func:`replay_distribution`,
   :func:`group_share_weights`, :func:`cosine_to_unit`, :func:`effective_sample_size`;
   draws from weights (``draws``): :func:`sample_indices`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
@@ -22,7 +22,7 @@ The public API:
   superclass-skewed streams (``split_cifar100(superclass_skew=k)``): :class:`SuperclassSkewAccuracy`;
 * runs: :func:`seed_everything` (seed a run after building its benchmark).
 """
-from .sampling import (
+from .importance import (
     balanced_importance, cosine_to_unit, effective_sample_size, group_share_weights, normalized_entropy,
     replay_distribution,
 )

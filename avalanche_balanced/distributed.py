@@ -36,9 +36,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from .buffer_state import buffer_config
 
-__all__ = ["init_distributed", "free_port", "rank_and_world", "shard_rows", "gather_rows", "check_divisible",
+__all__ = ["init_distributed", "free_port", "rank_and_world", "shard_rows", "shard_draw", "gather_rows", "check_divisible",
            "check_same_settings", "broadcast_buffer", "buffer_fingerprint", "check_same_buffer",
            "seeded_shard_loader", "unwrap", "DataParallelPlugin"]
 
@@ -91,6 +90,19 @@ def shard_rows(tensors: Sequence[Tensor], rank: int, world_size: int) -> list:
     return [t[rank * k: (rank + 1) * k] for t in tensors]
 
 
+def shard_draw(batch, rank: int, world_size: int):
+    """Rank ``rank``'s slice of a global replay draw (a ``ReplayBatch``): an equal contiguous share
+    of its rows, the draw cut to a multiple of ``world_size`` when fewer were stored than asked.
+    Returns ``(this rank's batch, the indices of the whole draw)``: every rank applies every
+    rank's values to those slots, in rank order."""
+    if world_size == 1:
+        return batch, batch.indices
+    n = batch.indices.shape[0]
+    if n % world_size:
+        batch = type(batch)(*(t[: n - n % world_size] for t in batch))
+    return type(batch)(*shard_rows(list(batch), rank, world_size)), batch.indices
+
+
 def gather_rows(*tensors: Tensor) -> list:
     """Every tensor concatenated over the ranks in rank order (``DistributedHelper.cat_all``);
     the tensors themselves in a single process."""
@@ -103,7 +115,7 @@ def check_same_settings(buffer) -> None:
     """Raise ``ValueError`` when another rank's buffer has other settings (checked at start)."""
     if not DistributedHelper.is_distributed:
         return
-    mine = buffer_config(buffer)
+    mine = buffer.config()
     everyone = [None] * DistributedHelper.world_size
     dist.all_gather_object(everyone, mine)
     for rank, theirs in enumerate(everyone):

@@ -1,17 +1,17 @@
 """Drawing a replay minibatch from weights: in proportion, uniformly, or in passes.
 
-:mod:`avalanche_balanced.sampling` turns similarities and groups into weights; the
+:mod:`avalanche_balanced.importance` turns similarities and groups into weights; the
 functions here turn weights into indices. Proportional draws are without replacement
 (successive sampling, the distribution of ``torch.multinomial(p, k, replacement=False)``)
 and take a path with no host sync on an accelerator and for small CPU inputs
-(:func:`~avalanche_balanced.sampling.sync_free`).
+(:func:`~avalanche_balanced.importance.sync_free`).
 """
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .sampling import SYNC_FREE_CPU_LIMIT, cap_weights, capped_by_sort, sync_free
+from .importance import SYNC_FREE_CPU_LIMIT, cap_weights, capped_by_sort, sync_free
 
 __all__ = ["sample_indices", "draw_proportional", "uniform_indices", "next_in_pass", "first_occurrences"]
 
@@ -42,7 +42,7 @@ def sample_indices(
     Fallbacks: all-zero weights give a uniform draw. Zero-weight entries are
     never drawn while ``k`` does not exceed the number of positive-weight
     entries (with or without ``max_ratio``: a cap the positive entries cannot
-    meet is raised to ``1 / n_pos``, see :func:`~avalanche_balanced.sampling.cap_weights`); beyond that they
+    meet is raised to ``1 / n_pos``, see :func:`~avalanche_balanced.importance.cap_weights`); beyond that they
     fill the rest of the draw, uniformly among themselves.
 
     Args:

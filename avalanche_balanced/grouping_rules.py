@@ -4,13 +4,15 @@ Like the similarity rules, a grouping rule is a small callable object the
 buffer calls without knowing which rule it is; chosen by name (``GROUPINGS``)
 or passed as an object, so a new rule is one new class.
 
-Contract of every rule (``buffer`` is the calling
-:class:`~avalanche_balanced.buffer.BalancedBuffer`):
+Contract of every rule (``similarity`` is the buffer's
+:class:`~avalanche_balanced.similarity_rules.PrototypeSimilarity`: its similarity rule bound
+to its class prototypes; a rule reads nothing else of the buffer):
 
-* ``rule(buffer, labels, features)``: the group id (non-negative, long) of
+* ``rule(labels, features, similarity)``: the group id (non-negative, long) of
   each sample, for samples being inserted and at every regrouping;
-* ``rule.update(buffer, update_threshold)``: adapt to the stored samples before
-  a regrouping (thresholds, class clusters); no-op by default;
+* ``rule.update(similarity, features, labels, update_threshold)``: adapt to the
+  stored samples (``features``, ``labels``) before a regrouping (thresholds,
+  class clusters); no-op by default;
 * ``rule.allocate(num_classes, device)``: called once the number of classes is
   known (the buffer's first insertion);
 * ``rule.state_dict()`` / ``load_state_dict()`` / ``to(device)``: what a
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .semantic import AdaptiveThreshold, class_groups_from_similarity
+from .similarity_rules import PrototypeSimilarity
 
 __all__ = ["GroupingRule", "ClassSimilarityGrouping", "PrototypeThresholdGrouping", "ClassGrouping",
            "FixedGrouping", "GROUPINGS", "make_grouping", "majority_groups"]
@@ -33,10 +36,11 @@ class GroupingRule:
     name = "base"
     threshold: Optional[AdaptiveThreshold] = None
 
-    def __call__(self, buffer, labels: Tensor, features: Tensor) -> Tensor:
+    def __call__(self, labels: Tensor, features: Tensor, similarity: PrototypeSimilarity) -> Tensor:
         raise NotImplementedError
 
-    def update(self, buffer, update_threshold: bool = True) -> None:
+    def update(self, similarity: PrototypeSimilarity, features: Tensor, labels: Tensor,
+               update_threshold: bool = True) -> None:
         pass
 
     def allocate(self, num_classes: int, device) -> None:
@@ -69,7 +73,7 @@ class ClassSimilarityGrouping(GroupingRule):
     """Classes whose prototypes are alike share a group (the default).
 
     At each update the threshold adapts to the similarities between the
-    prototypes of the seen classes (``buffer.similarity_rule.between_classes``),
+    prototypes of the seen classes (``similarity.between_classes()``),
     then average-linkage clusters them at the threshold, merging groups of
     fewer than ``min_size`` classes into their nearest group; a sample's group
     is its class's group (``class_group``). Unseen classes are singletons.
@@ -94,15 +98,15 @@ class ClassSimilarityGrouping(GroupingRule):
         new = torch.arange(old, num_classes, device=device)
         self.class_group = new if self.class_group is None else torch.cat([self.class_group.to(device), new])
 
-    def update(self, buffer, update_threshold=True):
-        scores, seen = buffer.similarity_rule.between_classes(buffer.prototypes), buffer.prototypes.valid
+    def update(self, similarity, features, labels, update_threshold=True):
+        scores, seen = similarity.between_classes(), similarity.prototypes.valid
         if update_threshold:
             pairs = seen.unsqueeze(0) & seen.unsqueeze(1)
             pairs.fill_diagonal_(False)
             self.threshold.update(scores[pairs])
         self.class_group = class_groups_from_similarity(scores, seen, self.threshold.value, min_size=self.min_size)
 
-    def __call__(self, buffer, labels, features):
+    def __call__(self, labels, features, similarity):
         return self.class_group[labels]
 
     def to(self, device):
@@ -129,12 +133,12 @@ class PrototypeThresholdGrouping(GroupingRule):
     def __init__(self, threshold: Optional[AdaptiveThreshold] = None):
         self.threshold = threshold if threshold is not None else AdaptiveThreshold(0.8, quantile=0.5)
 
-    def update(self, buffer, update_threshold=True):
+    def update(self, similarity, features, labels, update_threshold=True):
         if update_threshold:
-            self.threshold.update(buffer.similarity_of(buffer.stored_features, buffer.stored_labels))
+            self.threshold.update(similarity.of(features, labels))
 
-    def __call__(self, buffer, labels, features):
-        return self.threshold(buffer.similarity_of(features, labels)).long()
+    def __call__(self, labels, features, similarity):
+        return self.threshold(similarity.of(features, labels)).long()
 
     def group_width(self, num_classes):
         return 2  # below or above the threshold
@@ -145,7 +149,7 @@ class ClassGrouping(GroupingRule):
 
     name = "class"
 
-    def __call__(self, buffer, labels, features):
+    def __call__(self, labels, features, similarity):
         return labels
 
 
@@ -168,7 +172,7 @@ class FixedGrouping(GroupingRule):
                              f"have {num_classes}")
         self.class_to_group = self.class_to_group.to(device)
 
-    def __call__(self, buffer, labels, features):
+    def __call__(self, labels, features, similarity):
         return self.class_to_group[labels]
 
     def group_width(self, num_classes):

@@ -12,6 +12,7 @@ buffer, the prototypes or a checkpoint.
 All per-iteration bookkeeping stays on the device (running maxima and counts as
 tensors); the finite-loss check is the one host synchronisation per iteration.
 """
+import contextlib
 from typing import Dict, Optional
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
 
-__all__ = ["NonFiniteLossError", "TrainingGuardPlugin", "gradient_norm", "first_non_finite"]
+__all__ = ["NonFiniteLossError", "TrainingGuardPlugin", "gradient_norm", "first_non_finite", "explain_non_finite"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -131,3 +132,21 @@ class TrainingGuardPlugin(SupervisedPlugin, supports_distributed=True):
     def after_training_exp(self, strategy, **kwargs):
         if self._experience_clipped is not None:
             self.clipped_per_experience.append(int(self._experience_clipped))
+
+
+@contextlib.contextmanager
+def explain_non_finite(strategy, step: str, who: str = "BalancedReplayPlugin"):
+    """Re-raise a buffer's refusal of non-finite values with where they came from: the model's
+    weights turned non-finite (another plugin's penalty or the optimiser step), or its outputs."""
+    try:
+        yield
+    except ValueError as err:
+        if "NaN" not in str(err):
+            raise
+        bad = [name for name, p in strategy.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        exp = getattr(strategy.experience, "current_experience", "?")
+        cause = (f"the model's weights are non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): an "
+                 f"update produced them, from the loss of the strategy or of a plugin "
+                 f"({', '.join(type(p).__name__ for p in strategy.plugins)}); TrainingGuardPlugin stops at the "
+                 f"first non-finite loss" if bad else "the model's outputs are non-finite for finite weights")
+        raise ValueError(f"{who}, experience {exp}, {step}: {err}; {cause}") from err

@@ -6,12 +6,22 @@ for strategies like the one of Avalanche's ``test_dictionary_mbatches.py``). The
 plugin reads through those views and writes back to the minibatch field each view is
 (found by identity), so any minibatch layout a strategy can read works here too.
 """
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["experience_classes", "task_labels_of", "write_minibatch", "strategy_batches", "item_layout"]
+__all__ = ["ReplayStep", "experience_classes", "class_mask", "task_labels_of", "write_minibatch", "strategy_batches", "item_layout"]
+
+
+class ReplayStep(NamedTuple):
+    """One training iteration's joint minibatch, for a strategy's loss: ``num_current`` current samples
+    followed by the replayed ones (``replay``, None when the buffer was empty), and the penultimate
+    ``features`` of the joint batch from this iteration's forward pass, with their autograd graph."""
+
+    num_current: int
+    replay: Optional[tuple]  # a ReplayBatch
+    features: torch.Tensor
 
 
 def experience_classes(experience, device) -> Tensor:
@@ -22,6 +32,14 @@ def experience_classes(experience, device) -> Tensor:
         targets = getattr(getattr(experience, "dataset", None), "targets", None)
         classes = [] if targets is None else torch.unique(torch.as_tensor(list(targets))).tolist()
     return torch.as_tensor(list(classes), dtype=torch.long, device=device)
+
+
+def class_mask(classes: Tensor, min_width: int = 0) -> Tensor:
+    """A boolean mask over class ids (at least ``min_width`` wide) that holds ``classes``."""
+    width = max(min_width, int(classes.max()) + 1 if classes.numel() else 0)
+    mask = torch.zeros(width, dtype=torch.bool, device=classes.device)
+    mask[classes] = True
+    return mask
 
 
 def _task_view(strategy) -> Optional[Tensor]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .sampling import cosine_to_unit
+from .importance import cosine_to_unit
 from .validation import as_labels, check_finite, check_labels_in_range, check_rows
 
 __all__ = [

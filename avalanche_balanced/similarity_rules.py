@@ -17,15 +17,15 @@ Contract of every rule:
   inputs (a learned rule after a training step), so that cached similarities
   know when they are stale.
 """
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .sampling import cosine_to_unit
+from .importance import cosine_to_unit
 from .semantic import ClassPrototypes, SemanticSimilarity
 
-__all__ = ["SimilarityRule", "CosineSimilarity", "LearnedSimilarity", "NoSimilarity", "SIMILARITIES",
+__all__ = ["PrototypeSimilarity", "SimilarityCache", "SimilarityRule", "CosineSimilarity", "LearnedSimilarity", "NoSimilarity", "SIMILARITIES",
            "make_similarity"]
 
 
@@ -115,3 +115,59 @@ def make_similarity(similarity: Union[str, SimilarityRule], *, similarity_net: O
             raise ValueError("similarity='learned' needs a similarity_net (SemanticSimilarity)")
         return LearnedSimilarity(similarity_net)
     return _RULES[similarity](centered=centered)
+
+
+class PrototypeSimilarity(NamedTuple):
+    """A similarity rule bound to the class prototypes: all that a grouping rule reads."""
+
+    rule: SimilarityRule
+    prototypes: ClassPrototypes
+
+    def of(self, features: Tensor, labels: Tensor) -> Tensor:
+        """Similarity in [0, 1] of each feature row to its class prototype."""
+        return self.rule(features, labels, self.prototypes)
+
+    def between_classes(self) -> Tensor:
+        """Similarity in [0, 1] between all pairs of class prototypes (C x C)."""
+        return self.rule.between_classes(self.prototypes)
+
+
+class SimilarityCache:
+    """Each stored sample's similarity to its prototype, kept per slot of ``storage``.
+
+    Valid while its key holds: the version counters of the prototypes, of the stored features and
+    labels (an in-place write bumps a tensor's ``_version``, so an outside edit invalidates the
+    cache instead of leaving it stale), the number of stored samples and the rule's version (a
+    learned rule changes with every step of its network). After its own write of some slots, the
+    buffer refreshes just those while the cache was valid (:meth:`refresh_slots`)."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.values: Optional[Tensor] = None
+        self.key: Optional[tuple] = None
+
+    def key_of(self, similarity: PrototypeSimilarity) -> tuple:
+        protos, s = similarity.prototypes, self.storage
+        return (protos.version, protos.prototypes._version, protos.valid._version, s.features._version,
+                s.labels._version, s.size, similarity.rule.version)
+
+    def valid(self, similarity: PrototypeSimilarity) -> bool:
+        return self.values is not None and self.key == self.key_of(similarity)
+
+    def all(self, similarity: PrototypeSimilarity) -> Tensor:
+        """Similarities of the stored samples, recomputed when stale."""
+        s = self.storage
+        if not self.valid(similarity):
+            self.values = torch.ones(s.features.shape[0], device=s.features.device)
+            self.values[: s.size] = similarity.of(s.features[: s.size], s.labels[: s.size])
+            self.key = self.key_of(similarity)
+        return self.values[: s.size]
+
+    def refresh_slots(self, slots: Tensor, similarity: PrototypeSimilarity, was_valid: bool) -> None:
+        """After a write of ``slots``: refresh just those when the cache was valid before it."""
+        if was_valid:
+            self.values[slots] = similarity.of(self.storage.features[slots], self.storage.labels[slots])
+            self.key = self.key_of(similarity)
+
+    def clear(self) -> None:
+        self.values, self.key = None, None

@@ -7,8 +7,6 @@ import torch
 from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute, _make_taskaware_tensor_classification_dataset
 from avalanche.training.storage_policy import ExemplarsBuffer
 
-from .buffer_storage import STORAGE
-from .insertion import balanced_keep_mask
 from .minibatch import item_layout, strategy_batches
 from .model_passes import batch_outputs, dataset_outputs
 
@@ -78,26 +76,9 @@ class StoragePolicyContract(ExemplarsBuffer):
         """Change the capacity. Shrinking keeps a uniform random subset (class- or group-balanced
         under ``insertion="class_balanced"`` or ``"group_balanced"``), which preserves each
         policy's invariant."""
-        if not isinstance(new_size, int) or new_size <= 0:
+        if isinstance(new_size, bool) or not isinstance(new_size, int) or new_size <= 0:
             raise ValueError(f"new_size must be a positive integer, got {new_size!r}")
-        if not self.allocated:
-            self.max_size = new_size
-            return
-        n = self.size
-        if new_size >= n:
-            keep = torch.arange(n, device=self.device)
-        elif self.insertion in ("class_balanced", "group_balanced"):
-            by_class = self.insertion == "class_balanced"
-            keys, width = (self.labels[:n], self.num_classes) if by_class else (self.group_ids[:n], self.group_width)
-            keep = torch.nonzero(balanced_keep_mask(keys, new_size, width, generator=self.generator)).squeeze(1)
-        else:
-            keep = torch.randperm(n, device=self.device, generator=self.generator)[:new_size].sort().values
-        for name in STORAGE:
-            old = getattr(self, name)
-            new = old.new_zeros((new_size, *old.shape[1:]))
-            new[: keep.shape[0]] = old[keep]
-            setattr(self, name, new)
-        self.max_size, self.size = new_size, keep.shape[0]
+        self.storage.resize(new_size, self.group_width)
         self.invalidate_caches()
 
 

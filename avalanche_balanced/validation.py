@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["as_labels", "check_labels_in_range", "check_rows", "check_finite", "check_positive_int",
-           "check_replay_sizes", "check_buffer_options", "check_incoming_shapes",
-           "PendingChecks"]
+           "check_replay_sizes", "check_incoming_shapes", "check_known_keywords",
+           "check_same_config", "PendingChecks"]
 
 
 def as_labels(values, name: str, device=None, n: Optional[int] = None) -> Tensor:
@@ -61,32 +61,6 @@ def check_replay_sizes(mem_size: int, batch_size_mem: int) -> None:
         raise ValueError(f"batch_size_mem ({batch_size_mem}) is larger than mem_size ({mem_size})")
 
 
-SHARES = ("sample", "group")
-
-
-def check_buffer_options(*, max_size, insertion, insertions, balance_weight, eps, max_ratio, difficulty_weight,
-                         target_ess, share="sample", hierarchical=False) -> None:
-    """The checks of a :class:`~avalanche_balanced.buffer.BalancedBuffer`'s arguments."""
-    if share not in SHARES:
-        raise ValueError(f"unknown share {share!r}; choose one of {SHARES}")
-    if share == "group" and (balance_weight != 1.0 or hierarchical or difficulty_weight > 0):
-        raise ValueError("share='group' balances groups exactly: it takes no balance_weight (other than 1), "
-                         "hierarchical or difficulty_weight")
-    check_positive_int(max_size, "max_size (mem_size)")
-    if insertion not in insertions:
-        raise ValueError(f"unknown insertion {insertion!r}; choose one of {insertions}")
-    if balance_weight != "auto" and (isinstance(balance_weight, str) or balance_weight < 0):
-        raise ValueError(f"balance_weight must be >= 0 or 'auto', got {balance_weight!r}")
-    if eps <= 0:
-        raise ValueError(f"eps must be positive, got {eps}")
-    if max_ratio is not None and max_ratio < 1:
-        raise ValueError(f"max_ratio must be >= 1 (a cap below the mean is infeasible), got {max_ratio}")
-    if difficulty_weight < 0:
-        raise ValueError(f"difficulty_weight must be >= 0, got {difficulty_weight}")
-    if not 0 < target_ess <= 1:
-        raise ValueError(f"target_ess must lie in (0, 1], got {target_ess}")
-
-
 def check_incoming_shapes(buffer, examples: Tensor, labels: Tensor, logits: Tensor, features: Tensor,
                           task_labels: Tensor) -> None:
     """Shapes of a batch offered to a buffer: one row per example, and the stored widths once
@@ -123,3 +97,22 @@ class PendingChecks:
             raise ValueError("labels inserted since the last check lie outside the classifier's range")
         if not finite:
             raise ValueError("features inserted since the last check contain NaN or inf")
+
+
+def check_known_keywords(given: dict, accepted, owner: str, own_keywords=()) -> None:
+    """Every keyword in ``given`` is one of ``accepted`` (meant for ``owner``): an unknown one
+    raises ``TypeError`` naming it and listing every accepted keyword (``own_keywords`` first)."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise TypeError(f"unknown keyword argument(s) {', '.join(map(repr, unknown))}; accepted: "
+                        f"{', '.join(own_keywords)} and the {owner}'s {', '.join(accepted)}")
+
+
+def check_same_config(saved: dict, now: dict, what: str, holder: str) -> None:
+    """A state saved under ``saved`` settings loads only into an object with the same ``now``:
+    otherwise ``ValueError`` naming every setting that differs."""
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k, "unrecorded") != now.get(k, "unrecorded"))
+    if differ:
+        raise ValueError(f"{what} is from another configuration: " + ", ".join(
+            f"{k}: {saved.get(k, 'unrecorded')!r} (state) vs {now.get(k, 'unrecorded')!r} ({holder})"
+            for k in differ))

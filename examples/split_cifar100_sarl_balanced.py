@@ -250,7 +250,7 @@ def main(argv=None):
         summary = final_results(results)
         say(f"experience {i}: accuracy {summary['accuracy']:.2f}%, forgetting {summary.get('forgetting', 0.0):.2f}%, "
               f"{int(strategy.buffer.group_counts.gt(0).sum())} groups in the buffer, effective sample size "
-              f"{strategy.replay.effective_sample_size():.2f}", flush=True)
+              f"{strategy.replay.diagnostics.effective_sample_size(strategy.buffer):.2f}", flush=True)
         save_checkpoint(checkpoint, strategy, config=config, extra=dict(
             completed=i + 1, results=final_results(results), seconds=time.time() - start))
     close_loggers(loggers)

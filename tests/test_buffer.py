@@ -32,7 +32,7 @@ def check_invariants(buf, offered=None):
         assert n == min(buf.max_size, offered), (n, buf.max_size, offered)
     counts = buf.group_counts
     assert int(counts.sum()) == n
-    expected_groups = buf.grouping_rule(buf, buf.labels[:n], buf.features[:n])
+    expected_groups = buf.grouping_rule(buf.labels[:n], buf.features[:n], buf.groups.bound)
     if buf.grouping != "prototype_threshold":  # class-level groups follow the labels exactly
         assert torch.equal(buf.group_ids[:n], expected_groups)
     assert torch.isfinite(buf.features[:n]).all() and torch.isfinite(buf.logits[:n]).all()
@@ -252,7 +252,7 @@ def test_rules_can_be_passed_as_objects():
     class ParityGrouping(GroupingRule):
         name = "parity"
 
-        def __call__(self, buffer, labels, features):
+        def __call__(self, labels, features, similarity):
             return labels % 2
 
     class FeatureNormSimilarity(SimilarityRule):
@@ -541,7 +541,7 @@ def test_options_change_the_distribution_as_documented():
         buf.refresh_prototypes()
         return buf
     plain, auto = build(), build(balance_weight="auto", target_ess=0.9)
-    from avalanche_balanced.sampling import effective_sample_size
+    from avalanche_balanced.importance import effective_sample_size
     assert effective_sample_size(plain.replay_probabilities()) < 0.9 <= effective_sample_size(
         auto.replay_probabilities())
     hier = build(hierarchical=True)

@@ -45,7 +45,7 @@ def test_two_ranks_keep_one_buffer_and_split_each_draw(healthy):
             assert mine_a.shape[0] == global_a.shape[0] // 2
         # The union of the ranks' draws is the single-process draw: a single process holding the
         # same buffer state draws exactly the same global indices (tolerance 0, not only in law).
-        single = BalancedBuffer(24)
+        single = BalancedBuffer(24, insertion="reservoir")
         single.load_state_dict(a["state"])
         assert single.size == 24
         assert torch.equal(single.get_balanced_data(8).indices, a["next_draw"])

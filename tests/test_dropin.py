@@ -76,7 +76,7 @@ def test_default_storage_is_class_balanced_and_fills_what_class_balanced_buffer_
         assert int(theirs.sum()) == theirs_total[exp.current_experience]
         seen = ours[: 3 * (exp.current_experience + 1)]
         assert int(seen.max() - seen[seen < sizes[: seen.numel()]].min()) <= 1  # equal up to one, unless all kept
-    assert plugin.use_balanced_sampling is False and plugin.effective_sample_size() == 1.0
+    assert plugin.use_balanced_sampling is False and plugin.diagnostics.effective_sample_size(plugin.buffer) == 1.0
 
 
 def test_batch_size_mem_none_is_the_strategy_minibatch_and_larger_than_the_buffer_draws_it_all():

@@ -248,7 +248,7 @@ def run(tmp_path_factory):
         records.append(dict(
             metrics=evaluator.get_last_metrics(), pred=pred, y=y,
             ari=float(group_agreement(*plugin.buffer.class_groups(), F2C)),
-            entropy=plugin.replay_group_entropy(),
+            entropy=plugin.diagnostics.replay_group_entropy(plugin.buffer),
         ))
     return dict(records=records, log_dir=log_dir, figures=figures, evaluator=evaluator)
 

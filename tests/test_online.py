@@ -97,10 +97,10 @@ def test_forward_passes_per_mini_experience_do_not_grow_with_the_buffer(config, 
         steady = []
         for experience in bm.train_stream:
             for mini in online_experiences(bm, experience, "scenario", False):
-                known, before = plugin._seen_classes, counter.samples
+                known, before = plugin.schedule.seen_classes, counter.samples
                 known = 0 if known is None else int(known.sum())
                 strategy.train(mini)
-                if int(plugin._seen_classes.sum()) == known and len(plugin.buffer) >= 8:
+                if int(plugin.schedule.seen_classes.sum()) == known and len(plugin.buffer) >= 8:
                     steady.append(counter.samples - before)  # no new class in this mini-experience
         assert len(steady) >= 8 and len(plugin.buffer) == min(mem_size, 32 * C)
         per_mini[mem_size] = set(steady)

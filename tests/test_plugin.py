@@ -190,7 +190,8 @@ def test_plugin_with_lwf_and_monitoring_metrics(tmp_path):
     # H(p) / log(K), K = max(non-empty buffer groups, groups drawn), as the plugin documents.
     drawn = Counter(tally.groups)
     assert sum(drawn.values()) == 8 * (len(bm.train_stream[2].dataset) // 16)  # 8 replayed per step
-    assert plugin.replay_group_counts.tolist() == [drawn[g] for g in range(len(plugin.replay_group_counts))]
+    counts = plugin.diagnostics.replay_group_counts
+    assert counts.tolist() == [drawn[g] for g in range(len(counts))]
     k = max(len(stored), len(drawn))
     total = sum(drawn.values())
     expected = -sum(c / total * math.log(c / total) for c in drawn.values()) / math.log(k)
@@ -251,14 +252,14 @@ def test_current_share_and_effective_sample_size_are_published(timing):
     plugin = BalancedReplayPlugin(**SEMANTIC, mem_size=30, batch_size_mem=8, insertion_timing=timing, regroup_every=2)
     labels = ReplayedLabels(n_current=10)
     # An independent record of the replay distribution's ESS at every point the plugin samples it.
-    from avalanche_balanced.sampling import effective_sample_size
-    seen, record = [], plugin._record_ess
+    from avalanche_balanced.importance import effective_sample_size
+    seen, record = [], plugin.diagnostics.record_ess
 
-    def spy():
+    def spy(buffer):
         seen.append((strategy.clock.train_exp_counter, float(effective_sample_size(
-            plugin.buffer.replay_probabilities())) if len(plugin.buffer) else None))
-        record()
-    plugin._record_ess = spy
+            buffer.replay_probabilities())) if len(buffer) else None))
+        record(buffer)
+    plugin.diagnostics.record_ess = spy
     model = mlp()
     evaluator = EvaluationPlugin(loggers=[], collect_all=True)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=10,
@@ -298,8 +299,11 @@ class CallCounter:
     """Wraps a bound method and counts its calls, with the plugin's iteration count at each."""
 
     def __init__(self, plugin, name):
-        self.plugin, self.wrapped, self.at = plugin, getattr(plugin.buffer, name), []
-        setattr(plugin.buffer, name, self)
+        # A method of one of the buffer's parts is wrapped on that part (its storage, groups or sampler).
+        owner = plugin.buffer if name in vars(type(plugin.buffer)) and callable(vars(type(plugin.buffer))[name]) \
+            else plugin.buffer.groups
+        self.plugin, self.wrapped, self.at = plugin, getattr(owner, name), []
+        setattr(owner, name, self)
 
     def __call__(self, *args, **kwargs):
         self.at.append(self.plugin._iterations)

@@ -216,7 +216,7 @@ def test_graded_similarity_answers_how_similar_two_classes_are():
     """Trained on sample pairs, the graded network's score for two *prototypes* tracks their
     centred cosine (what grouping and the semantic term ask); the binary rule's answer for two
     different classes is pushed toward 0 and off that scale."""
-    from avalanche_balanced.sampling import cosine_to_unit
+    from avalanche_balanced.importance import cosine_to_unit
     feats, y, f2c = _hierarchy(0, n_super=4, per_super=3, dim=16, per_class=20, class_spread=1.2, noise=1.5)
     protos = ClassPrototypes(12, 16)
     protos.set_from_features(feats, y)

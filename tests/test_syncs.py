@@ -8,7 +8,7 @@ from torch import nn
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised import Naive
 
-import avalanche_balanced.sampling as sampling
+import avalanche_balanced.importance as sampling
 from avalanche_balanced import BalancedBuffer, BalancedReplayPlugin, SARLGelu, replay_distribution, sample_indices
 from avalanche_balanced.insertion import reservoir_slots, reservoir_writes
 from benchmarks.syncs import PerIteration

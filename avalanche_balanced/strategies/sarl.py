@@ -318,7 +318,8 @@ class SARLGelu(SupervisedTemplate):
         self.buffer = BalancedBuffer(
             mem_size, grouping=grouping, similarity=similarity, similarity_net=self.similarity_net,
             threshold=self.threshold, prototypes=self.prototypes, class_to_group=class_to_group,
-            balance_weight=balance_weight, device=device, seed=seed, **(replay_options or {}))
+            balance_weight=balance_weight, device=device, seed=seed,
+            **{"insertion": "reservoir", **(replay_options or {})})  # SARL's reservoir, unless asked otherwise
         self.replay = BalancedReplayPlugin(
             batch_size_mem=batch_size_mem, use_balanced_sampling=use_balanced_sampling,
             transform=transform, regroup_every=regroup_every, refresh_prototypes=False,

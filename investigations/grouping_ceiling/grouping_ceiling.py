@@ -22,7 +22,7 @@ import torch
 from avalanche_balanced import ClassPrototypes, SemanticSimilarity
 from avalanche_balanced.data import split_cifar100
 from avalanche_balanced.metrics import group_agreement
-from avalanche_balanced.sampling import cosine_to_unit
+from avalanche_balanced.importance import cosine_to_unit
 from avalanche_balanced.semantic import average_linkage
 
 

@@ -1,9 +1,10 @@
-"""Pure tensor maths of Balanced Instance Sampling.
+"""Importance and replay weights: the pure tensor maths of Balanced Instance Sampling.
 
 Everything here takes tensors and returns tensors on the same device; nothing
 keeps state. The buffer (:mod:`avalanche_balanced.buffer`) decides *what* the
 similarities and groups are, these functions decide *how* they turn into replay
-weights and probabilities, and :mod:`avalanche_balanced.draws` draws the minibatch.
+weights and probabilities, the :class:`~avalanche_balanced.replay_sampler.ReplaySampler`
+caches them, and :mod:`avalanche_balanced.draws` draws the minibatch.
 
 The design note's importance of a stored sample ``i`` is::
 
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "past_importance",
+    "task_balanced_weights",
     "sync_free",
     "masked_balanced_importance",
     "capped_by_sort",
@@ -472,3 +475,43 @@ def effective_sample_size(weights: Tensor) -> Tensor:
     total, squares = w.sum(), w.square().sum()
     return torch.where(squares > 0, total.square() / (w.numel() * squares.clamp_min(1e-300)),
                        torch.ones((), dtype=torch.float64, device=weights.device))
+
+
+def past_importance(similarity: Tensor, group_ids: Tensor, labels: Tensor, losses: Tensor, past: Optional[Tensor],
+                    *, num_groups: int, eps: float, balance_weight: Union[float, str], hierarchical: bool,
+                    difficulty_weight: float, target_ess: float) -> Tensor:
+    """:func:`combined_importance` over the samples where ``past``
+    holds (every sample when None), 0 for the others: group counts and group sizes are those of
+    the past samples.
+
+    With the default options (flat groups, a fixed balance weight) this is masked
+    tensor code of fixed width ``num_groups`` that never reads a device value on the
+    host (see :func:`sync_free`); otherwise it selects
+    the past samples first.
+    """
+    n = similarity.shape[0]
+    if not hierarchical and balance_weight != "auto" and sync_free(similarity):
+        mask = torch.ones_like(labels, dtype=torch.bool) if past is None else past
+        imp = masked_balanced_importance(similarity, group_ids, mask, num_groups=num_groups,
+                                         balance_weight=balance_weight, eps=eps)
+        if difficulty_weight > 0:
+            imp = imp * difficulty_factor(torch.where(mask, losses, torch.full_like(losses, -1.0)), difficulty_weight)
+        return imp.float()
+    options = dict(eps=eps, balance_weight=balance_weight, hierarchical=hierarchical,
+                   difficulty_weight=difficulty_weight, target_ess=target_ess)
+    if past is None:
+        return combined_importance(similarity, group_ids, labels, losses, **options).float()
+    idx = torch.nonzero(past).squeeze(1)
+    out = torch.zeros(n, device=similarity.device)
+    if idx.numel() == 0:  # only the current experience is stored: nothing to balance
+        return out
+    imp = combined_importance(similarity[idx], group_ids[idx], labels[idx], losses[idx], **options)
+    return out.index_copy_(0, idx, imp.float())
+
+
+def task_balanced_weights(base: Tensor, task_labels: Tensor) -> Tensor:
+    """Rescale the distribution ``base`` so that every task label present has the same total
+    mass, keeping the proportions within a task."""
+    mass = torch.zeros(int(task_labels.max()) + 1, device=base.device).index_add_(0, task_labels, base)
+    present = (torch.zeros_like(mass).index_add_(0, task_labels, torch.ones_like(base)) > 0).sum()
+    return base / mass[task_labels].clamp_min(torch.finfo(base.dtype).tiny) / present

@@ -134,7 +134,7 @@ def test_uniform_mix_and_cap():
 
 
 def test_cap_weights_is_exact():
-    from avalanche_balanced.sampling import cap_weights as _cap_weights
+    from avalanche_balanced.importance import cap_weights as _cap_weights
     w = torch.rand(1000) ** 4
     w = w / w.sum()
     capped = _cap_weights(w, 3.0)
@@ -201,7 +201,7 @@ def test_uniform_indices_are_distinct_and_uniform():
 
 
 def test_effective_sample_size_values_and_fallbacks():
-    from avalanche_balanced.sampling import effective_sample_size
+    from avalanche_balanced.importance import effective_sample_size
     assert float(effective_sample_size(torch.ones(10))) == pytest.approx(1.0)
     one_dominates = torch.tensor([1.0] + [0.0] * 9)
     assert float(effective_sample_size(one_dominates)) == pytest.approx(0.1)
@@ -213,7 +213,7 @@ def test_effective_sample_size_values_and_fallbacks():
 
 
 # ------------------------------------------------------------ issue 11: the replay distribution
-from avalanche_balanced.sampling import (  # noqa: E402
+from avalanche_balanced.importance import (  # noqa: E402
     auto_balance_weight, balance_factor, cap_weights, difficulty_factor, effective_sample_size,
     hierarchical_importance, replay_distribution,
 )
@@ -288,7 +288,7 @@ def test_auto_balance_weight_keeps_the_effective_sample_size():
 
 
 def test_cap_fixed_point_equals_the_sort_solution():
-    from avalanche_balanced.sampling import _cap_weights_by_sort
+    from avalanche_balanced.importance import _cap_weights_by_sort
     g = torch.Generator().manual_seed(0)
     cases = [torch.rand(1000, generator=g).pow(8), torch.rand(50, generator=g),
              0.5 ** torch.arange(60.0)]  # geometric: many rounds, the sort fallback
@@ -337,7 +337,7 @@ def test_replay_distribution_refuses_an_infeasible_cap():
 def test_group_share_weights_match_per_group_water_filling(seed, groups, max_ratio):
     """Every group gets exactly 1 / G; inside it, the one-sort cap equals cap_weights run on the
     group alone (the reference water-filling); unmasked samples get 0."""
-    from avalanche_balanced.sampling import cap_weights, group_share_weights
+    from avalanche_balanced.importance import cap_weights, group_share_weights
     g = torch.Generator().manual_seed(seed)
     n = 30
     group_ids = torch.randint(groups, (n,), generator=g)
@@ -358,7 +358,7 @@ def test_group_share_weights_match_per_group_water_filling(seed, groups, max_rat
 
 
 def test_group_share_weights_reject_similarity_outside_the_unit_interval():
-    from avalanche_balanced.sampling import group_share_weights
+    from avalanche_balanced.importance import group_share_weights
     with pytest.raises(ValueError):
         group_share_weights(torch.tensor([0.5, float("nan")]), torch.tensor([0, 1]), torch.ones(2, dtype=torch.bool),
                             num_groups=2)

@@ -46,7 +46,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     g = torch.Generator().manual_seed(0)
-    buf = BalancedBuffer(args.capacity, seed=0)
+    buf = BalancedBuffer(args.capacity, insertion="reservoir", seed=0)  # reservoir: as first measured
     num_classes, feats = 100, 160
     centres = torch.randn(num_classes, feats, generator=g)
     block = max(1, args.steps // 5)

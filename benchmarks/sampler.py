@@ -40,7 +40,7 @@ def median_ms(fn, repeats):
 
 def filled_buffer(n, num_classes=100, num_feats=160, seed=0):
     g = torch.Generator().manual_seed(seed)
-    buf = BalancedBuffer(n, grouping="class_similarity", seed=seed)
+    buf = BalancedBuffer(n, grouping="class_similarity", insertion="reservoir", seed=seed)
     labels = torch.randint(num_classes, (n,), generator=g)
     feats = torch.randn(n, num_feats, generator=g)
     # Inputs are tiny here: draw cost does not depend on the input size.

@@ -91,7 +91,7 @@ def compare_draws(iterations=(5, 16, 250), repeats: int = 20):
           "(ReplayDataLoader / plugin) |")
     print("|---|---|---|")
     memory = dataset(torch.arange(MEM), torch.zeros(MEM, dtype=torch.long))
-    ours = BalancedBuffer(MEM, seed=0)
+    ours = BalancedBuffer(MEM, insertion="reservoir", seed=0)
     ours.add_data(torch.arange(MEM).float().unsqueeze(1), torch.zeros(MEM, dtype=torch.long),
                   torch.zeros(MEM, 2), torch.zeros(MEM, 4))
     for t in iterations:

@@ -16,8 +16,8 @@ from .replay_sampler import ReplayBatch, ReplaySampler
 from .semantic_groups import SemanticGroups
 from .storage import INSERTIONS, STORAGE, BufferStorage
 from .storage_policy import StoragePolicyContract
-from .validation import (PendingChecks, check_finite, check_incoming_shapes, check_labels_in_range,
-                         check_positive_int, check_rows, check_same_config)
+from .validation import (PendingChecks, as_labels, as_task_labels, check_finite, check_incoming_shapes,
+                         check_labels_in_range, check_positive_int, check_rows, check_same_config)
 
 __all__ = ["BalancedBuffer", "ReplayBatch", "INSERTIONS"]
 
@@ -118,8 +118,14 @@ class BalancedBuffer(StoragePolicyContract):
         self.sampler.invalidate()
 
     def check_pending(self) -> None:
-        """Raise for values offered with ``add_data(..., defer_checks=True)`` since the last check."""
-        self._pending.raise_if_failed()
+        """Raise for values offered with ``add_data(..., defer_checks=True)`` since the last check,
+        after removing the rows that failed them (the buffer never keeps them)."""
+        try:
+            self._pending.raise_if_failed()
+        except ValueError:
+            if self.storage.drop_unchecked_bad():
+                self.invalidate_caches()
+            raise
 
     # ---------------------------------------------------------------- writing
     @torch.no_grad()
@@ -129,17 +135,19 @@ class BalancedBuffer(StoragePolicyContract):
         when the insertion policy did not keep it. ``defer_checks`` defers the value checks
         (label range, finite features) to :meth:`check_pending` (called by :meth:`regroup`): with
         reservoir insertion, a loop inserting every iteration then reads nothing on the host."""
-        examples, labels = examples.detach().to(self.device), labels.to(self.device).long()
+        labels = as_labels(labels, "labels").to(self.device).long()  # integer dtypes only: never truncated
+        examples = examples.detach().to(self.device)
         logits = logits.detach().to(self.device)
         if logits.dim() == 2 and self.allocated and logits.shape[1] > self.num_classes:
             self.grow_classes(logits.shape[1])
         logits = self.storage.pad_width(logits)
         features = features.detach().to(self.device).flatten(1)
         task_labels = (torch.zeros_like(labels) if task_labels is None
-                       else torch.as_tensor(task_labels, device=self.device).long().expand_as(labels))
+                       else as_task_labels(task_labels, self.device).expand_as(labels))
         check_incoming_shapes(self, examples, labels, logits, features, task_labels)
-        if defer_checks:  # an out-of-range label is reported at the check; until then it cannot index
-            self._pending.add(labels, logits.shape[1], features)
+        row_ok = None
+        if defer_checks:  # reported at the check, which drops these rows; until then a bad label cannot index
+            row_ok = self._pending.add(labels, logits.shape[1], features)
             labels = labels.clamp(0, logits.shape[1] - 1)
         else:
             check_labels_in_range(labels, logits.shape[1], what="the classifier's range")
@@ -152,7 +160,7 @@ class BalancedBuffer(StoragePolicyContract):
         bound = self.groups.bound
         was_valid = self.groups.cache.valid(bound)
         placed, written = self.storage.insert(examples, labels, task_labels, logits, features, self.groups.groups_of,
-                                              self.group_width)
+                                              self.group_width, row_ok)
         self.groups.cache.refresh_slots(written, bound, was_valid)
         return placed
 
@@ -243,12 +251,19 @@ class BalancedBuffer(StoragePolicyContract):
         return dict(self.storage.state_dict(), **self.groups.state_dict(), **self.sampler.state_dict(),
                     config=self.config())
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; a state from another configuration raises ``ValueError``
-        naming every setting that differs."""
+    def check_state_dict(self, state: dict) -> None:
+        """Raise ``ValueError`` unless ``state`` loads here: same configuration (every setting that
+        differs is named), every part's entries present and consistent. Nothing is assigned."""
         saved = {"share": "sample", "replay_order": "independent",  # states from before these options
                  **state["config"], "max_size": state["max_size"]}
         check_same_config(saved, self.config(), "buffer state", "buffer")
+        self.storage.check_state(state)
+        self.groups.check_state(state)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`, all or nothing: :meth:`check_state_dict` first."""
+        self.check_state_dict(state)
         self.storage.load_state_dict(state)
         self.groups.load_state_dict(state)
         self.sampler.load_state_dict(state)
+        self.invalidate_caches()

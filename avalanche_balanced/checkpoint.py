@@ -6,9 +6,15 @@ model, optimiser, LR scheduler, the strategy's own state (prototypes, frozen
 previous model, similarity network and its optimiser, threshold), the whole
 buffer (tensors, groups, reservoir counters, its generator), the training
 clock, the evaluator's metric states (forgetting needs earlier accuracies) and
-scalar history (the accuracy matrix), and every RNG state (Avalanche's ``RNGManager``). The file is written to a temporary name and renamed, so a
-crash while writing leaves the previous checkpoint intact.
+scalar history (the accuracy matrix), and every RNG state (Avalanche's ``RNGManager``).
+
+The file is written to a temporary name and renamed, so a crash while writing leaves the previous
+checkpoint intact, and carries a SHA-256 of its content, checked on load (torch's zip reader does
+not check its CRCs: a flipped byte would load). A load checks the model, the optimiser, every
+plugin's state and the configuration before it assigns anything: it restores all or nothing.
 """
+import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -21,9 +27,11 @@ from avalanche.training.plugins import LRSchedulerPlugin
 
 from .features import frozen_copy
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "non_finite_entries"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_file", "write_checkpoint_file", "rng_state",
+           "set_rng_state", "non_finite_entries"]
 
-FORMAT_VERSION = 3  # 2: the buffer keeps its grouping rule's state; 3: its replay settings in its config
+FORMAT_VERSION = 4  # 2: the buffer keeps its grouping rule's state; 3: its replay settings; 4: a checksum
+MAGIC = b"avalanche-balanced checkpoint\n"  # then the SHA-256 of the payload (32 bytes), then the payload
 
 
 def rng_state() -> Dict[str, Any]:
@@ -123,13 +131,11 @@ def save_checkpoint(path, strategy, *, config: Optional[dict] = None, extra: Opt
     if bad:
         raise ValueError(f"refusing to checkpoint a non-finite state ({', '.join(bad[:5])}"
                          f"{', ...' if len(bad) > 5 else ''}); {path} keeps the last finite one")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {path} is a directory; give a file name")
     if not distributed or dist.get_rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+        write_checkpoint_file(path, state)
     if distributed:
         dist.barrier()  # no rank goes on (or loads) before the file is complete
 
@@ -144,10 +150,7 @@ def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=strategy.device, weights_only=False)
-    except Exception as err:  # truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read: {err}") from err
+    state = _read(path, strategy.device)
     if state.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint {path} has format {state.get('format')!r}; this version reads "
                          f"format {FORMAT_VERSION} (re-run from the start)")
@@ -158,15 +161,10 @@ def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
             detail = ", ".join(f"{k}: {saved.get(k)!r} (checkpoint) vs {config.get(k)!r} (now)" for k in differ)
             raise ValueError(f"checkpoint {path} is from another configuration: {detail}")
     stateful = {i: p for i, p in enumerate(strategy.plugins) if hasattr(p, "state_dict")}
-    if set(stateful) != set(state["plugins"]):
-        raise ValueError(f"checkpoint {path} has state for plugins {sorted(state['plugins'])}, "
-                         f"this strategy has stateful plugins {sorted(stateful)}")
+    _check_fits(path, state, strategy, stateful)  # everything before anything is assigned
     for i, plugin_state in state["plugins"].items():
         stateful[i].load_state_dict(plugin_state)
-    try:
-        strategy.model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit this model: {err}") from err
+    strategy.model.load_state_dict(state["model"])
     strategy.optimizer.load_state_dict(state["optimizer"])
     for plugin, sched_state in zip(_schedulers(strategy), state["schedulers"]):
         plugin.scheduler.load_state_dict(sched_state)
@@ -193,3 +191,82 @@ def load_checkpoint(path, strategy, *, config: Optional[dict] = None) -> dict:
     else:
         set_rng_state(state["rng"])
     return state["extra"]
+
+
+def write_checkpoint_file(path, state: dict) -> None:
+    """Write ``state`` to ``path`` with its checksum, atomically (a temporary file renamed; no temporary
+    file is left behind, whatever fails)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_checkpoint_file(path, device="cpu") -> dict:
+    """The state in a checkpoint file, after checking its checksum; ``ValueError`` naming the file
+    otherwise."""
+    return _read(Path(path), device)
+
+
+def _read(path: Path, device) -> dict:
+    """The checkpoint's state, after checking its checksum; ``ValueError`` naming the file otherwise."""
+    data = path.read_bytes()
+    head = len(MAGIC) + 32
+    if not data.startswith(MAGIC) or len(data) < head:
+        raise ValueError(f"checkpoint {path} cannot be read: not a checkpoint of this library, or truncated")
+    payload = data[head:]
+    if hashlib.sha256(payload).digest() != data[len(MAGIC):head]:
+        raise ValueError(f"checkpoint {path} is corrupted: its content does not match its SHA-256 checksum")
+    try:
+        return torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
+    except Exception as err:  # a payload that passed the checksum but is not a state (written by another tool)
+        raise ValueError(f"checkpoint {path} cannot be read: {err}") from err
+
+
+def _tensor_shapes(state: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _check_fits(path, state: dict, strategy, stateful: dict) -> None:
+    """Raise ``ValueError`` unless every part of ``state`` loads into ``strategy``: the model's and the
+    strategy's own modules (same keys and shapes), the optimiser (same groups and sizes), the
+    stateful plugins (each checks its own state), the schedulers."""
+    if set(stateful) != set(state["plugins"]):
+        raise ValueError(f"checkpoint {path} has state for plugins {sorted(state['plugins'])}, "
+                         f"this strategy has stateful plugins {sorted(stateful)}")
+    modules = {"model": strategy.model, **{name: getattr(strategy, name, None) for name in ("similarity_net",)
+                                           if name in state}}
+    for name, module in modules.items():
+        saved, now = _tensor_shapes(state[name]), _tensor_shapes(module.state_dict())
+        if saved != now:
+            differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ValueError(f"checkpoint {path} does not fit this {name}: {', '.join(differ[:5])}"
+                             f"{', ...' if len(differ) > 5 else ''} differ (missing, unexpected or of another shape)")
+    groups, now = state["optimizer"].get("param_groups", []), strategy.optimizer.state_dict()["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in now]:
+        raise ValueError(f"checkpoint {path} does not fit this optimizer: parameter groups of sizes "
+                         f"{[len(g['params']) for g in groups]} vs {[len(g['params']) for g in now]}")
+    if len(state["schedulers"]) != len(_schedulers(strategy)):
+        raise ValueError(f"checkpoint {path} has {len(state['schedulers'])} LR schedulers, this strategy "
+                         f"{len(_schedulers(strategy))}")
+    for i, plugin_state in state["plugins"].items():
+        check = getattr(stateful[i], "check_state_dict", None)
+        if check is not None:
+            try:
+                check(plugin_state)
+            except ValueError as err:
+                raise ValueError(f"checkpoint {path}, plugin {type(stateful[i]).__name__}: {err}") from err
+    metrics = getattr(strategy.evaluator, "metrics", [])
+    if any(int(i) >= len(metrics) for i in state["metrics"]):
+        raise ValueError(f"checkpoint {path} holds metric states for {len(state['metrics'])} metrics, this "
+                         f"evaluator has {len(metrics)}")

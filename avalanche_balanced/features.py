@@ -68,6 +68,23 @@ class FeatureHook:
     def __exit__(self, *exc) -> None:
         self.remove()
 
+    def __deepcopy__(self, memo) -> "_InertHook":
+        # A model deep-copied while the hook is on it (an EMA or snapshot plugin after a forward
+        # pass was interrupted) copies an inert stand-in, not the recorded graph tensors.
+        return _InertHook()
+
+
+class _InertHook:
+    """What a deep copy of a model holds in place of a :class:`FeatureHook` (the copied hook
+    method runs with this as its ``self``): it records nothing."""
+
+    class _Discard(list):
+        def append(self, item):
+            pass
+
+    def __init__(self):
+        self.calls = self._Discard()
+
 
 def forward_with_features(model: nn.Module, x: Tensor, task_labels: Optional[Tensor] = None):
     """``(logits, features)`` of one forward pass, for any model with a classifier.

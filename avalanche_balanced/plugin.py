@@ -36,19 +36,15 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     The buffer is filled at the end of each experience (``insertion_timing="after_experience"``, as
     Avalanche's ``ReplayPlugin``) or with every minibatch after its step (``"online"``, as SARL).
 
-    Defaults: class-balanced storage and uniform draws, what measured best on every stream of
-    ``docs/results.md``; a drop-in for ``ReplayPlugin(storage_policy=ClassBalancedBuffer(mem_size))``
-    (``insertion="reservoir"``: for ``ReservoirSamplingBuffer``). With these defaults nothing reads
-    the groups, so the buffer is never regrouped and no model pass runs over it; a reader of the
-    groups (semantic draws, ``insertion="group_balanced"``, ``group_metrics``) regroups on the
-    :class:`~avalanche_balanced.regrouping.RegroupSchedule` (``regroup_every`` iterations, new
-    classes). End-of-experience insertion runs a model pass only when something reads logits or
-    features (``store_logits``, the groups); draws then carry ``logits=None``.
+    Defaults: class-balanced storage and uniform draws (what measured best on every stream of
+    ``docs/results.md``), a drop-in for ``ReplayPlugin(storage_policy=ClassBalancedBuffer(mem_size))``.
+    Then nothing reads the groups: no regrouping and no model pass over the buffer. A reader of the
+    groups (semantic draws, group-balanced storage, ``group_metrics``) regroups on the
+    :class:`~avalanche_balanced.regrouping.RegroupSchedule`; without a reader of logits or features
+    (``store_logits``) insertion runs no model pass and draws carry ``logits=None``.
 
-    Under torch DDP every rank keeps the same buffer: ``batch_size_mem`` is the global replay batch,
-    each rank trains on its slice of one global draw, writes are gathered from every rank, and rank
-    0's buffer is broadcast after each experience. What is published each experience:
-    :class:`~avalanche_balanced.metrics.ReplayDiagnostics` (:attr:`diagnostics`).
+    Under torch DDP every rank keeps the same buffer and trains on its slice of one global draw
+    (``batch_size_mem`` is global). Published each experience: :attr:`diagnostics`.
 
     ``mem_size``, ``batch_size``, ``batch_size_mem``, ``task_balanced_dataloader`` and
     ``storage_policy`` are ``ReplayPlugin``'s; other keywords go to :class:`BalancedBuffer` (an
@@ -66,19 +62,9 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         super().__init__()
         own = [k for k in inspect.signature(type(self).__init__).parameters if k not in ("self", "buffer_kwargs")]
         check_known_keywords(buffer_kwargs, BUFFER_KEYWORDS, "buffer", own)
-        if insertion_timing not in self.TIMINGS:
-            raise ValueError(f"insertion_timing must be one of {self.TIMINGS}, got {insertion_timing!r}")
-        if storage_policy is None:
-            check_positive_int(mem_size, "mem_size")
-        for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
-            if value is not None:
-                check_positive_int(value, name)
-        for name, flag in (("group_metrics", group_metrics), ("store_logits", store_logits)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
-        if storage_policy is not None and buffer_kwargs:
-            raise ValueError(f"storage_policy= is a ready buffer: {sorted(buffer_kwargs)} would be ignored; set them "
-                             "on the BalancedBuffer itself")
+        _check_arguments(self.TIMINGS, insertion_timing, batch_size=batch_size, batch_size_mem=batch_size_mem,
+                         group_metrics=group_metrics, store_logits=store_logits)
+        _check_storage_policy(storage_policy, mem_size, buffer_kwargs)
         self.buffer = storage_policy if storage_policy is not None else BalancedBuffer(mem_size, **buffer_kwargs)
         self.schedule = RegroupSchedule(regroup_every, refresh_features, refresh_prototypes, preprocess)
         self.diagnostics = ReplayDiagnostics(use_balanced_sampling)
@@ -136,6 +122,7 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     # ------------------------------------------------------------------ hooks
     def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
                             **kwargs):
+        _check_only_replay(self, strategy)
         self.buffer.to(strategy.device)
         self._classifier = None  # model adaptation may have replaced modules: find it again
         self._replay_size = self.batch_size_mem if self.batch_size_mem is not None else strategy.train_mb_size
@@ -155,12 +142,15 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
     def before_forward(self, strategy, **kwargs):
         # The hook lives for this forward pass only: between iterations the model holds no reference
         # to a graph, so other plugins may deep-copy it at any time (LwF does).
+        if self._hook is not None:  # left by a forward pass that was interrupted
+            self._hook.remove()
         if self._classifier is None or self._classifier_of is not strategy.model:
             self._classifier, self._classifier_of = classifier_of(strategy.model), strategy.model
         self._hook = FeatureHook(strategy.model, layer=self._classifier)
         x, y, t = self._current = (strategy.mb_x, strategy.mb_y, task_labels_of(strategy))
         self._replay = self.draw() if len(self.buffer) > 0 else None
         if self._replay is not None:
+            _check_same_inputs(x, self._replay.inputs)
             self.diagnostics.count(self._replay, self.buffer)
             x, y = torch.cat([x, self._replay.inputs.to(x.dtype)]), torch.cat([y, self._replay.labels])
             t = torch.cat([t, self._replay.task_labels])
@@ -223,6 +213,52 @@ class BalancedReplayPlugin(SupervisedPlugin, supports_distributed=True):
         """The buffer's state and the plugin's iteration counter (for checkpoints)."""
         return {"buffer": self.buffer.state_dict(), "iterations": self._iterations}
 
+    def check_state_dict(self, state: dict) -> None:
+        """Raise ``ValueError`` unless ``state`` loads here (nothing is assigned)."""
+        if "buffer" not in state or "iterations" not in state:
+            raise ValueError("replay plugin state lacks 'buffer' or 'iterations'")
+        self.buffer.check_state_dict(state["buffer"])
+
     def load_state_dict(self, state: dict) -> None:
+        self.check_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
         self._iterations = state["iterations"]
+
+
+def _check_arguments(timings, insertion_timing, **values) -> None:
+    if insertion_timing not in timings:
+        raise ValueError(f"insertion_timing must be one of {timings}, got {insertion_timing!r}")
+    for name in ("batch_size", "batch_size_mem"):
+        if values[name] is not None:
+            check_positive_int(values[name], name)
+    for name in ("group_metrics", "store_logits"):
+        if not isinstance(values[name], bool):
+            raise TypeError(f"{name} must be True or False, got {values[name]!r}")
+
+
+def _check_storage_policy(storage_policy, mem_size, buffer_kwargs) -> None:
+    """Arguments that a ready buffer (``storage_policy=``) would make meaningless raise."""
+    if storage_policy is None:
+        check_positive_int(mem_size, "mem_size")
+        return
+    if buffer_kwargs:
+        raise ValueError(f"storage_policy= is a ready buffer: {sorted(buffer_kwargs)} would be ignored; set them "
+                         "on the BalancedBuffer itself")
+    if mem_size not in (200, storage_policy.max_size):  # 200: ReplayPlugin's default, i.e. not given
+        raise ValueError(f"mem_size={mem_size} beside storage_policy= with max_size {storage_policy.max_size}: the "
+                         "buffer's capacity is its own; drop mem_size or resize the buffer")
+
+
+def _check_only_replay(plugin, strategy) -> None:
+    """Two replay plugins would each join a replay batch to the same minibatch: refused by name."""
+    others = [p for p in strategy.plugins if isinstance(p, BalancedReplayPlugin) and p is not plugin]
+    if others:
+        raise ValueError(f"{len(others) + 1} BalancedReplayPlugin instances on one strategy "
+                         f"({type(strategy).__name__}; SARLGelu brings its own): each would join its replay batch to "
+                         "the same minibatch; keep one (one buffer can mix any storage and draws)")
+
+
+def _check_same_inputs(current, replayed) -> None:
+    if current.shape[1:] != replayed.shape[1:]:
+        raise ValueError(f"this experience's inputs have shape {tuple(current.shape[1:])} per sample, the buffer "
+                         f"stores {tuple(replayed.shape[1:])}: replayed and current samples cannot share a minibatch")

@@ -65,8 +65,12 @@ class SemanticGroups:
         return PrototypeSimilarity(self.similarity_rule, self.prototypes)
 
     def config(self) -> dict:
+        """The settings a state must share to load: the rules, the fixed group table, the minimum group."""
+        table = getattr(self.grouping_rule, "class_to_group", None)
         return dict(grouping=self.grouping, similarity=self.similarity,
-                    centered=getattr(self.similarity_rule, "centered", None))
+                    centered=getattr(self.similarity_rule, "centered", None),
+                    group_table=None if table is None else table.tolist(),
+                    min_group_classes=getattr(self.grouping_rule, "min_size", None))
 
     def allocate(self, num_classes: int, num_feats: int) -> None:
         """At the storage's first insertion: the rule's tables, and the prototypes unless given."""
@@ -161,6 +165,16 @@ class SemanticGroups:
     def state_dict(self) -> dict:
         return dict(grouping=self.grouping_rule.state_dict(),
                     prototypes=self.prototypes.state_dict() if self.prototypes is not None else None)
+
+    def check_state(self, state: dict) -> None:
+        missing = [k for k in ("grouping", "prototypes") if k not in state]
+        if missing:
+            raise ValueError(f"buffer state lacks {', '.join(missing)}")
+        if state.get("examples") is not None and state["prototypes"] is None:
+            raise ValueError("buffer state holds samples but no prototypes")
+        lacking = set(self.grouping_rule.state_dict()) - set(state["grouping"] or {})
+        if lacking:
+            raise ValueError(f"buffer state's grouping rule lacks {', '.join(sorted(lacking))}")
 
     def load_state_dict(self, state: dict) -> None:
         if state["examples"] is not None:

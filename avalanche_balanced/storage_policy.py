@@ -1,6 +1,7 @@
 """Avalanche's ``ExemplarsBuffer`` contract for :class:`~avalanche_balanced.buffer.BalancedBuffer`,
 so that it also serves as ``ReplayPlugin(storage_policy=...)``: a dataset view of the stored
 samples, insertion of an experience after training (``post_adapt``), and ``resize``."""
+import hashlib
 from typing import Callable, Optional
 
 import torch
@@ -10,7 +11,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from .minibatch import item_layout, strategy_batches
 from .model_passes import batch_outputs, dataset_outputs
 
-__all__ = ["StoragePolicyContract"]
+__all__ = ["StoragePolicyContract", "dataset_fingerprint"]
 
 
 class StoragePolicyContract(ExemplarsBuffer):
@@ -68,8 +69,21 @@ class StoragePolicyContract(ExemplarsBuffer):
             batches = strategy_batches(strategy, dataset, batch_size)
             outputs = (batch_outputs(model, batches, preprocess) if model is not None
                        else _without_outputs(batches, output_widths))
-        for x, y, t, logits, feats in outputs:
-            self.add_data(x, y, logits, feats, task_labels=t)
+        # All or nothing, once: every model pass first, then the minibatches' insertions as one
+        # transaction (interrupted anywhere, nothing of the dataset is stored); a dataset already
+        # inserted whole (the same inputs and labels, in order) is not inserted again.
+        batches = list(outputs)
+        fingerprint = dataset_fingerprint([(b[0], b[1]) for b in batches])
+        if not batches or fingerprint in self.storage.inserted:
+            return
+        try:
+            with self.storage.transaction():
+                for x, y, t, logits, feats in batches:
+                    self.add_data(x, y, logits, feats, task_labels=t)
+                self.storage.inserted.append(fingerprint)
+        except BaseException:
+            self.invalidate_caches()
+            raise
 
     @torch.no_grad()
     def resize(self, strategy, new_size: int) -> None:
@@ -80,6 +94,16 @@ class StoragePolicyContract(ExemplarsBuffer):
             raise ValueError(f"new_size must be a positive integer, got {new_size!r}")
         self.storage.resize(new_size, self.group_width)
         self.invalidate_caches()
+
+
+def dataset_fingerprint(batches) -> str:
+    """SHA-256 of a dataset's ``(inputs, labels)`` minibatches, in order: what makes two insertions the same."""
+    digest = hashlib.sha256()
+    for pair in batches:
+        for t in pair:
+            digest.update(str((t.dtype, tuple(t.shape))).encode())
+            digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class _DictView(torch.utils.data.Dataset):

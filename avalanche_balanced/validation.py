@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["as_labels", "check_labels_in_range", "check_rows", "check_finite", "check_positive_int",
+__all__ = ["as_labels", "as_task_labels", "check_labels_in_range", "check_rows", "check_finite", "check_positive_int",
            "check_replay_sizes", "check_incoming_shapes", "check_known_keywords",
            "check_same_config", "PendingChecks"]
 
@@ -21,6 +21,14 @@ def as_labels(values, name: str, device=None, n: Optional[int] = None) -> Tensor
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer labels, got dtype {t.dtype}")
     return t
+
+
+def as_task_labels(values, device=None) -> Tensor:
+    """Task labels (a scalar or a 1-D tensor) as a long tensor: integer dtypes only, never truncated."""
+    t = torch.as_tensor(values, device=device)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"task_labels must hold integer labels, got dtype {t.dtype}")
+    return t.long()
 
 
 def check_labels_in_range(labels: Tensor, num_classes: int, name: str = "labels", what: str = "") -> None:
@@ -83,9 +91,13 @@ class PendingChecks:
     def __init__(self):
         self.flags: Optional[Tensor] = None
 
-    def add(self, labels: Tensor, num_classes: int, features: Tensor) -> None:
-        ok = torch.stack([((labels >= 0) & (labels < num_classes)).all(), torch.isfinite(features).all()])
+    def add(self, labels: Tensor, num_classes: int, features: Tensor) -> Tensor:
+        """Record the checks of a batch; returns which of its rows pass them (device tensor)."""
+        label_ok = (labels >= 0) & (labels < num_classes)
+        finite = torch.isfinite(features).reshape(features.shape[0], -1).all(1)
+        ok = torch.stack([label_ok.all(), finite.all()])
         self.flags = ok if self.flags is None else self.flags & ok
+        return label_ok & finite
 
     def raise_if_failed(self) -> None:
         """Raise ``ValueError`` for a value added since the last call that failed its check."""

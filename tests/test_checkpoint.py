@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
+from avalanche_balanced.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint, write_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "split_cifar100_sarl_balanced.py"
@@ -38,7 +38,7 @@ def _tensorboard_tags(run_dir: Path) -> set:
 
 def completed(checkpoint: Path) -> int:
     try:
-        return torch.load(checkpoint, weights_only=False)["extra"]["completed"]
+        return read_checkpoint_file(checkpoint)["extra"]["completed"]
     except Exception:  # not written yet
         return 0
 
@@ -107,9 +107,9 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path):
         load_checkpoint(path, _sarl(mem_size=11))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt", _sarl())
-    old_format = torch.load(path, weights_only=False)
+    old_format = read_checkpoint_file(path)
     old_format["format"] = 1  # before the buffer kept its grouping rule's state
-    torch.save(old_format, tmp_path / "old.pt")
+    write_checkpoint_file(tmp_path / "old.pt", old_format)
     with pytest.raises(ValueError, match="format 1"):
         load_checkpoint(tmp_path / "old.pt", _sarl())
 
@@ -120,8 +120,11 @@ def test_truncated_checkpoint_is_refused_and_writes_are_atomic(tmp_path):
     save_checkpoint(path, strategy, extra={"completed": 1})
     good = path.read_bytes()
     (tmp_path / "bad.pt").write_bytes(good[: len(good) // 2])
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match=r"bad\.pt is corrupted"):  # its checksum no longer matches
         load_checkpoint(tmp_path / "bad.pt", _sarl())
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(tmp_path / "foreign.pt", _sarl())
     save_checkpoint(path, strategy, extra={"completed": 2})
     assert not (tmp_path / "ckpt.pt.tmp").exists()
     assert load_checkpoint(path, _sarl())["completed"] == 2

@@ -19,8 +19,8 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) examples/split_cifar100_sarl_balanced.py
 
-test: setup
-	$(PY) -m pytest
+test: setup  # two worker processes (pytest-xdist): most tests are single-threaded
+	$(PY) -m pytest -n 2
 
 compare: setup  # choose each method's learning rate on held-out training images, then the table
 	$(PY) -m benchmarks.compare --protocol quick --select_lr

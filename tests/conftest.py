@@ -25,6 +25,25 @@ def cifar_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_cifar_root(cifar_root, tmp_path_factory) -> Path:
+    """A copy of real CIFAR-100 with the first 5 training and 2 test images of every class (original
+    order kept), for the tests that start whole runs in fresh processes: each loads a small file
+    instead of 170 MB. Skipped with the real copy."""
+    from avalanche_balanced.data import load_cifar100
+    root = tmp_path_factory.mktemp("small_cifar")
+    for split, keep, train in (("train", 5, True), ("test", 2, False)):
+        data = load_cifar100(cifar_root, train=train)
+        fine = data.fine.numpy()
+        picked = np.sort(np.concatenate([np.nonzero(fine == c)[0][:keep] for c in range(100)]))
+        np.savez(root / f"cifar100_{split}.npz", x=data.images[picked].permute(0, 2, 3, 1).numpy(),
+                 y=fine[picked], coarse=data.coarse.numpy()[picked])
+    meta = cifar_root / "cifar100_meta.json"
+    if meta.is_file():
+        (root / meta.name).write_text(meta.read_text())
+    return root
+
+
+@pytest.fixture(scope="session")
 def fake_cifar():
     """{split: (x uint8 N x 32 x 32 x 3 HWC, fine, coarse)}, 3 train / 1 test image per class."""
     rng = np.random.default_rng(0)

@@ -43,11 +43,11 @@ def completed(checkpoint: Path) -> int:
         return 0
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_root):
+def test_killed_run_resumes_to_identical_metrics(tmp_path, small_cifar_root):
     # The uninterrupted run and the run to kill run side by side (independent processes, same
     # thread count, so the same numbers); the second is killed after its second experience.
-    full = example(["--experiment_id", "full"], tmp_path, cifar_root)
-    run = example(["--experiment_id", "killed"], tmp_path, cifar_root)
+    full = example(["--experiment_id", "full"], tmp_path, small_cifar_root)
+    run = example(["--experiment_id", "killed"], tmp_path, small_cifar_root)
     checkpoint = tmp_path / "runs" / "killed" / "checkpoint.pt"
     deadline = time.time() + 600
     while completed(checkpoint) < 2 and run.poll() is None and time.time() < deadline:
@@ -69,7 +69,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, cifar_root):
                 "BalancedReplay/replay_weight", "SARL/similarity", "Figures/group_sizes"):
         assert tag in tags, tag
 
-    resumed = example(["--experiment_id", "killed", "--resume"], tmp_path, cifar_root)
+    resumed = example(["--experiment_id", "killed", "--resume"], tmp_path, small_cifar_root)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert f"Resumed from {checkpoint.relative_to(tmp_path)} after experience {done}" in out

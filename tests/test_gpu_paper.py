@@ -18,10 +18,10 @@ def test_plan_epochs_takes_the_largest_number_that_fits():
     assert gpu_paper.plan_epochs(20, 0.1, 10, 5, per_experience_overhead=2, startup=10) == 0
 
 
-def test_gpu_paper_runs_the_three_configurations_on_the_cpu(cifar_root, tmp_path):
+def test_gpu_paper_runs_the_three_configurations_on_the_cpu(small_cifar_root, tmp_path):
     out = tmp_path / "paper"
     # one thread per run: the two runs of each phase go side by side on two cores
-    env = dict(os.environ, AVALANCHE_BALANCED_DATA=str(cifar_root), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    env = dict(os.environ, AVALANCHE_BALANCED_DATA=str(small_cifar_root), PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_paper.sh"), str(out), "900", "--device", "cpu",
                            "--model", "tiny", "--per_class", "2", "--test_per_class", "1",
                            "--timing_iterations", "6", "--max_epochs", "1"],

@@ -4,8 +4,8 @@ import json
 from benchmarks import online  # the repository root is on pytest's pythonpath (pyproject.toml)
 
 
-def test_online_harness_runs_pairs_and_reports(cifar_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("AVALANCHE_BALANCED_DATA", str(cifar_root))
+def test_online_harness_runs_pairs_and_reports(small_cifar_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVALANCHE_BALANCED_DATA", str(small_cifar_root))
     args = ["--methods", "replay_plugin", "ours", "--seeds", "0", "--experiences", "1", "--mini_experiences", "2",
             "--mem_size", "40", "--out", str(tmp_path)]
     online.main(args)

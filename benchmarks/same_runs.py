@@ -1,6 +1,7 @@
 """Do two comparison folders hold the same numbers? (A refactor must not change results.)
 
     python -m benchmarks.same_runs results/refactor_check/before results/refactor_check/after
+    python -m benchmarks.same_runs BEFORE/lr_selection.json AFTER/lr_selection.json   # validation runs
 
 Compares every run (method, seed) present in both ``results.json`` files key by key, timing
 and process fields aside, and prints each difference with its size; exit status 1 if a
@@ -23,10 +24,17 @@ def flatten(value, prefix=""):
     return {prefix.rstrip("."): value}
 
 
+def _runs(where) -> list:
+    """The runs of a comparison folder (its ``results.json``), or of a JSON file with a ``runs`` list
+    (a learning-rate selection file: validation runs, one per method and rate)."""
+    path = Path(where)
+    return json.loads((path if path.is_file() else path / "results.json").read_text())["runs"]
+
+
 def differences(first, second):
-    """``(run, key, a, b)`` for every differing value of the runs both folders hold."""
-    runs = [{(r["method"], r["seed"]): r for r in json.loads((Path(f) / "results.json").read_text())["runs"]}
-            for f in (first, second)]
+    """``(run, key, a, b)`` for every differing value of the runs both folders (or files) hold; a run is
+    its method, seed and rate."""
+    runs = [{(r["method"], r["seed"], r.get("lr")): r for r in _runs(f)} for f in (first, second)]
     out = []
     for run in sorted(set(runs[0]) & set(runs[1])):
         a, b = (flatten({k: v for k, v in r[run].items() if k not in IGNORED}) for r in runs)
@@ -45,7 +53,7 @@ def main(argv=None):
     for run, key, a, b in diffs:
         gap = abs(a - b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else float("inf")
         worst = max(worst, gap)
-        print(f"{run[0]} seed {run[1]}: {key}: {a!r} vs {b!r} (|diff| {gap:.1e})")
+        print(f"{run[0]} seed {run[1]} lr {run[2]}: {key}: {a!r} vs {b!r} (|diff| {gap:.1e})")
     print(f"{len(runs)} runs compared, {len(diffs)} values differ, largest difference {worst:.1e}")
     return 1 if worst > args.tolerance else 0
 

@@ -477,3 +477,17 @@ def test_report_pairs_a_method_with_itself_across_folders(tmp_path, monkeypatch,
         report.main(folders)
     report.main(folders + ["--tag_folders", "--pairs", "plugin_uniform@0:plugin_uniform@1"])
     assert "| plugin_uniform@0 - plugin_uniform@1 | 0,1 | +0.00 ± 2.12 [+1.50, -1.50] |" in capsys.readouterr().out
+
+
+def test_same_runs_finds_every_difference_in_folders_and_selection_files(tmp_path, capsys):
+    from benchmarks import same_runs
+    run = dict(method="sarl", seed=0, lr=0.01, accuracy=12.5, accuracy_matrix=[[1.0, 2.0]], seconds=3.0)
+    for name, value in (("a", 2.0), ("b", 2.0), ("c", 2.5)):
+        (tmp_path / name).mkdir()
+        runs = [dict(run, accuracy_matrix=[[1.0, value]], seconds=len(name) + value)]
+        (tmp_path / name / "results.json").write_text(json.dumps(dict(runs=runs)))
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(runs=runs, chosen={})))
+    assert same_runs.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0  # timing fields aside
+    assert "1 runs compared, 0 values differ" in capsys.readouterr().out
+    assert same_runs.main([str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 1
+    assert "accuracy_matrix.0.1: 2.0 vs 2.5" in capsys.readouterr().out

@@ -6,10 +6,12 @@ The public API:
   :func:`group_share_weights`, :func:`cosine_to_unit`, :func:`effective_sample_size`;
   draws from weights (``draws``): :func:`sample_indices`;
 * semantic components: :class:`ClassPrototypes`, :class:`SemanticSimilarity`, :class:`AdaptiveThreshold`;
-* storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``), with its policies:
-  similarity rules (:class:`SimilarityRule`, ``SIMILARITIES``) and grouping rules
-  (:class:`GroupingRule`, ``GROUPINGS``);
-* wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``),
+* storage: :class:`BalancedBuffer` (an Avalanche ``ExemplarsBuffer``), composed of
+  :class:`BufferStorage` (what is kept), :class:`SemanticGroups` (prototypes, similarity and
+  grouping rules: :class:`SimilarityRule`, ``SIMILARITIES``, :class:`GroupingRule`, ``GROUPINGS``)
+  and :class:`ReplaySampler` (how it is drawn);
+* wiring: :class:`BalancedReplayPlugin` (an Avalanche ``SupervisedPlugin``; its
+  :class:`RegroupSchedule` and :class:`ReplayDiagnostics`),
   :class:`BatchTransformPlugin` (batched augmentation on the device) and
   :class:`MixedPrecisionPlugin` (bfloat16 autocast for any strategy);
 * training guards for any strategy: :class:`TrainingGuardPlugin` (fail fast with
@@ -30,7 +32,12 @@ from .draws import sample_indices
 from .semantic import AdaptiveThreshold, ClassPrototypes, SemanticSimilarity
 from .similarity_rules import SIMILARITIES, SimilarityRule
 from .grouping_rules import GROUPINGS, GroupingRule
+from .storage import BufferStorage
+from .semantic_groups import SemanticGroups
+from .replay_sampler import ReplaySampler
 from .buffer import BalancedBuffer, ReplayBatch
+from .regrouping import RegroupSchedule
+from .metrics import ReplayDiagnostics
 from .plugin import BalancedReplayPlugin, ReplayStep
 from .transforms import BatchTransformPlugin, cifar_augment, cifar_normalize
 from .precision import MixedPrecisionPlugin
@@ -61,7 +68,12 @@ __all__ = [
     "SemanticSimilarity",
     "AdaptiveThreshold",
     "BalancedBuffer",
+    "BufferStorage",
+    "SemanticGroups",
+    "ReplaySampler",
     "ReplayBatch",
+    "RegroupSchedule",
+    "ReplayDiagnostics",
     "BalancedReplayPlugin",
     "ReplayStep",
     "BatchTransformPlugin",

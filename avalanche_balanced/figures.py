@@ -132,16 +132,13 @@ class FigureLoggerPlugin(SupervisedPlugin, supports_distributed=True):
             fig.savefig(path, dpi=100)
             paths.append(path)
             if evaluator is not None:
-                value = MetricValue(self, f"Figures/{name}", fig, step, logging_type=LoggingType.FIGURE)
-                evaluator.publish_metric_value(value)
-                values.append(value)
-        if flush and values:
-            for logger in evaluator.loggers:
+                values.append(MetricValue(self, f"Figures/{name}", fig, step, logging_type=LoggingType.FIGURE))
+        if flush:  # straight to the loggers, not through the evaluator's queue (it would log them again)
+            for logger in getattr(evaluator, "loggers", []) if values else []:
                 logger.log_metrics(values)
-            # Drop them from the evaluator's queue so the next callback does not log them again.
-            queue = getattr(evaluator, "_metric_values", None)
-            if queue is not None:
-                evaluator._metric_values = [v for v in queue if all(v is not w for w in values)]
+        else:
+            for value in values:
+                evaluator.publish_metric_value(value)
         return paths
 
     # ----------------------------------------------------------------- hooks

@@ -76,7 +76,7 @@ class PerIteration(SupervisedPlugin):
 
     def __init__(self, from_experience: int = 2):
         super().__init__()
-        self.from_experience, self.rows, self._mode = from_experience, [], None
+        self.from_experience, self.rows, self.mode = from_experience, [], None
         self.start, self.stop = _Start(self), _Stop(self)
 
 
@@ -87,8 +87,8 @@ class _Start(SupervisedPlugin):
 
     def before_training_iteration(self, strategy, **kwargs):
         if strategy.clock.train_exp_counter >= self.owner.from_experience:
-            self.owner._mode = SyncCounter()
-            self.owner._mode.__enter__()
+            self.owner.mode = SyncCounter()
+            self.owner.mode.__enter__()
 
 
 class _Stop(SupervisedPlugin):
@@ -97,11 +97,11 @@ class _Stop(SupervisedPlugin):
         self.owner = owner
 
     def after_training_iteration(self, strategy, **kwargs):
-        mode = self.owner._mode
+        mode = self.owner.mode
         if mode is not None:
             mode.__exit__(None, None, None)
             self.owner.rows.append(mode.counts)
-            self.owner._mode = None
+            self.owner.mode = None
 
 
 def synthetic_stream(seed=0):

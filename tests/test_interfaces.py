@@ -154,3 +154,15 @@ def test_the_lab_tools_import_each_other_as_a_package():
                 if "sys.path" in line or "PYTHONPATH=benchmarks" in line or sibling.match(line):
                     found.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
     assert found == []
+
+
+def test_no_module_assigns_another_objects_private_fields():
+    """Each object's private state is written by its own methods only (``self._x = ...``)."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"\b(?!self\b|cls\b)[A-Za-z_][A-Za-z0-9_]*\.(_[a-z][A-Za-z0-9_]*)\s*(=|\+=|-=|\|=)(?!=)")
+    offenders = [f"{path.relative_to(root)}:{n}: {line.strip()}"
+                 for folder in ("avalanche_balanced", "benchmarks", "examples")
+                 for path in sorted((root / folder).rglob("*.py"))
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, "\n".join(offenders)

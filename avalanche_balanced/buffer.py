@@ -138,22 +138,22 @@ class BalancedBuffer(StoragePolicyContract):
         labels = as_labels(labels, "labels").to(self.device).long()  # integer dtypes only: never truncated
         examples = examples.detach().to(self.device)
         logits = logits.detach().to(self.device)
-        if logits.dim() == 2 and self.allocated and logits.shape[1] > self.num_classes:
-            self.grow_classes(logits.shape[1])
-        logits = self.storage.pad_width(logits)
         features = features.detach().to(self.device).flatten(1)
         task_labels = (torch.zeros_like(labels) if task_labels is None
                        else as_task_labels(task_labels, self.device).expand_as(labels))
         check_incoming_shapes(self, examples, labels, logits, features, task_labels)
-        row_ok = None
+        width, row_ok = max(logits.shape[1], self.num_classes), None  # the classes after widening or padding
         if defer_checks:  # reported at the check, which drops these rows; until then a bad label cannot index
-            row_ok = self._pending.add(labels, logits.shape[1], features)
-            labels = labels.clamp(0, logits.shape[1] - 1)
+            row_ok = self._pending.add(labels, width, features)
+            labels = labels.clamp(0, width - 1)
         else:
-            check_labels_in_range(labels, logits.shape[1], what="the classifier's range")
+            check_labels_in_range(labels, width, what="the classifier's range")
             check_finite(features, "features")
         if examples.shape[0] == 0:
             return torch.empty(0, dtype=torch.long, device=self.device)
+        if self.allocated and logits.shape[1] > self.num_classes:  # checked: now the head may grow
+            self.grow_classes(logits.shape[1])
+        logits = self.storage.pad_width(logits)  # a narrower head's logits, zero-padded
         if not self.allocated:
             self.groups.allocate(logits.shape[1], features.shape[1])
             self.storage.allocate(examples, logits, features)

@@ -76,7 +76,7 @@ def check_incoming_shapes(buffer, examples: Tensor, labels: Tensor, logits: Tens
     n = examples.shape[0]
     as_labels(labels, "labels", n=n)
     as_labels(task_labels, "task_labels", n=n)
-    check_rows(logits, "logits", n, buffer.num_classes if buffer.allocated else None, "num_classes")
+    check_rows(logits, "logits", n, None, "num_classes")  # any width: a head may grow or be narrower
     check_rows(features, "features", n, buffer.num_feats if buffer.allocated else None, "num_feats")
     if buffer.allocated and examples.shape[1:] != buffer.examples.shape[1:]:
         raise ValueError(f"examples have shape {tuple(examples.shape[1:])} per sample, "

@@ -6,7 +6,7 @@ instance ``python -m benchmarks.compare --protocol quick``); they import each ot
 
 - ``compare``: balanced vs uniform replay beside Avalanche's replay strategies on Split CIFAR-100 (the table).
 - ``methods``: the comparison's registry of methods, each a function building an Avalanche strategy.
-- ``reporting``: tables, plots and paired differences of comparison results (used by compare and report).
+- ``tables``: the tables, plots and paired differences of comparison results (used by compare and report).
 - ``report``: paired differences and per-experience replay diagnostics across comparison folders.
 - ``online``: online replay, this library's plugin against Avalanche's own, Avalanche's reference setup.
 - ``iteration_time``: seconds per training iteration, our plugin against Avalanche's ``ReplayPlugin``.

@@ -70,7 +70,7 @@ from avalanche_balanced.metrics import semantic_metrics
 from avalanche_balanced.protocols import PROTOCOLS, sarl_alpha_for
 from avalanche_balanced.superclass_skew import SKEW_BUCKETS, SuperclassSkewAccuracy, skewed_classes
 from benchmarks.methods import CORE, LR_FROM, METHODS, Setting
-from benchmarks.reporting import markdown_lr_selection, write_outputs
+from benchmarks.tables import markdown_lr_selection, write_outputs
 
 LR_GRID = (0.01, 0.03, 0.1)
 # Long-tailed streams (--scenario lt): accuracy on the test images of head, medium and tail classes.

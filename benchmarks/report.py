@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.reporting import markdown_paired, paired_differences
+from benchmarks.tables import markdown_paired, paired_differences
 
 HISTORY = (("current_share", "current share of replay"), ("effective_sample_size", "effective sample size"),
            ("group_agreement_per_experience", "group agreement (ARI)"))

@@ -69,8 +69,8 @@ def test_every_code_path_appears_with_finite_numbers(tmp_path, monkeypatch):
     assert all(f"| {m} |" in table for m in methods)
     # first minus second, seed by seed, in the JSON and the table, for every pair with both rows
     by = {r["method"]: r for r in saved["runs"]}
-    from benchmarks import reporting
-    both = [(a, b) for a, b in reporting.PAIRS if a in by and b in by]
+    from benchmarks import tables
+    both = [(a, b) for a, b in tables.PAIRS if a in by and b in by]
     assert len(both) >= 5 and set(saved["paired"]) == {f"{a} - {b}" for a, b in both}
     for first, second in both:
         diff = saved["paired"][f"{first} - {second}"]

@@ -139,7 +139,7 @@ def test_the_lab_tools_import_each_other_as_a_package():
     import re
     assert (REPO / "benchmarks" / "__init__.py").is_file()
     tools = sorted(path.stem for path in (REPO / "benchmarks").glob("*.py") if path.stem != "__init__")
-    assert {"compare", "methods", "reporting", "report", "online", "syncs", "sampler", "memory"} <= set(tools)
+    assert {"compare", "methods", "tables", "report", "online", "syncs", "sampler", "memory"} <= set(tools)
     sibling = re.compile(rf"^\s*(from ({'|'.join(tools)}|\.\w*) import|import ({'|'.join(tools)})\b)")
     found = []
     for folder in ("benchmarks", "examples", "investigations"):

@@ -20,16 +20,17 @@ def _spawn(tmp_path, scenario, world=2):
 
 
 @pytest.fixture(scope="module")
-def healthy(tmp_path_factory):
-    """The three healthy 2-rank runs (plugin, checkpoint and resume, SARL-GELU), spawned once."""
-    ranks = _spawn(tmp_path_factory.mktemp("ddp"), "healthy")
+def ddp_ranks(tmp_path_factory):
+    """Every 2-rank scenario (plugin, checkpoint and resume, SARL-GELU, data order, then the bad
+    configurations), spawned once: each rank's start-up costs about as much as all the scenarios."""
+    ranks = _spawn(tmp_path_factory.mktemp("ddp"), "every_scenario")
     for r in ranks:
         assert "error" not in r, r.get("traceback")
     return ranks
 
 
-def test_two_ranks_keep_one_buffer_and_split_each_draw(healthy):
-    ranks = [r["consistency"] for r in healthy]
+def test_two_ranks_keep_one_buffer_and_split_each_draw(ddp_ranks):
+    ranks = [r["consistency"] for r in ddp_ranks]
     for timing in ("after_experience", "online"):
         a, b = ranks[0][timing], ranks[1][timing]
         assert len(a["fingerprints"]) == 3
@@ -78,10 +79,10 @@ def test_a_draw_split_over_ranks_has_the_single_process_distribution():
     assert bool(((rate - ref).abs() <= 4 * stderr + 1e-9).all())
 
 
-def test_bad_configurations_get_clear_errors(tmp_path):
+def test_bad_configurations_get_clear_errors(ddp_ranks):
     with pytest.raises(ValueError, match=r"batch_size_mem=30\) must be divisible by the number of processes \(4\)"):
         check_divisible(30, 4)
-    ranks = _spawn(tmp_path, "bad_configurations")
+    ranks = [r["bad_configurations"] for r in ddp_ranks]
     for r in ranks:  # each rank is told which setting differs, and on which rank
         assert "ranks have different buffer settings: eps: 0.1 (rank 0) vs 0.2 (rank 1)" in r.get("mismatch", "") \
             or "ranks have different buffer settings: eps: 0.2 (rank 1) vs 0.1 (rank 0)" in r.get("mismatch", ""), r
@@ -89,8 +90,8 @@ def test_bad_configurations_get_clear_errors(tmp_path):
     assert ranks[0].get("error"), "rank 0 must stop with an error (a collective timeout), not hang"
 
 
-def test_a_checkpoint_written_by_rank_0_resumes_every_rank_to_the_same_metrics(healthy):
-    ranks = [r["resume"] for r in healthy]
+def test_a_checkpoint_written_by_rank_0_resumes_every_rank_to_the_same_metrics(ddp_ranks):
+    ranks = [r["resume"] for r in ddp_ranks]
     for r in ranks:
         assert r["files"] == ["checkpoint.pt"]  # one file, written once (rank 0), no temporary left
         full, resumed = r["full"], r["resumed"]
@@ -103,10 +104,10 @@ def test_a_checkpoint_written_by_rank_0_resumes_every_rank_to_the_same_metrics(h
     assert torch.equal(ranks[0]["resumed"]["fingerprint"], ranks[1]["resumed"]["fingerprint"])
 
 
-def test_the_current_data_order_changes_every_epoch_and_follows_the_run_seed(healthy):
+def test_the_current_data_order_changes_every_epoch_and_follows_the_run_seed(ddp_ranks):
     """Avalanche gives every epoch a fresh DistributedSampler with seed 0 (the same order every
     epoch and every run); DataParallelPlugin seeds each epoch's sampler from the run's seed."""
-    ranks = [r["data_order"] for r in healthy]
+    ranks = [r["data_order"] for r in ddp_ranks]
     for r in ranks:
         assert not torch.equal(r[0]["first"][0], r[0]["first"][1])  # epoch 1 is not epoch 0 again
         assert not torch.equal(r[0]["first"][0], r[1]["first"][0])  # the run's seed sets the order
@@ -117,8 +118,8 @@ def test_the_current_data_order_changes_every_epoch_and_follows_the_run_seed(hea
     assert torch.equal(torch.sort(together.sum(1)).values, torch.sort(dataset.sum(1)).values)
 
 
-def test_sarl_gelu_keeps_every_synchronised_part_identical_across_ranks(healthy):
-    a, b = (r["sarl"] for r in healthy)
+def test_sarl_gelu_keeps_every_synchronised_part_identical_across_ranks(ddp_ranks):
+    a, b = (r["sarl"] for r in ddp_ranks)
     assert torch.equal(a["fingerprint"], b["fingerprint"])  # buffer (online insertion of both ranks' batches)
     assert a["seen"] == 2 * 6 * 24  # two epochs over the whole stream, every rank's minibatches inserted
     assert torch.equal(a["prototypes"], b["prototypes"])

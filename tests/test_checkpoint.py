@@ -1,9 +1,11 @@
 """Checkpoint and resume: a real process killed after experience 2 resumes to identical metrics."""
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,11 +21,26 @@ TINY = ["--model", "tiny", "--per_class", "3", "--test_per_class", "2", "--epoch
         "--buffer_size", "40", "--minibatch_size", "8", "--batch_size", "16", "--no_progress", "--seed", "5"]
 
 
-def example(args, cwd, data_root):
+def example_process(args, cwd, data_root):
     cmd = [sys.executable, str(EXAMPLE), "--data_root", str(data_root), *TINY, *args]
-    # one thread each: two runs side by side on two cores, and the same thread count on resume
+    # one thread, as the runs in this process (see run_example): the same numbers
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def run_example(args, data_root, capsys) -> str:
+    """The example's ``main`` in this process, on one thread; returns what it printed."""
+    spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        module.main(["--data_root", str(data_root), *TINY, *args])
+        return capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _tensorboard_tags(run_dir: Path) -> set:
@@ -43,23 +60,28 @@ def completed(checkpoint: Path) -> int:
         return 0
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path, small_cifar_root):
-    # The uninterrupted run and the run to kill run side by side (independent processes, same
-    # thread count, so the same numbers); the second is killed after its second experience.
-    full = example(["--experiment_id", "full"], tmp_path, small_cifar_root)
-    run = example(["--experiment_id", "killed"], tmp_path, small_cifar_root)
-    checkpoint = tmp_path / "runs" / "killed" / "checkpoint.pt"
-    deadline = time.time() + 600
-    while completed(checkpoint) < 2 and run.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(run.pid, signal.SIGKILL)
-    run.communicate()
-    done = completed(checkpoint)
-    assert 2 <= done < 5, "the run must be killed part-way"
-    assert not (tmp_path / "runs" / "killed" / "results.json").exists()
+def kill_after(run: subprocess.Popen, checkpoint: Path, experiences: int) -> threading.Thread:
+    """A watcher that SIGKILLs ``run`` once its checkpoint records ``experiences`` finished."""
+    def watch():
+        deadline = time.time() + 600
+        while completed(checkpoint) < experiences and run.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(run.pid, signal.SIGKILL)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
 
-    out, _ = full.communicate(timeout=600)
-    assert full.returncode == 0, out
+
+def test_killed_run_resumes_to_identical_metrics(tmp_path, small_cifar_root, capsys, monkeypatch):
+    # A real process is killed after its second experience (SIGKILL: no clean-up of any kind);
+    # meanwhile the uninterrupted run goes on in this process. The resumed run, also here, must
+    # end with the same metrics: a checkpoint carries all a run needs, across processes.
+    monkeypatch.chdir(tmp_path)
+    run = example_process(["--experiment_id", "killed"], tmp_path, small_cifar_root)
+    checkpoint = tmp_path / "runs" / "killed" / "checkpoint.pt"
+    watcher = kill_after(run, checkpoint, experiences=2)
+
+    out = run_example(["--experiment_id", "full"], small_cifar_root, capsys)
     assert "Final average accuracy" in out and "Average forgetting" in out
     run_dir = tmp_path / "runs" / "full"
     assert (run_dir / "group_sizes_exp4.png").is_file() and (run_dir / "accuracy_matrix_exp4.png").is_file()
@@ -69,9 +91,14 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, small_cifar_root):
                 "BalancedReplay/replay_weight", "SARL/similarity", "Figures/group_sizes"):
         assert tag in tags, tag
 
-    resumed = example(["--experiment_id", "killed", "--resume"], tmp_path, small_cifar_root)
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
+    watcher.join(timeout=600)
+    killed_output, _ = run.communicate()
+    assert run.returncode == -signal.SIGKILL, killed_output
+    done = completed(checkpoint)
+    assert 2 <= done < 5, "the run must be killed part-way"
+    assert not (tmp_path / "runs" / "killed" / "results.json").exists()
+
+    out = run_example(["--experiment_id", "killed", "--resume"], small_cifar_root, capsys)
     assert f"Resumed from {checkpoint.relative_to(tmp_path)} after experience {done}" in out
     a = json.loads((tmp_path / "runs" / "full" / "results.json").read_text())
     b = json.loads((tmp_path / "runs" / "killed" / "results.json").read_text())

@@ -8,12 +8,14 @@ will run; ``--compile`` compiles the model (``avalanche_balanced.compiled``).
 
     bash benchmarks/gpu_paper.sh OUT [BUDGET_SECONDS]      # the entry point; see its header
 
-First every run is timed for a few iterations, concurrently (as they will
-run). If 50 epochs per experience do not fit the budget, the largest faithful
-reduction that does is run: fewer epochs per experience, with the LR
-milestones and the warm-up scaled in proportion (35/50, 45/50, 5/50 of the
-epochs). The output says which. Results: ``OUT/summary.json`` and
-``OUT/summary.md``, and each run's log.
+Every run starts once: it times a few iterations on a throw-away copy of itself, concurrently
+with the others (as they will run), prints the seconds per iteration and waits for
+``OUT/plan.json``. If 50 epochs per experience do not fit the budget, the plan is the
+largest faithful reduction that does: fewer epochs per experience, with the LR milestones
+and the warm-up scaled in proportion (35/50, 45/50, 5/50 of the epochs). Each run then
+starts from its seed with the plan (the example's ``--plan_file``), so the start-up
+(imports, data, CUDA) is paid once. The output says which plan ran. Results:
+``OUT/summary.json`` and ``OUT/summary.md``, and each run's log.
 """
 import argparse
 import json
@@ -43,9 +45,28 @@ def launch(mode, seed, run_args, out: Path, tag: str, first_seed: int):
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def run_all(run_args, out, tag, timeout, seeds):
-    """Every (seed, mode) concurrently on the device; returns {(seed, mode): returncode}."""
-    procs = {(seed, m): launch(m, seed, run_args, out, tag, seeds[0]) for seed in seeds for m in MODES}
+def launch_all(run_args, out, tag, seeds):
+    """Every (seed, mode) at once on the device: {(seed, mode): (process, log)}."""
+    return {(seed, m): launch(m, seed, run_args, out, tag, seeds[0]) for seed in seeds for m in MODES}
+
+
+def wait_for_timings(procs, out, tag, seeds, timeout):
+    """Seconds per iteration of every run, read from its log once printed; the slowest decides."""
+    logs = {key: out / f"{run_name(tag, key[1], key[0], seeds[0])}.log" for key in procs}
+    deadline, timings = time.time() + timeout, {}
+    while len(timings) < len(procs):
+        for key, path in logs.items():
+            if key not in timings and "seconds per iteration:" in path.read_text():
+                timings[key] = read_log_value(path, "seconds per iteration:")
+        failed = {k: p.poll() for k, (p, _) in procs.items() if k not in timings and p.poll() is not None}
+        if failed or time.time() > deadline:
+            return None, failed or "timeout"
+        time.sleep(0.2)
+    return max(timings.values()), None
+
+
+def wait_all(procs, timeout):
+    """Return codes of every run, ``"timeout"`` for those killed at the deadline."""
     deadline, codes = time.time() + timeout, {}
     for key, (proc, log) in procs.items():
         try:
@@ -55,6 +76,12 @@ def run_all(run_args, out, tag, timeout, seeds):
             codes[key] = "timeout"
         log.close()
     return codes
+
+
+def write_plan(path: Path, plan: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan))
+    tmp.replace(path)  # atomic: a run never reads half a plan
 
 
 def read_log_value(path: Path, prefix: str) -> float:
@@ -99,28 +126,33 @@ def main(argv=None):
     if args.test_per_class:
         common += ["--test_per_class", str(args.test_per_class)]
 
-    # 1. Time every run together, as they will run.
+    # 1. Start every run; each times itself, concurrently with the others, and waits for the plan.
+    plan_file = out / "plan.json"
+    plan_file.unlink(missing_ok=True)
     timing_start = time.time()
-    codes = run_all(common + ["--max_iterations", str(args.timing_iterations)], out, "timing",
-                    timeout=args.budget / 3, seeds=seeds)
-    if any(c != 0 for c in codes.values()):
-        raise SystemExit(f"timing runs failed: {codes}; see {out}/timing_*.log")
+    procs = launch_all(common + ["--max_iterations", str(args.timing_iterations), "--plan_file", str(plan_file)],
+                       out, "run", seeds)
+    spi, failed = wait_for_timings(procs, out, "run", seeds, timeout=args.budget / 3)
+    if spi is None:
+        write_plan(plan_file, {"abort": f"timing failed: {failed}"})
+        wait_all(procs, timeout=30)
+        raise SystemExit(f"timing failed: {failed}; see {out}/run_*.log")
     timing_seconds = time.time() - timing_start
-    spi = max(read_log_value(out / f"{run_name('timing', m, s, seeds[0])}.log", "seconds per iteration:")
-              for s in seeds for m in MODES)
 
     # 2. The largest faithful reduction that fits what is left.
     per_class = args.per_class or 500
     n_experiences, classes_per_exp, batch = 5, 20, 32
     iterations_per_epoch = math.ceil(classes_per_exp * per_class / batch)
-    # Startup (imports, data, model) is what the timing runs took beyond their iterations;
-    # per experience: evaluation, prototypes and BatchNorm passes, checkpoint, about 4% of an epoch
+    # What is left after the plan: building each run again (a compiled model compiles again), and per
+    # experience evaluation, prototypes and BatchNorm passes and a checkpoint, about 4% of an epoch
     # at full size each -- taken as 10 s on a GPU, with a 15% margin on the training time below.
-    startup = max(10.0, timing_seconds - spi * args.timing_iterations)
+    startup = 40.0 if args.compile else 10.0
     left = args.budget - (time.time() - start)
     epochs = min(args.max_epochs,
                  plan_epochs(left / 1.15, spi, iterations_per_epoch, n_experiences, 10.0, startup))
     if epochs < 1:
+        write_plan(plan_file, {"abort": "not even one epoch per experience fits"})
+        wait_all(procs, timeout=30)
         raise SystemExit(f"not even one epoch per experience fits: {spi:.4f} s per iteration, "
                          f"{left:.0f} s left")
     milestones = [max(1, round(m * epochs / PAPER_EPOCHS)) for m in PAPER_STEPS]
@@ -132,15 +164,15 @@ def main(argv=None):
                                    f"LR milestones {milestones}, warm-up {warmup} epochs, scaled from "
                                    f"35/45 and 5 of 50)"))
     print(f"timing: {spi:.4f} s per iteration with {len(MODES) * len(seeds)} runs on the device; "
-          f"startup {startup:.0f} s",
-          flush=True)
+          f"start-up and timing {timing_seconds:.0f} s", flush=True)
     print(f"plan: {plan}", flush=True)
 
-    # 3. Every run, side by side.
+    # 3. Every run goes on with the plan, side by side.
     run_args = common + ["--epochs", str(epochs), "--warmup_epochs", str(warmup), "--lr_steps",
                          *map(str, milestones)]
     run_start = time.time()
-    codes = run_all(run_args, out, "run", timeout=args.budget - (time.time() - start), seeds=seeds)
+    write_plan(plan_file, dict(epochs=epochs, warmup_epochs=warmup, lr_steps=milestones))
+    codes = wait_all(procs, timeout=args.budget - (time.time() - start))
     by_seed = {}
     for seed in seeds:
         by_seed[seed] = {}

@@ -110,6 +110,9 @@ def parse_args(argv=None):
                    help="torch.compile mode; reduce-overhead adds CUDA graphs (the ragged last batch is dropped)")
     p.add_argument("--max_iterations", type=int, default=None,
                    help="stop after this many training iterations and report seconds per iteration")
+    p.add_argument("--plan_file", default=None,
+                   help="with --max_iterations: after timing, wait for this JSON file ({epochs, warmup_epochs, "
+                        "lr_steps}, or {abort}) and then run with it, from the start (benchmarks/gpu_paper.py)")
     p.add_argument("--data_root", default=None)
     p.add_argument("--no_download", action="store_true",
                    help="fail instead of downloading CIFAR-100 through torchvision when no local copy is found")
@@ -147,7 +150,7 @@ SARL_AUTHORS = dict(semantic_positives="threshold", separate_batches=True, proto
 
 
 # Flags that change how a run is watched, not what it computes: a resumed run may differ in them.
-RUN_CONTROL = ("resume", "stop_after", "no_progress", "device", "max_iterations",
+RUN_CONTROL = ("resume", "stop_after", "no_progress", "device", "max_iterations", "plan_file",
                "clip_grad_norm")  # clipping may be switched on to resume a run stopped by a non-finite loss
 
 
@@ -173,6 +176,60 @@ class IterationTimer(SupervisedPlugin):
             strategy.stop_training()
 
 
+def build_strategy(args, benchmark, device, world, run_dir=None, extra_plugins=()):
+    """The run's model and strategy, seeded from ``args.seed``; with ``run_dir``, TensorBoard
+    logs, figures and progress bars (under DDP only rank 0 passes one)."""
+    seed_everything(args.seed)  # after the benchmark, so the run's seed alone sets weights and data order
+    network = sparse_resnet18 if args.method == "sarl" else gelu_resnet18
+    model = network(100, nf=MODEL_WIDTHS[args.model]).to(device)
+    model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
+    if args.compile:
+        compile_model(model, mode=args.compile_mode)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    # The semantic metrics and the figures find the buffer through the strategy they are given.
+    evaluator, loggers = build_evaluator(None if run_dir is None else str(run_dir),
+                                         interactive=not args.no_progress and run_dir is not None,
+                                         extra_metrics=semantic_metrics(benchmark.fine_to_coarse))
+    figures = None if run_dir is None else FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse)
+    plugins = [p for p in (DataParallelPlugin(seed=args.seed) if args.distributed else None, figures,
+                           MixedPrecisionPlugin() if args.amp else None, *extra_plugins) if p is not None]
+    strategy = SARLGelu(
+        model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,
+        alpha=args.alpha, beta=args.beta, op_weight=args.op_weight, sm_weight=args.sm_weight,
+        sim_lr=args.sim_lr, warmup_epochs=args.warmup_epochs,
+        clip_grad_norm=None if args.method == "sarl" else args.clip_grad_norm or None,
+        ramp_iterations=0 if args.method == "sarl" else args.ramp_iterations,
+        use_balanced_sampling=bool(args.use_balanced_sampling), balance_weight=args.balance_weight,
+        grouping=args.grouping, class_to_group=benchmark.fine_to_coarse if args.grouping == "fixed" else None,
+        lr_steps=args.lr_steps, transform=cifar_augment, eval_transform=cifar_normalize, seed=args.seed,
+        train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256, device=device,
+        plugins=plugins, evaluator=evaluator, **(SARL_AUTHORS if args.method == "sarl" else {}))
+    return strategy, loggers
+
+
+def time_iterations(args, benchmark, device, world) -> IterationTimer:
+    """Train a throw-away copy of the run on the first experience for ``--max_iterations``
+    iterations, without logs; returns the timer."""
+    timer = IterationTimer(args.max_iterations, device)
+    strategy, _ = build_strategy(args, benchmark, device, world, extra_plugins=[timer])
+    strategy.train(benchmark.train_stream[0])
+    return timer
+
+
+def follow_plan(args, plan_file: Path, poll_seconds: float = 0.2) -> None:
+    """Wait for ``plan_file`` and set the run's epochs, warm-up and LR milestones from it.
+
+    The run then starts from its seed, as if it had been launched with them: timing first in
+    the same process saves a second start-up (imports, data, CUDA) inside a device's budget.
+    """
+    while not plan_file.is_file():
+        time.sleep(poll_seconds)
+    plan = json.loads(plan_file.read_text())
+    if "abort" in plan:
+        raise SystemExit(f"the plan says stop: {plan['abort']}")
+    args.epochs, args.warmup_epochs, args.lr_steps = plan["epochs"], plan["warmup_epochs"], plan["lr_steps"]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.distributed and not init_distributed(args.seed):
@@ -191,37 +248,14 @@ def main(argv=None):
                                class_order="natural" if args.class_order == "natural" else None,
                                per_class=args.per_class, test_per_class=args.test_per_class,
                                download=not args.no_download)
-    seed_everything(args.seed)  # after the benchmark, so the run's seed alone sets weights and data order
-    network = sparse_resnet18 if args.method == "sarl" else gelu_resnet18
-    model = network(100, nf=MODEL_WIDTHS[args.model]).to(device)
-    model = model.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
-    if args.compile:
-        compile_model(model, mode=args.compile_mode)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    # The semantic metrics and the figures find the buffer through the strategy they are given.
-    evaluator, loggers = build_evaluator(str(run_dir) if rank == 0 else None,  # rank 0 logs, under DDP
-                                         interactive=not args.no_progress and rank == 0,
-                                         extra_metrics=semantic_metrics(benchmark.fine_to_coarse))
-    figures = FigureLoggerPlugin(run_dir, fine_to_coarse=benchmark.fine_to_coarse) if rank == 0 else None
-    timer = IterationTimer(args.max_iterations, device) if args.max_iterations else None
-    extra_plugins = [p for p in (DataParallelPlugin(seed=args.seed) if args.distributed else None, figures,
-                                 MixedPrecisionPlugin() if args.amp else None, timer) if p is not None]
-    strategy = SARLGelu(
-        model=model, optimizer=optimizer, mem_size=args.buffer_size, batch_size_mem=args.minibatch_size,
-        alpha=args.alpha, beta=args.beta, op_weight=args.op_weight, sm_weight=args.sm_weight,
-        sim_lr=args.sim_lr, warmup_epochs=args.warmup_epochs,
-        clip_grad_norm=None if args.method == "sarl" else args.clip_grad_norm or None,
-        ramp_iterations=0 if args.method == "sarl" else args.ramp_iterations,
-        use_balanced_sampling=bool(args.use_balanced_sampling), balance_weight=args.balance_weight,
-        grouping=args.grouping, class_to_group=benchmark.fine_to_coarse if args.grouping == "fixed" else None,
-        lr_steps=args.lr_steps, transform=cifar_augment, eval_transform=cifar_normalize, seed=args.seed,
-        train_mb_size=args.batch_size // world, train_epochs=args.epochs, eval_mb_size=256, device=device,
-        plugins=extra_plugins, evaluator=evaluator, **(SARL_AUTHORS if args.method == "sarl" else {}))
-    if timer is not None:
-        strategy.train(benchmark.train_stream[0])
-        say(f"seconds per iteration: {timer.seconds_per_iteration:.5f} "
-              f"(iterations {timer.warmup}-{timer.count}, batch {args.batch_size} + {args.minibatch_size})")
-        return {"seconds_per_iteration": timer.seconds_per_iteration}
+    if args.max_iterations:
+        timing = time_iterations(args, benchmark, device, world)
+        say(f"seconds per iteration: {timing.seconds_per_iteration:.5f} "
+            f"(iterations {timing.warmup}-{timing.count}, batch {args.batch_size} + {args.minibatch_size})", flush=True)
+        if args.plan_file is None:
+            return {"seconds_per_iteration": timing.seconds_per_iteration}
+        follow_plan(args, Path(args.plan_file))
+    strategy, loggers = build_strategy(args, benchmark, device, world, run_dir=run_dir if rank == 0 else None)
 
     say(f"Split CIFAR-100: {args.n_experiences} experiences, {args.method}, {args.model} "
           f"{'sparse ReLU' if args.method == 'sarl' else 'GELU'} ResNet-18, "

@@ -1,14 +1,17 @@
 """benchmarks/gpu_paper.sh on the CPU with a tiny setting: timing, planning, both runs, summary."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from benchmarks import gpu_paper  # the repository root is on pytest's pythonpath (pyproject.toml)
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "split_cifar100_sarl_balanced.py"
 
 
 def test_plan_epochs_takes_the_largest_number_that_fits():
@@ -38,3 +41,31 @@ def test_gpu_paper_runs_the_three_configurations_on_the_cpu(small_cifar_root, tm
         assert run is not None and 0.0 <= run["accuracy"] <= 100.0
     assert f"--epochs {epochs}" in summary["command"] and "--lr_steps" in summary["command"]
     assert "sarl_gelu_balanced" in (out / "summary.md").read_text() and f"{epochs} of 50 epochs" in proc.stdout
+    for mode in ("sarl", "sarl_gelu", "sarl_gelu_balanced"):  # one process timed itself, then ran the plan
+        log = (out / f"run_{mode}.log").read_text()
+        assert log.index("seconds per iteration:") < log.index("Final average accuracy"), log[-2000:]
+    assert json.loads((out / "plan.json").read_text())["epochs"] == epochs
+
+
+def test_a_run_that_timed_itself_first_matches_a_run_launched_with_the_plan(small_cifar_root, tmp_path, capsys,
+                                                                            monkeypatch):
+    """``--plan_file``: the timing trains a throw-away copy; the run then starts from its seed."""
+    spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps(dict(epochs=1, warmup_epochs=0, lr_steps=[1])))
+    common = ["--data_root", str(small_cifar_root), "--protocol", "paper", "--model", "tiny", "--per_class", "5",
+              "--test_per_class", "1", "--stop_after", "2", "--no_progress", "--method", "sarl_gelu_balanced"]
+    timed = example.main(common + ["--experiment_id", "timed", "--max_iterations", "7",
+                                   "--plan_file", str(tmp_path / "plan.json")])
+    direct = example.main(common + ["--experiment_id", "direct", "--epochs", "1", "--warmup_epochs", "0",
+                                    "--lr_steps", "1"])
+    assert "seconds per iteration:" in capsys.readouterr().out
+    assert timed["epochs"] == 1 and timed["lr_steps"] == [1]
+    for key in ("accuracy", "forgetting", "bwt"):
+        assert timed[key] == direct[key], key
+    (tmp_path / "plan.json").write_text(json.dumps(dict(abort="no time left")))
+    with pytest.raises(SystemExit, match="the plan says stop: no time left"):
+        example.main(common + ["--experiment_id", "aborted", "--max_iterations", "7",
+                               "--plan_file", str(tmp_path / "plan.json")])

@@ -19,8 +19,8 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) examples/split_cifar100_sarl_balanced.py
 
-test: setup  # two worker processes (pytest-xdist): most tests are single-threaded
-	$(PY) -m pytest -n 2
+test: setup  # two worker processes (pytest-xdist), handed one test at a time, the long ones first
+	$(PY) -m pytest -n 2 --maxschedchunk 1
 
 compare: setup  # choose each method's learning rate on held-out training images, then the table
 	$(PY) -m benchmarks.compare --protocol quick --select_lr

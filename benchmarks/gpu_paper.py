@@ -35,14 +35,24 @@ def run_name(tag: str, mode: str, seed: int, first_seed: int) -> str:
     return f"{tag}_{mode}" if seed == first_seed else f"{tag}_{mode}_s{seed}"
 
 
+def example_argv(mode, seed, run_args, name) -> list:
+    """The example's arguments for one run."""
+    amp = ["--amp"] if "--device" in run_args and run_args[run_args.index("--device") + 1].startswith("cuda") \
+        and mode != "sarl" else []  # SARL runs in fp32, as its authors
+    return ["--method", mode, "--class_order", "natural", "--seed", str(seed), "--experiment_id",
+            f"gpu_paper_{name}", "--no_progress", *amp, *run_args]
+
+
+def start_process(argv, log):
+    """The example in a fresh process writing to ``log``; returns something with ``poll``, ``wait``
+    and ``kill`` (a ``Popen``)."""
+    return subprocess.Popen([sys.executable, str(EXAMPLE), *argv], stdout=log, stderr=subprocess.STDOUT)
+
+
 def launch(mode, seed, run_args, out: Path, tag: str, first_seed: int):
     name = run_name(tag, mode, seed, first_seed)
     log = open(out / f"{name}.log", "w")
-    amp = ["--amp"] if "--device" in run_args and run_args[run_args.index("--device") + 1].startswith("cuda") \
-        and mode != "sarl" else []  # SARL runs in fp32, as its authors
-    cmd = [sys.executable, str(EXAMPLE), "--method", mode, "--class_order", "natural", "--seed", str(seed),
-           "--experiment_id", f"gpu_paper_{name}", "--no_progress", *amp, *run_args]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+    return start_process(example_argv(mode, seed, run_args, name), log), log
 
 
 def launch_all(run_args, out, tag, seeds):
@@ -114,12 +124,13 @@ def main(argv=None):
     p.add_argument("--test_per_class", type=int, default=None, help="(CPU smoke test only)")
     p.add_argument("--model", choices=("tiny", "reduced", "full"), default="full",
                    help="(tiny, reduced: CPU smoke test only)")
+    p.add_argument("--n_experiences", type=int, default=5, help="(other than 5: CPU smoke test only)")
     args = p.parse_args(argv)
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = ["--protocol", "paper", "--device", args.device, "--model", args.model,
-              *(["--compile"] if args.compile else [])]
+              "--n_experiences", str(args.n_experiences), *(["--compile"] if args.compile else [])]
     seeds = args.seeds
     if args.per_class:
         common += ["--per_class", str(args.per_class)]
@@ -141,7 +152,8 @@ def main(argv=None):
 
     # 2. The largest faithful reduction that fits what is left.
     per_class = args.per_class or 500
-    n_experiences, classes_per_exp, batch = 5, 20, 32
+    n_experiences, batch = args.n_experiences, 32
+    classes_per_exp = 100 // n_experiences
     iterations_per_epoch = math.ceil(classes_per_exp * per_class / batch)
     # What is left after the plan: building each run again (a compiled model compiles again), and per
     # experience evaluation, prototypes and BatchNorm passes and a checkpoint, about 4% of an epoch

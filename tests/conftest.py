@@ -7,12 +7,28 @@ import numpy as np
 import pytest
 import torch
 
+from once import computed_once
+
 # One torch thread for the whole suite: the tests' networks are tiny, so intra-op threads only
 # add overhead, and on a loaded machine (CI, or comparisons running beside the suite) two threads
 # per test process oversubscribe the cores (a tiny comparison ran 5-8x slower on two threads).
 torch.set_num_threads(1)
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100"
+
+
+SHARED_FIXTURES = {"small_cifar_root", "full_comparison", "ddp_ranks"}  # built once per session (once.py)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``long`` (whole runs, fresh processes) go first, those that build a shared
+    fixture first of all: under pytest-xdist, handing out one test at a time (``--maxschedchunk
+    1``, see the Makefile), a worker then seldom waits for a fixture the other is building, and
+    the two end together instead of one finishing a long test alone at the end."""
+    def order(item):
+        long = item.get_closest_marker("long") is not None
+        return not long, not (long and SHARED_FIXTURES & set(item.fixturenames))
+    items.sort(key=order)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -30,17 +46,18 @@ def small_cifar_root(cifar_root, tmp_path_factory) -> Path:
     order kept), for the tests that start whole runs in fresh processes: each loads a small file
     instead of 170 MB. Skipped with the real copy."""
     from avalanche_balanced.data import load_cifar100
-    root = tmp_path_factory.mktemp("small_cifar")
-    for split, keep, train in (("train", 5, True), ("test", 2, False)):
-        data = load_cifar100(cifar_root, train=train)
-        fine = data.fine.numpy()
-        picked = np.sort(np.concatenate([np.nonzero(fine == c)[0][:keep] for c in range(100)]))
-        np.savez(root / f"cifar100_{split}.npz", x=data.images[picked].permute(0, 2, 3, 1).numpy(),
-                 y=fine[picked], coarse=data.coarse.numpy()[picked])
-    meta = cifar_root / "cifar100_meta.json"
-    if meta.is_file():
-        (root / meta.name).write_text(meta.read_text())
-    return root
+
+    def build(root):
+        for split, keep, train in (("train", 5, True), ("test", 2, False)):
+            data = load_cifar100(cifar_root, train=train)
+            fine = data.fine.numpy()
+            picked = np.sort(np.concatenate([np.nonzero(fine == c)[0][:keep] for c in range(100)]))
+            np.savez(root / f"cifar100_{split}.npz", x=data.images[picked].permute(0, 2, 3, 1).numpy(),
+                     y=fine[picked], coarse=data.coarse.numpy()[picked])
+        meta = cifar_root / "cifar100_meta.json"
+        if meta.is_file():
+            (root / meta.name).write_text(meta.read_text())
+    return computed_once(tmp_path_factory, "small_cifar", build)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """Checkpoint and resume: a real process killed after experience 2 resumes to identical metrics."""
 import importlib.util
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,18 +21,33 @@ TINY = ["--model", "tiny", "--per_class", "3", "--test_per_class", "2", "--epoch
         "--buffer_size", "40", "--minibatch_size", "8", "--batch_size", "16", "--no_progress", "--seed", "5"]
 
 
-def example_process(args, cwd, data_root):
-    cmd = [sys.executable, str(EXAMPLE), "--data_root", str(data_root), *TINY, *args]
-    # one thread, as the runs in this process (see run_example): the same numbers
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+def load_example():
+    spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _example_in_child(argv, log: Path):
+    with open(log, "w") as out:  # the child's output goes to a file, not to pytest's capture
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
+        load_example().main(argv)
+
+
+def example_process(args, cwd: Path, data_root) -> multiprocessing.Process:
+    """The example in a child process (forked: this process has Avalanche imported already, and
+    runs torch on one thread, as the runs here; see conftest.py)."""
+    argv = ["--data_root", str(data_root), *TINY, *args]
+    child = multiprocessing.get_context("fork").Process(target=_example_in_child, args=(argv, cwd / "child.log"))
+    child.start()
+    return child
 
 
 def run_example(args, data_root, capsys) -> str:
     """The example's ``main`` in this process, on one thread; returns what it printed."""
-    spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -60,11 +75,11 @@ def completed(checkpoint: Path) -> int:
         return 0
 
 
-def kill_after(run: subprocess.Popen, checkpoint: Path, experiences: int) -> threading.Thread:
+def kill_after(run: multiprocessing.Process, checkpoint: Path, experiences: int) -> threading.Thread:
     """A watcher that SIGKILLs ``run`` once its checkpoint records ``experiences`` finished."""
     def watch():
         deadline = time.time() + 600
-        while completed(checkpoint) < experiences and run.poll() is None and time.time() < deadline:
+        while completed(checkpoint) < experiences and run.is_alive() and time.time() < deadline:
             time.sleep(0.05)
         os.kill(run.pid, signal.SIGKILL)
     watcher = threading.Thread(target=watch, daemon=True)
@@ -72,6 +87,7 @@ def kill_after(run: subprocess.Popen, checkpoint: Path, experiences: int) -> thr
     return watcher
 
 
+@pytest.mark.long
 def test_killed_run_resumes_to_identical_metrics(tmp_path, small_cifar_root, capsys, monkeypatch):
     # A real process is killed after its second experience (SIGKILL: no clean-up of any kind);
     # meanwhile the uninterrupted run goes on in this process. The resumed run, also here, must
@@ -92,8 +108,8 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, small_cifar_root, cap
         assert tag in tags, tag
 
     watcher.join(timeout=600)
-    killed_output, _ = run.communicate()
-    assert run.returncode == -signal.SIGKILL, killed_output
+    run.join(timeout=60)
+    assert run.exitcode == -signal.SIGKILL, (tmp_path / "child.log").read_text()
     done = completed(checkpoint)
     assert 2 <= done < 5, "the run must be killed part-way"
     assert not (tmp_path / "runs" / "killed" / "results.json").exists()

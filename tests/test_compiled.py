@@ -1,5 +1,6 @@
 """The compiled training step equals the eager one (Dynamo traced, AOT autograd; the backend that
 generates kernels is the GPU script's business: here 'aot_eager' keeps the test fast)."""
+import pytest
 import torch
 from torch import nn
 from avalanche.core import SupervisedPlugin
@@ -35,6 +36,7 @@ def run(compiled: bool, steps: int = 12):
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.long
 def test_compiled_step_matches_eager_losses_and_parameters():
     eager_losses, eager_params = run(False)
     compiled_losses, compiled_params = run(True)

@@ -273,6 +273,7 @@ def test_split_coarse_table_and_names(cifar_root, real_bench, real_train, real_t
         assert len(real_bench.coarse_label_names) == 20
 
 
+@pytest.mark.long
 def test_split_is_seeded_and_task_ids(cifar_root, real_bench):
     again = split_cifar100(5, root=cifar_root, seed=0, per_class=10, return_task_id=True)
     assert list(again.classes_order) == list(real_bench.classes_order)
@@ -500,6 +501,7 @@ def test_long_tailed_split_on_synthetic_data(npz_cifar_dir):
         split_cifar100(5, root=npz_cifar_dir, imbalance_ratio=0.1, imbalance_order="reversed")
 
 
+@pytest.mark.long
 def test_long_tailed_split_on_cifar100(cifar_root):
     for order in ("shuffled", "ordered"):
         bench = split_cifar100(5, root=cifar_root, seed=0, imbalance_ratio=0.01, imbalance_order=order,

@@ -1,5 +1,4 @@
 """Torch DDP with 2 CPU processes (gloo): one buffer, identical on every rank; sharded draws."""
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,27 +7,30 @@ import torch.multiprocessing as mp
 
 from avalanche_balanced import BalancedBuffer
 from avalanche_balanced.distributed import check_divisible, free_port, shard_rows
-
-HERE = Path(__file__).resolve().parent
-
-
-def _spawn(tmp_path, scenario, world=2):
-    sys.path.insert(0, str(HERE))  # the spawned ranks import distributed_worker and synthetic
-    import distributed_worker
-    mp.spawn(distributed_worker.run, args=(world, free_port(), str(tmp_path), scenario), nprocs=world, join=True)
-    return [torch.load(tmp_path / f"{scenario}_rank{r}.pt", weights_only=False) for r in range(world)]
+from once import computed_once
 
 
-@pytest.fixture(scope="module")
+def _spawn(folder, scenario, world=2):
+    import distributed_worker  # tests/ is on the path (pytest's rootdir-relative import)
+    # Forked, not spawned: a fresh interpreter would spend longer importing Avalanche than the
+    # scenarios take. Safe here: the suite runs torch on one thread (conftest.py), so no OpenMP
+    # pool is copied half-alive into the children.
+    mp.start_processes(distributed_worker.run, args=(world, free_port(), str(folder), scenario), nprocs=world,
+                       join=True, start_method="fork")
+
+
+@pytest.fixture(scope="session")
 def ddp_ranks(tmp_path_factory):
     """Every 2-rank scenario (plugin, checkpoint and resume, SARL-GELU, data order, then the bad
-    configurations), spawned once: each rank's start-up costs about as much as all the scenarios."""
-    ranks = _spawn(tmp_path_factory.mktemp("ddp"), "every_scenario")
+    configurations), started once per session."""
+    folder = computed_once(tmp_path_factory, "ddp", lambda folder: _spawn(folder, "every_scenario"))
+    ranks = [torch.load(folder / f"every_scenario_rank{r}.pt", weights_only=False) for r in range(2)]
     for r in ranks:
         assert "error" not in r, r.get("traceback")
     return ranks
 
 
+@pytest.mark.long  # the first to ask for the ranks spawns them
 def test_two_ranks_keep_one_buffer_and_split_each_draw(ddp_ranks):
     ranks = [r["consistency"] for r in ddp_ranks]
     for timing in ("after_experience", "online"):

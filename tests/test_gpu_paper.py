@@ -1,6 +1,7 @@
-"""benchmarks/gpu_paper.sh on the CPU with a tiny setting: timing, planning, both runs, summary."""
+"""benchmarks/gpu_paper on the CPU with a tiny setting: timing, planning, the runs, summary."""
 import importlib.util
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -21,15 +22,53 @@ def test_plan_epochs_takes_the_largest_number_that_fits():
     assert gpu_paper.plan_epochs(20, 0.1, 10, 5, per_experience_overhead=2, startup=10) == 0
 
 
-def test_gpu_paper_runs_the_three_configurations_on_the_cpu(small_cifar_root, tmp_path):
+class ForkedRun:
+    """``gpu_paper.start_process`` for the test: the example's ``main(argv)`` in a forked child
+    (this process has Avalanche imported already and runs torch on one thread, see conftest.py),
+    with the ``poll``/``wait``/``kill`` of a ``Popen``."""
+
+    def __init__(self, argv, log):
+        self.child = multiprocessing.get_context("fork").Process(target=self._main, args=(argv, log.fileno()))
+        self.child.start()
+
+    @staticmethod
+    def _main(argv, fd):
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
+        spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        example.main(argv)
+
+    def poll(self):
+        return self.child.exitcode
+
+    def wait(self, timeout=None):
+        self.child.join(timeout)
+        if self.child.exitcode is None:
+            raise subprocess.TimeoutExpired("example", timeout)
+        return self.child.exitcode
+
+    def kill(self):
+        self.child.kill()
+
+
+def test_gpu_paper_sh_hands_its_arguments_to_the_tool(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_paper.sh"), str(tmp_path / "out"), "900", "--help"],
+                          env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--timing_iterations" in proc.stdout, proc.stderr
+
+
+@pytest.mark.long
+def test_gpu_paper_runs_the_three_configurations_on_the_cpu(small_cifar_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "paper"
-    # one thread per run: the two runs of each phase go side by side on two cores
-    env = dict(os.environ, AVALANCHE_BALANCED_DATA=str(small_cifar_root), PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_paper.sh"), str(out), "900", "--device", "cpu",
-                           "--model", "tiny", "--per_class", "2", "--test_per_class", "1",
-                           "--timing_iterations", "6", "--max_epochs", "1"],
-                          env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    monkeypatch.setenv("AVALANCHE_BALANCED_DATA", str(small_cifar_root))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu_paper, "start_process", ForkedRun)
+    gpu_paper.main([str(out), "--budget", "900", "--device", "cpu", "--model", "tiny", "--per_class", "2",
+                    "--test_per_class", "1", "--n_experiences", "2", "--timing_iterations", "6", "--max_epochs", "1"])
+    stdout = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     epochs = summary["epochs"]
     assert epochs == 1 and not summary["faithful"] and "reduced" in summary["plan"]
@@ -40,13 +79,14 @@ def test_gpu_paper_runs_the_three_configurations_on_the_cpu(small_cifar_root, tm
         run = summary["runs"][mode]
         assert run is not None and 0.0 <= run["accuracy"] <= 100.0
     assert f"--epochs {epochs}" in summary["command"] and "--lr_steps" in summary["command"]
-    assert "sarl_gelu_balanced" in (out / "summary.md").read_text() and f"{epochs} of 50 epochs" in proc.stdout
+    assert "sarl_gelu_balanced" in (out / "summary.md").read_text() and f"{epochs} of 50 epochs" in stdout
     for mode in ("sarl", "sarl_gelu", "sarl_gelu_balanced"):  # one process timed itself, then ran the plan
         log = (out / f"run_{mode}.log").read_text()
         assert log.index("seconds per iteration:") < log.index("Final average accuracy"), log[-2000:]
     assert json.loads((out / "plan.json").read_text())["epochs"] == epochs
 
 
+@pytest.mark.long
 def test_a_run_that_timed_itself_first_matches_a_run_launched_with_the_plan(small_cifar_root, tmp_path, capsys,
                                                                             monkeypatch):
     """``--plan_file``: the timing trains a throw-away copy; the run then starts from its seed."""
@@ -55,9 +95,9 @@ def test_a_run_that_timed_itself_first_matches_a_run_launched_with_the_plan(smal
     spec.loader.exec_module(example)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plan.json").write_text(json.dumps(dict(epochs=1, warmup_epochs=0, lr_steps=[1])))
-    common = ["--data_root", str(small_cifar_root), "--protocol", "paper", "--model", "tiny", "--per_class", "5",
+    common = ["--data_root", str(small_cifar_root), "--protocol", "paper", "--model", "tiny", "--per_class", "3",
               "--test_per_class", "1", "--stop_after", "2", "--no_progress", "--method", "sarl_gelu_balanced"]
-    timed = example.main(common + ["--experiment_id", "timed", "--max_iterations", "7",
+    timed = example.main(common + ["--experiment_id", "timed", "--max_iterations", "6",
                                    "--plan_file", str(tmp_path / "plan.json")])
     direct = example.main(common + ["--experiment_id", "direct", "--epochs", "1", "--warmup_epochs", "0",
                                     "--lr_steps", "1"])
@@ -67,5 +107,5 @@ def test_a_run_that_timed_itself_first_matches_a_run_launched_with_the_plan(smal
         assert timed[key] == direct[key], key
     (tmp_path / "plan.json").write_text(json.dumps(dict(abort="no time left")))
     with pytest.raises(SystemExit, match="the plan says stop: no time left"):
-        example.main(common + ["--experiment_id", "aborted", "--max_iterations", "7",
+        example.main(common + ["--experiment_id", "aborted", "--max_iterations", "6",
                                "--plan_file", str(tmp_path / "plan.json")])

@@ -1,4 +1,5 @@
 """The pure sampling maths: formula, draw frequencies, fallbacks, errors."""
+import itertools
 import math
 
 import pytest
@@ -88,20 +89,47 @@ def test_single_draw_frequencies_match_weights():
     assert freq[4] == 0  # zero weight never drawn while positive weights remain
 
 
+def inclusion_without_replacement(weights, k):
+    """Exact probability that each index is among ``k`` successive draws without replacement,
+    each draw proportional to the remaining weights (``torch.multinomial(replacement=False)``'s
+    law), by enumerating every ordered draw."""
+    w = [float(v) for v in weights]
+    inclusion = [0.0] * len(w)
+    for order in itertools.permutations(range(len(w)), k):
+        p, left = 1.0, sum(w)
+        for i in order:
+            if w[i] == 0.0:
+                p = 0.0
+                break
+            p, left = p * w[i] / left, left - w[i]
+        for i in order:
+            inclusion[i] += p
+    return torch.tensor(inclusion)
+
+
+def test_exact_inclusion_matches_multinomial():
+    weights = torch.tensor([5.0, 1.0, 1.0, 2.0, 0.5, 0.5])
+    gen = torch.Generator().manual_seed(3)
+    ref = torch.stack([torch.multinomial(weights, 3, replacement=False, generator=gen) for _ in range(4000)])
+    freq = torch.bincount(ref.flatten(), minlength=6).float() / 4000  # s.d. at most 0.008
+    torch.testing.assert_close(freq, inclusion_without_replacement(weights, 3).float(), atol=0.035, rtol=0)
+    assert inclusion_without_replacement(weights, 3).sum().item() == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize("weights, k, n, atol", [
-    ([5.0, 1.0, 1.0, 2.0, 0.5, 0.5], 3, 20000, 0.02),
+    # binomial s.d. of an inclusion frequency at most 0.5 / sqrt(n): the tolerances are 4 of them
+    ([5.0, 1.0, 1.0, 2.0, 0.5, 0.5], 3, 10000, 0.02),
     # One huge weight makes most with-replacement candidates repeats: the key fallback runs.
-    ([1e6, 1.0, 2.0, 3.0, 0.0, 4.0], 4, 6000, 0.03),
+    ([1e6, 1.0, 2.0, 3.0, 0.0, 4.0], 4, 6000, 0.026),
 ])
 def test_draw_without_replacement_matches_multinomial(weights, k, n, atol):
     weights = torch.tensor(weights)
     gen = torch.Generator().manual_seed(1)
     ours = torch.stack([sample_indices(weights, k, generator=gen) for _ in range(n)])
-    ref = torch.stack([torch.multinomial(weights, k, replacement=False, generator=gen) for _ in range(n)])
     assert all(len(set(row.tolist())) == k for row in ours[:200])  # no repeats
     inclusion = torch.bincount(ours.flatten(), minlength=6).float() / n
-    ref_inclusion = torch.bincount(ref.flatten(), minlength=6).float() / n
-    torch.testing.assert_close(inclusion, ref_inclusion, atol=atol, rtol=0)
+    exact = inclusion_without_replacement(weights, k).float()
+    torch.testing.assert_close(inclusion, exact, atol=atol, rtol=0)
 
 
 def test_replacement_only_when_k_exceeds_n():

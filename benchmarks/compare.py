@@ -268,7 +268,7 @@ def run_ranks(method, seed, protocol, args, threads=None, lr=None, validation=Fa
     naming the ranks that failed."""
     world = args.world_size
     threads = threads or max(1, _cpu_count() // world)
-    context = multiprocessing.get_context("spawn")
+    context = fresh_processes()
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         ranks = [context.Process(target=_rank_main, args=(rank, world, port, folder, method, seed, protocol, args,
@@ -340,6 +340,16 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def fresh_processes():
+    """The multiprocessing context of runs in other processes: each forked from a server that has
+    imported this module and run nothing (multiprocessing's ``forkserver``). No state of one run
+    (RNGs, threads, allocator) reaches another, as with ``spawn``, but the imports (Avalanche pulls
+    in jax, wandb and matplotlib: about 10 s of CPU) are paid once, not once per run."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["benchmarks.compare"])
+    return context
+
+
 def run_all(todo, args, jobs, threads):
     """Yield ``(key, result)`` as runs finish, ``jobs`` at a time in fresh processes.
 
@@ -349,8 +359,8 @@ def run_all(todo, args, jobs, threads):
         for key, method, seed, options in todo:
             yield key, run_one(method, seed, args.protocol, args, threads, **options)
         return
-    # spawn, one run per process: no state (RNGs, threads, allocator) leaks from one run into the next.
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
+    # one run per process: no state leaks from one run into the next
+    pool = ProcessPoolExecutor(jobs, mp_context=fresh_processes(), max_tasks_per_child=1)
     try:
         pending = {pool.submit(run_one, method, seed, args.protocol, args, threads, **options): key
                    for key, method, seed, options in todo}

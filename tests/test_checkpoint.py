@@ -17,7 +17,7 @@ from avalanche_balanced.checkpoint import load_checkpoint, read_checkpoint_file,
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "split_cifar100_sarl_balanced.py"
-TINY = ["--model", "tiny", "--per_class", "3", "--test_per_class", "2", "--epochs", "2", "--warmup_epochs", "0",
+TINY = ["--model", "tiny", "--per_class", "3", "--test_per_class", "2", "--epochs", "1", "--warmup_epochs", "0",
         "--buffer_size", "40", "--minibatch_size", "8", "--batch_size", "16", "--no_progress", "--seed", "5"]
 
 

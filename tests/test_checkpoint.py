@@ -1,10 +1,7 @@
 """Checkpoint and resume: a real process killed after experience 2 resumes to identical metrics."""
-import importlib.util
 import json
-import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,35 +11,15 @@ import torch
 from torch import nn
 
 from avalanche_balanced.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint, write_checkpoint_file
+from example_runs import ForkedExample, load_example
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "split_cifar100_sarl_balanced.py"
 TINY = ["--model", "tiny", "--per_class", "3", "--test_per_class", "2", "--epochs", "1", "--warmup_epochs", "0",
         "--buffer_size", "40", "--minibatch_size", "8", "--batch_size", "16", "--no_progress", "--seed", "5"]
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _example_in_child(argv, log: Path):
-    with open(log, "w") as out:  # the child's output goes to a file, not to pytest's capture
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
-        load_example().main(argv)
-
-
-def example_process(args, cwd: Path, data_root) -> multiprocessing.Process:
-    """The example in a child process (forked: this process has Avalanche imported already, and
-    runs torch on one thread, as the runs here; see conftest.py)."""
-    argv = ["--data_root", str(data_root), *TINY, *args]
-    child = multiprocessing.get_context("fork").Process(target=_example_in_child, args=(argv, cwd / "child.log"))
-    child.start()
-    return child
+def example_process(args, cwd: Path, data_root) -> ForkedExample:
+    with open(cwd / "child.log", "w") as log:  # the child has its own copy once forked
+        return ForkedExample(["--data_root", str(data_root), *TINY, *args], log)
 
 
 def run_example(args, data_root, capsys) -> str:
@@ -75,11 +52,11 @@ def completed(checkpoint: Path) -> int:
         return 0
 
 
-def kill_after(run: multiprocessing.Process, checkpoint: Path, experiences: int) -> threading.Thread:
+def kill_after(run: ForkedExample, checkpoint: Path, experiences: int) -> threading.Thread:
     """A watcher that SIGKILLs ``run`` once its checkpoint records ``experiences`` finished."""
     def watch():
         deadline = time.time() + 600
-        while completed(checkpoint) < experiences and run.is_alive() and time.time() < deadline:
+        while completed(checkpoint) < experiences and run.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         os.kill(run.pid, signal.SIGKILL)
     watcher = threading.Thread(target=watch, daemon=True)
@@ -108,8 +85,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path, small_cifar_root, cap
         assert tag in tags, tag
 
     watcher.join(timeout=600)
-    run.join(timeout=60)
-    assert run.exitcode == -signal.SIGKILL, (tmp_path / "child.log").read_text()
+    assert run.wait(timeout=60) == -signal.SIGKILL, (tmp_path / "child.log").read_text()
     done = completed(checkpoint)
     assert 2 <= done < 5, "the run must be killed part-way"
     assert not (tmp_path / "runs" / "killed" / "results.json").exists()

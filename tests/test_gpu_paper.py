@@ -1,7 +1,5 @@
 """benchmarks/gpu_paper on the CPU with a tiny setting: timing, planning, the runs, summary."""
-import importlib.util
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -10,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_paper  # the repository root is on pytest's pythonpath (pyproject.toml)
+from example_runs import ForkedExample, load_example
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "split_cifar100_sarl_balanced.py"
 
 
 def test_plan_epochs_takes_the_largest_number_that_fits():
@@ -20,38 +18,6 @@ def test_plan_epochs_takes_the_largest_number_that_fits():
     assert gpu_paper.plan_epochs(1000, 0.1, 10, 5, per_experience_overhead=2, startup=10) == 50  # capped
     assert gpu_paper.plan_epochs(100, 0.1, 10, 5, per_experience_overhead=2, startup=10) == 16  # (100-10-10)/5
     assert gpu_paper.plan_epochs(20, 0.1, 10, 5, per_experience_overhead=2, startup=10) == 0
-
-
-class ForkedRun:
-    """``gpu_paper.start_process`` for the test: the example's ``main(argv)`` in a forked child
-    (this process has Avalanche imported already and runs torch on one thread, see conftest.py),
-    with the ``poll``/``wait``/``kill`` of a ``Popen``."""
-
-    def __init__(self, argv, log):
-        self.child = multiprocessing.get_context("fork").Process(target=self._main, args=(argv, log.fileno()))
-        self.child.start()
-
-    @staticmethod
-    def _main(argv, fd):
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)
-        spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
-        example = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(example)
-        example.main(argv)
-
-    def poll(self):
-        return self.child.exitcode
-
-    def wait(self, timeout=None):
-        self.child.join(timeout)
-        if self.child.exitcode is None:
-            raise subprocess.TimeoutExpired("example", timeout)
-        return self.child.exitcode
-
-    def kill(self):
-        self.child.kill()
 
 
 def test_gpu_paper_sh_hands_its_arguments_to_the_tool(tmp_path):
@@ -65,7 +31,7 @@ def test_gpu_paper_runs_the_three_configurations_on_the_cpu(small_cifar_root, tm
     out = tmp_path / "paper"
     monkeypatch.setenv("AVALANCHE_BALANCED_DATA", str(small_cifar_root))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(gpu_paper, "start_process", ForkedRun)
+    monkeypatch.setattr(gpu_paper, "start_process", ForkedExample)  # the command line, forked
     gpu_paper.main([str(out), "--budget", "900", "--device", "cpu", "--model", "tiny", "--per_class", "2",
                     "--test_per_class", "1", "--n_experiences", "2", "--timing_iterations", "6", "--max_epochs", "1"])
     stdout = capsys.readouterr().out
@@ -90,9 +56,7 @@ def test_gpu_paper_runs_the_three_configurations_on_the_cpu(small_cifar_root, tm
 def test_a_run_that_timed_itself_first_matches_a_run_launched_with_the_plan(small_cifar_root, tmp_path, capsys,
                                                                             monkeypatch):
     """``--plan_file``: the timing trains a throw-away copy; the run then starts from its seed."""
-    spec = importlib.util.spec_from_file_location("sarl_example", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plan.json").write_text(json.dumps(dict(epochs=1, warmup_epochs=0, lr_steps=[1])))
     common = ["--data_root", str(small_cifar_root), "--protocol", "paper", "--model", "tiny", "--per_class", "3",

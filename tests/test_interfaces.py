@@ -1,6 +1,5 @@
 """The narrow seams between modules: plugin -> strategy record, hook-free frozen copies, the one
 subset rule, the one validation helper, settings shared by the example and the comparison."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from avalanche_balanced.insertion import balanced_keep_mask, keep_per_class
 from avalanche_balanced.models import gelu_resnet18
 from avalanche_balanced.protocols import PROTOCOLS
 from avalanche_balanced.validation import check_replay_sizes
+from example_runs import load_example
 from synthetic import blobs_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,9 +88,7 @@ def test_replay_sizes_are_checked_in_one_place_with_named_errors():
 
 
 def test_example_and_comparison_share_their_protocols():
-    spec = importlib.util.spec_from_file_location("example", REPO / "examples" / "split_cifar100_sarl_balanced.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     args = example.parse_args([])
     quick = PROTOCOLS["quick"]
     assert (args.buffer_size, args.minibatch_size, args.batch_size, args.epochs, args.per_class, args.lr,

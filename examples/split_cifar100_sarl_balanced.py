@@ -21,7 +21,9 @@ no guards), ``sarl_gelu`` (the design note's variant with uniform draws) or
 buffer draws); ``--class_order_seed`` (default: ``--seed``) fixes the class
 order and training subset alone. ``--amp`` runs the model and loss in
 bfloat16 mixed precision (on a GPU), ``--max_iterations N`` stops after N
-training iterations and reports the seconds per iteration (for budgeting).
+training iterations and reports the seconds per iteration (for budgeting);
+with ``--plan_file F`` those iterations train a throw-away copy, and the run
+then waits for F (epochs, warm-up, LR milestones) and starts from its seed.
 
 Data: ``--data_root`` (default: ``AVALANCHE_BALANCED_DATA`` or the shared copy),
 either ``cifar100_{train,test}.npz`` or torchvision's ``cifar-100-python/``;

@@ -12,6 +12,7 @@ instance ``python -m benchmarks.compare --protocol quick``); they import each ot
 - ``iteration_time``: seconds per training iteration, our plugin against Avalanche's ``ReplayPlugin``.
 - ``sampler``: speed of balanced vs uniform replay draws and of a training iteration with the plugin.
 - ``memory``: bytes per stored sample of ``BalancedBuffer``, float32 vs float16 features.
+- ``k_winners``: speed of SARL's k-winners-take-all threshold, ``topk`` against ``kthvalue``.
 - ``syncs``: device-to-host synchronisations per training iteration (plugin and SARL-GELU).
 - ``same_runs``: do two comparison folders hold the same numbers (a refactor must not change results)?
 - ``stage_data``: stage CIFAR-100 as small parts for a machine that sees only the repository.

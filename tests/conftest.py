@@ -12,11 +12,10 @@ from once import computed_once
 # One torch thread for the whole suite: the tests' networks are tiny, so intra-op threads only
 # add overhead, and on a loaded machine (CI, or comparisons running beside the suite) two threads
 # per test process oversubscribe the cores (a tiny comparison ran 5-8x slower on two threads).
+# It also makes forking a test process safe: no OpenMP pool to copy half-alive (example_runs.py).
 torch.set_num_threads(1)
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar100"
-
-
 SHARED_FIXTURES = {"small_cifar_root", "full_comparison", "ddp_ranks"}  # built once per session (once.py)
 
 

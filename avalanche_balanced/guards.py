@@ -20,7 +20,8 @@ from torch import Tensor
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
 
-__all__ = ["NonFiniteLossError", "TrainingGuardPlugin", "gradient_norm", "first_non_finite", "explain_non_finite"]
+__all__ = ["NonFiniteLossError", "TrainingGuardPlugin", "gradient_norm", "first_non_finite", "explain_non_finite",
+           "ramp_factor", "teacher_collapsed"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -150,3 +151,30 @@ def explain_non_finite(strategy, step: str, who: str = "BalancedReplayPlugin"):
                  f"({', '.join(type(p).__name__ for p in strategy.plugins)}); TrainingGuardPlugin stops at the "
                  f"first non-finite loss" if bad else "the model's outputs are non-finite for finite weights")
         raise ValueError(f"{who}, experience {exp}, {step}: {err}; {cause}") from err
+
+
+def ramp_factor(iterations_past_warmup: int, ramp_iterations: int) -> float:
+    """Weight of the post-warm-up terms at the ``iterations_past_warmup``-th iteration
+    (0-based) after the warm-up: a linear ramp ``(k + 1) / ramp_iterations`` up to 1;
+    1 at once when ``ramp_iterations`` is 0 (SARL's switch)."""
+    if ramp_iterations <= 0:
+        return 1.0
+    return min(1.0, (iterations_past_warmup + 1) / ramp_iterations)
+
+
+def teacher_collapsed(candidate_accuracy: float, previous_accuracy: Optional[float], majority_share: float,
+                      ratio: float = 0.5) -> bool:
+    """The teacher-sanity criterion of :class:`SARLGelu`.
+
+    A candidate teacher (the model at the end of an experience) has collapsed
+    when its accuracy on the buffer is no better than always predicting the
+    buffer's most frequent class (``majority_share``, the share of that class
+    among the stored samples), or below ``ratio`` times the accuracy the
+    teacher in place has on the same samples. The buffer holds samples the
+    model was just trained to fit (the current experience's among them), so a
+    healthy model is far above both bounds; a diverged one predicts a few
+    classes and falls to about the first.
+    """
+    if candidate_accuracy <= majority_share:
+        return True
+    return previous_accuracy is not None and candidate_accuracy < ratio * previous_accuracy

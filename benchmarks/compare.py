@@ -72,6 +72,11 @@ from avalanche_balanced.superclass_skew import SKEW_BUCKETS, SuperclassSkewAccur
 from benchmarks.methods import CORE, LR_FROM, METHODS, Setting
 from benchmarks.tables import markdown_lr_selection, write_outputs
 
+# The runs' processes fork from a server that has imported this module (fresh_processes). Started as
+# ``python -m benchmarks.compare``, each child then re-runs it as ``__mp_main__`` (multiprocessing's
+# spawn.prepare), and runpy warns that it is already imported: the point of the preload, not a fault.
+warnings.filterwarnings("ignore", message=r"'benchmarks\.compare' found in sys\.modules", category=RuntimeWarning)
+
 LR_GRID = (0.01, 0.03, 0.1)
 # Long-tailed streams (--scenario lt): accuracy on the test images of head, medium and tail classes.
 # Superclass-skewed streams (--scenario skew): on the classes of crowded and of lone superclasses.

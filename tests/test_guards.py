@@ -13,7 +13,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 from avalanche_balanced.features import forward_with_features
 from avalanche_balanced.guards import NonFiniteLossError, TrainingGuardPlugin, gradient_norm
-from avalanche_balanced.strategies.sarl import ramp_factor, teacher_collapsed
+from avalanche_balanced.guards import ramp_factor, teacher_collapsed
 from test_sarl import C, D, TermRecorder, make_strategy, mlp, mlp_bn, run, tiny_benchmark
 
 

@@ -285,7 +285,7 @@ def test_semantic_term_stays_bounded_when_every_weight_nears_one():
     """With every pair weighted 0.999, SARL's ratio pos / neg was 999 per new class (9,990 over
     ten): unbounded. The term is pos / (pos + neg) per new class, in [0, 1]."""
     from avalanche_balanced.semantic import ClassPrototypes
-    from avalanche_balanced.strategies.sarl import semantic_contrastive
+    from avalanche_balanced.strategies.sarl_terms import semantic_contrastive
 
     torch.manual_seed(0)
     prototypes = ClassPrototypes(20, 8)
@@ -348,7 +348,7 @@ def test_sarl_positives_are_fixed_once_per_task_after_the_warm_up():
 def test_sarl_ratio_skips_a_class_whose_negatives_sum_to_zero():
     """The authors add pos / neg only when neg > 0: every other class a positive gives 0, not inf."""
     from avalanche_balanced.semantic import ClassPrototypes
-    from avalanche_balanced.strategies.sarl import semantic_contrastive
+    from avalanche_balanced.strategies.sarl_terms import semantic_contrastive
 
     torch.manual_seed(0)
     prototypes = ClassPrototypes(6, 8)

@@ -1,4 +1,6 @@
-"""Strategies built on the balanced buffer."""
-from .sarl import SARLEnhancedGeluBalanced, SARLGelu, prototype_regularizer, semantic_contrastive
+"""Strategies built on the balanced buffer: SARL and SARL-GELU (the strategy) and its loss terms."""
+from .sarl import SARLEnhancedGeluBalanced, SARLGelu
+from .sarl_terms import prototype_regularizer, semantic_contrastive, threshold_positives
 
-__all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "semantic_contrastive"]
+__all__ = ["SARLGelu", "SARLEnhancedGeluBalanced", "prototype_regularizer", "semantic_contrastive",
+           "threshold_positives"]

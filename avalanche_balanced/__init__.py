@@ -37,7 +37,7 @@ from .semantic_groups import SemanticGroups
 from .replay_sampler import ReplaySampler
 from .buffer import BalancedBuffer, ReplayBatch
 from .regrouping import RegroupSchedule
-from .metrics import ReplayDiagnostics
+from .replay_diagnostics import ReplayDiagnostics
 from .plugin import BalancedReplayPlugin, ReplayStep
 from .transforms import BatchTransformPlugin, cifar_augment, cifar_normalize
 from .precision import MixedPrecisionPlugin

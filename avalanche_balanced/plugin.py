@@ -11,7 +11,7 @@ from .distributed import broadcast_buffer, check_divisible, check_same_settings,
     shard_draw, unwrap
 from .features import FeatureHook, classifier_of
 from .guards import explain_non_finite
-from .metrics import ReplayDiagnostics
+from .replay_diagnostics import ReplayDiagnostics
 from .minibatch import ReplayStep, class_mask, experience_classes, task_labels_of, write_minibatch
 from .regrouping import RegroupSchedule
 from .replay_sampler import ReplaySampler

@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .importance import SYNC_FREE_CPU_LIMIT, cap_weights, capped_by_sort, sync_free
+from .capping import cap_weights, capped_by_sort
+from .importance import SYNC_FREE_CPU_LIMIT, sync_free
 
 __all__ = ["sample_indices", "draw_proportional", "uniform_indices", "next_in_pass", "first_occurrences"]
 
@@ -42,7 +43,7 @@ def sample_indices(
     Fallbacks: all-zero weights give a uniform draw. Zero-weight entries are
     never drawn while ``k`` does not exceed the number of positive-weight
     entries (with or without ``max_ratio``: a cap the positive entries cannot
-    meet is raised to ``1 / n_pos``, see :func:`~avalanche_balanced.importance.cap_weights`); beyond that they
+    meet is raised to ``1 / n_pos``, see :func:`~avalanche_balanced.capping.cap_weights`); beyond that they
     fill the rest of the draw, uniformly among themselves.
 
     Args:

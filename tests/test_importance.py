@@ -162,7 +162,7 @@ def test_uniform_mix_and_cap():
 
 
 def test_cap_weights_is_exact():
-    from avalanche_balanced.importance import cap_weights as _cap_weights
+    from avalanche_balanced.capping import cap_weights as _cap_weights
     w = torch.rand(1000) ** 4
     w = w / w.sum()
     capped = _cap_weights(w, 3.0)
@@ -316,7 +316,7 @@ def test_auto_balance_weight_keeps_the_effective_sample_size():
 
 
 def test_cap_fixed_point_equals_the_sort_solution():
-    from avalanche_balanced.importance import _cap_weights_by_sort
+    from avalanche_balanced.capping import _cap_weights_by_sort
     g = torch.Generator().manual_seed(0)
     cases = [torch.rand(1000, generator=g).pow(8), torch.rand(50, generator=g),
              0.5 ** torch.arange(60.0)]  # geometric: many rounds, the sort fallback

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from avalanche_balanced.figures import accuracy_matrix_figure
-from avalanche_balanced.protocols import PROTOCOLS
+from avalanche_balanced.protocols import PROTOCOLS, sarl_alpha_for
 from benchmarks.methods import DESCRIPTIONS, METHODS
 
 SUMMARY_KEYS = ("accuracy", "forgetting", "bwt", "semantic_consistency", "superclass_error_share",
@@ -92,12 +92,14 @@ def markdown_paired(paired):
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(table, protocol):
+def markdown_table(table, protocol, settings=None):
     buckets = [k for k in BUCKET_KEYS if any(k[0] in row for row in table.values())]
     head = ("| method | lr | seeds | final acc. (%) | forgetting (%) | BWT (%) | sem. consistency | "
             "superclass err. share | group agreement (ARI) | seconds |"
             + "".join(f" {label} (%) |" for _, label, _ in buckets))
-    lines = [f"Protocol `{protocol}`; mean ± std over the listed seeds; lr: each method's SGD rate "
+    settings = settings or PROTOCOLS[protocol]
+    lines = [f"Protocol `{protocol}`, buffer {settings['mem_size']} (SARL's alpha {settings['sarl_alpha']}); "
+             "mean ± std over the listed seeds; lr: each method's SGD rate "
              "(chosen on held-out training images where `lr_selection.json` exists).", "", head,
              "|" + "---|" * (10 + len(buckets))]
 
@@ -117,13 +119,27 @@ def markdown_table(table, protocol):
     return "\n".join(lines) + "\n"
 
 
+def run_settings(protocol, runs) -> dict:
+    """The protocol's settings as ``runs`` used them: the buffer size each run recorded
+    (``--buffer_size``) and SARL's replay-logit weight that follows from it (:func:`sarl_alpha_for`),
+    instead of the protocol's defaults; a list where the runs differ."""
+    settings = dict(PROTOCOLS[protocol])
+    sizes = sorted({r.get("config", {}).get("buffer_size", settings["mem_size"]) for r in runs})
+    alphas = sorted({sarl_alpha_for(size, settings["sarl_alpha"]) for size in sizes})
+    if sizes:
+        settings["mem_size"] = sizes[0] if len(sizes) == 1 else sizes
+        settings["sarl_alpha"] = alphas[0] if len(alphas) == 1 else alphas
+    return settings
+
+
 def write_outputs(out: Path, runs, protocol, plot_methods=None):
     """results.json, table.md, the bar plot of final accuracy, and the accuracy-matrix figure of
     every method in ``plot_methods`` (all when None: after one run, only its method changed)."""
     table, paired = summarise(runs), paired_differences(runs)
-    (out / "results.json").write_text(json.dumps({"protocol": protocol, "settings": PROTOCOLS[protocol],
+    settings = run_settings(protocol, runs)
+    (out / "results.json").write_text(json.dumps({"protocol": protocol, "settings": settings,
                                                   "runs": runs, "summary": table, "paired": paired}, indent=1))
-    text = markdown_table(table, protocol)
+    text = markdown_table(table, protocol, settings)
     (out / "table.md").write_text(text + ("\n" + markdown_paired(paired) if paired else ""))
     for method in table if plot_methods is None else [m for m in table if m in plot_methods]:
         mats = torch.tensor([r["accuracy_matrix"] for r in runs if r["method"] == method])

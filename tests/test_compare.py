@@ -524,3 +524,19 @@ def test_same_runs_finds_every_difference_in_folders_and_selection_files(tmp_pat
     assert "1 runs compared, 0 values differ" in capsys.readouterr().out
     assert same_runs.main([str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 1
     assert "accuracy_matrix.0.1: 2.0 vs 2.5" in capsys.readouterr().out
+
+
+def test_results_record_the_buffer_size_and_alpha_the_runs_used(tmp_path):
+    """results.json's settings and table.md once said buffer 500 and alpha 0.2 for runs at
+    ``--buffer_size 200`` (which trained at alpha 0.5): they now follow the runs' own config."""
+    from benchmarks.tables import run_settings, write_outputs
+    run = dict(method="sarl", seed=0, lr=0.03, accuracy=12.0, forgetting=18.0, bwt=-18.0,
+               accuracy_matrix=[[30.0]], config=dict(buffer_size=200))
+    write_outputs(tmp_path, [run], "quick")
+    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert (settings["mem_size"], settings["sarl_alpha"]) == (200, 0.5)
+    assert "buffer 200 (SARL's alpha 0.5)" in (tmp_path / "table.md").read_text()
+    assert (run_settings("quick", [dict(run, config={})])["mem_size"],
+            run_settings("quick", [dict(run, config={})])["sarl_alpha"]) == (500, 0.2)  # the protocol's own
+    mixed = run_settings("quick", [run, dict(run, seed=1, config=dict(buffer_size=500))])
+    assert (mixed["mem_size"], mixed["sarl_alpha"]) == ([200, 500], [0.2, 0.5])

@@ -155,8 +155,8 @@ def report(out: Path, baseline: str = "replay_plugin") -> str:
         lines.append(f"| {method} | {','.join(map(str, sorted(mine)))} | {mean_std([r['accuracy'] for r in rs])} | "
                      f"{mean_std([r['forgetting'] for r in rs])} | {mean_std([r['seconds'] for r in rs])} | "
                      f"{mean_std([r['seconds'] / sum(r['mini_experiences']) for r in rs])} |")
-    lines += ["", f"| pair (by seed) | seeds | Δ final acc. | Δ forgetting | time ratio, total | time ratio per "
-              f"experience (min-max over experiences) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| pair (by seed) | seeds | Δ final acc. | Δ forgetting | time ratio, total | time ratio per "
+              "experience (min-max over experiences) |", "|---|---|---|---|---|---|"]
     base = by.get(baseline, {})
     for method in METHODS:
         if method == baseline or not by.get(method):

@@ -1,6 +1,4 @@
 """Torch DDP with 2 CPU processes (gloo): one buffer, identical on every rank; sharded draws."""
-from pathlib import Path
-
 import pytest
 import torch
 import torch.multiprocessing as mp

@@ -75,7 +75,7 @@ def test_an_insertion_interrupted_mid_write_puts_everything_back(monkeypatch):
         buf = filled(n=40, capacity=40, insertion=insertion)  # full: the insertion overwrites rows
         before = snapshot(buf)
         import avalanche_balanced.storage as storage
-        real, calls = storage.write_rows if insertion == "class_balanced" else storage.write_rows_masked, []
+        real = storage.write_rows if insertion == "class_balanced" else storage.write_rows_masked
 
         def interrupted(stores, incoming, source, slots):
             stores[0][slots] = incoming[0][source.clamp_min(0)]  # the inputs are written...

@@ -5,8 +5,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin
 
@@ -14,7 +12,7 @@ from avalanche_balanced.checkpoint import load_checkpoint, save_checkpoint
 from avalanche_balanced.features import forward_with_features
 from avalanche_balanced.guards import NonFiniteLossError, TrainingGuardPlugin, gradient_norm
 from avalanche_balanced.guards import ramp_factor, teacher_collapsed
-from test_sarl import C, D, TermRecorder, make_strategy, mlp, mlp_bn, run, tiny_benchmark
+from test_sarl import C, TermRecorder, make_strategy, mlp, mlp_bn, run, tiny_benchmark
 
 
 def _poison_term(strategy, term, at_experience, at_iteration):
